@@ -1,0 +1,2 @@
+//! graphgate: a reverse proxy for Meta's Graph API.
+pub mod sim;

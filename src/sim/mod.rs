@@ -1,0 +1,1 @@
+//! Graph API simulator (placeholder).
