@@ -1,2 +1,73 @@
-//! graphgate: a reverse proxy for Meta's Graph API.
+//! graphgate: a reverse proxy that internal services put in front of Meta's Graph API (the
+//! WhatsApp Business Management API). It holds the system-user tokens, spends each WhatsApp
+//! Business Account's call budget exactly as Meta counts it, and answers repeated reads from cache.
+//!
+//! # Layout
+//! - [`config`]: the TOML file and `GRAPHGATE_*` overrides, validated into a typed [`config::Config`].
+//! - [`error`]: the one mapping from graphgate's failures to Graph-shaped HTTP errors.
+//! - [`target`]: checks and decodes the request path and query; strips caller credentials.
+//! - [`auth`]: client keys, WABA and method allowlists, and which token a call uses.
+//! - [`classify`]: which of Meta's budgets (the seed's rate-limit table) a call spends.
+//! - [`upstream`]: the pooled rustls client to Meta, header hygiene, token and `appsecret_proof`.
+//! - [`rewrite`]: paging links rewritten to the proxy, without credentials.
+//! - [`proxy`]: the request pipeline, check -> authenticate -> classify -> authorize -> cache ->
+//!   limit -> upstream -> rewrite -> respond.
+//! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2 settings, graceful shutdown.
+//! - [`telemetry`]: tracing setup (JSON lines or text).
+//! - [`sim`]: a local twin of the Graph API for tests, benchmarks and the demo.
+//! - [`demo`]: the simulator and the proxy in one process, ready for curl.
+
+pub mod auth;
+pub mod classify;
+pub mod config;
+// pub mod demo;
+pub mod error;
+pub mod proxy;
+pub mod rewrite;
+pub mod server;
 pub mod sim;
+pub mod target;
+pub mod telemetry;
+pub mod upstream;
+
+use std::future::Future;
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use proxy::Gateway;
+
+/// The whole proxy as a router, for tests that call it in process.
+pub fn app(gw: Gateway) -> Router {
+    // Every path is a Graph path, so there is no routing table: one fallback runs the pipeline.
+    Router::new().fallback(proxy::handle).with_state(gw)
+}
+
+/// Serves the proxy on `listener` until `shutdown` resolves. Never binds its own socket.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let tls = match &config.server.tls {
+        Some(files) => {
+            Some(server::tls_acceptor(&files.cert, &files.key).map_err(std::io::Error::other)?)
+        }
+        None => None,
+    };
+    if config.auth == config::AuthMode::None {
+        tracing::warn!(
+            "server.auth = \"none\": every caller on the network can spend this app's budget"
+        );
+    }
+    let opts = server::ServeOptions {
+        tls,
+        grace: config.server.shutdown_grace,
+        // hyper's hard limits sit above the Graph-shaped 414/431 checks in the pipeline.
+        max_headers: config.server.max_headers * 2,
+        max_head_bytes: (config.server.max_uri + config.server.max_header_bytes) as usize * 2,
+    };
+    let gw = Gateway::new(config);
+    server::serve(listener, app(gw), opts, shutdown).await
+}

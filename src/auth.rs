@@ -1,0 +1,320 @@
+//! Who is calling and what they may touch: client keys, allowlists, and which system-user token
+//! a call is made with.
+//!
+//! A caller's key arrives where a Graph SDK puts a token (`Authorization: Bearer`, or `access_token`
+//! in the query or form body). Keys are compared as sha256 digests in constant time. This module
+//! must never log, echo or forward a key, and never hand out a token for an app other than the
+//! caller's.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use http::{HeaderMap, Method};
+use subtle::ConstantTimeEq;
+
+use crate::config::{key_digest, AuthMode, Config, Secret};
+use crate::error::GatewayError;
+
+/// The authenticated caller of one request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The client's name from config (`anonymous` with `auth = "none"`): safe for logs and labels.
+    pub name: Arc<str>,
+    pub client: Option<usize>,
+    pub app: usize,
+}
+
+/// Precomputed lookups over the config's apps and clients.
+pub struct Directory {
+    mode: AuthMode,
+    clients: Vec<ClientEntry>,
+    apps: Vec<AppEntry>,
+    /// Every configured WABA id, over all apps: a restricted client may touch only its own.
+    all_wabas: HashSet<String>,
+}
+
+struct ClientEntry {
+    name: Arc<str>,
+    digest: [u8; 32],
+    app: usize,
+    wabas: Option<HashSet<String>>,
+    methods: Option<HashSet<Method>>,
+}
+
+struct AppEntry {
+    token: Secret,
+    /// WABA id or phone-number id -> (WABA id, its own token if it has one).
+    objects: HashMap<String, (String, Option<Secret>)>,
+}
+
+/// Edges that only exist on a WhatsApp Business Account: their root id is a WABA even when
+/// graphgate has not been told about it.
+const WABA_EDGES: [&str; 4] = [
+    "message_templates",
+    "phone_numbers",
+    "assigned_users",
+    "subscribed_apps",
+];
+
+impl Directory {
+    pub fn new(config: &Config) -> Directory {
+        let clients = config
+            .clients
+            .iter()
+            .map(|c| ClientEntry {
+                name: Arc::from(c.name.as_str()),
+                digest: c.key_sha256,
+                app: c.app,
+                wabas: c.wabas.clone(),
+                methods: c.methods.clone(),
+            })
+            .collect();
+        let mut all_wabas = HashSet::new();
+        let apps = config
+            .apps
+            .iter()
+            .map(|a| {
+                let mut objects = HashMap::new();
+                for w in &a.wabas {
+                    all_wabas.insert(w.id.clone());
+                    objects.insert(w.id.clone(), (w.id.clone(), w.token.clone()));
+                    for p in &w.phone_numbers {
+                        objects.insert(p.clone(), (w.id.clone(), w.token.clone()));
+                    }
+                }
+                AppEntry {
+                    token: a.token.clone(),
+                    objects,
+                }
+            })
+            .collect();
+        Directory {
+            mode: config.auth,
+            clients,
+            apps,
+            all_wabas,
+        }
+    }
+
+    /// Identifies the caller from the key it presented.
+    pub fn authenticate(&self, key: Option<&str>) -> Result<Caller, GatewayError> {
+        if self.mode == AuthMode::None {
+            return Ok(Caller {
+                name: Arc::from("anonymous"),
+                client: None,
+                app: 0,
+            });
+        }
+        let key = key
+            .filter(|k| !k.is_empty())
+            .ok_or(GatewayError::MissingKey)?;
+        let digest = key_digest(key);
+        // Look at every client without stopping early, so timing does not say which one matched.
+        let mut found: Option<usize> = None;
+        for (i, c) in self.clients.iter().enumerate() {
+            if bool::from(c.digest.ct_eq(&digest)) {
+                found = Some(i);
+            }
+        }
+        let i = found.ok_or(GatewayError::UnknownKey)?;
+        let c = &self.clients[i];
+        Ok(Caller {
+            name: c.name.clone(),
+            client: Some(i),
+            app: c.app,
+        })
+    }
+
+    /// Checks the caller's method and WABA allowlists for a call on `root`/`edge`, plus any extra
+    /// object ids it names (`?ids=`).
+    pub fn authorize(
+        &self,
+        caller: &Caller,
+        method: &Method,
+        root: Option<&str>,
+        edge: Option<&str>,
+        extra_ids: &[&str],
+    ) -> Result<(), GatewayError> {
+        let Some(ci) = caller.client else {
+            return Ok(());
+        };
+        let c = &self.clients[ci];
+        if let Some(methods) = &c.methods {
+            if !methods.contains(method) {
+                return Err(GatewayError::MethodNotAllowed {
+                    client: c.name.to_string(),
+                    method: method.to_string(),
+                });
+            }
+        }
+        let Some(allowed) = &c.wabas else {
+            return Ok(());
+        };
+        let app = &self.apps[caller.app];
+        let check = |id: &str, waba_edge: bool| -> Result<(), GatewayError> {
+            let waba = match app.objects.get(id) {
+                Some((waba, _)) => Some(waba.as_str()),
+                None if waba_edge || self.all_wabas.contains(id) => Some(id),
+                None => None,
+            };
+            match waba {
+                Some(w) if !allowed.contains(w) => Err(GatewayError::ObjectNotAllowed {
+                    client: c.name.to_string(),
+                    object: id.to_string(),
+                }),
+                _ => Ok(()),
+            }
+        };
+        if let Some(root) = root {
+            check(root, edge.is_some_and(|e| WABA_EDGES.contains(&e)))?;
+        }
+        for id in extra_ids {
+            check(id, false)?;
+        }
+        Ok(())
+    }
+
+    /// The token a call on `root` is made with: the WABA's own token when it has one, else the app's.
+    pub fn token_for(&self, app: usize, root: Option<&str>) -> &Secret {
+        let a = &self.apps[app];
+        root.and_then(|r| a.objects.get(r))
+            .and_then(|(_, t)| t.as_ref())
+            .unwrap_or(&a.token)
+    }
+}
+
+/// The key a caller presented in a header, if any: `Authorization: Bearer <key>` (pywa, curl) or
+/// `OAuth <key>` (older Graph clients).
+pub fn key_from_header(headers: &HeaderMap) -> Option<&str> {
+    let v = headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim();
+    let (scheme, rest) = v.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("oauth") {
+        Some(rest.trim())
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::collections::HashMap as Env;
+
+    fn config() -> Config {
+        let mut env = Env::new();
+        env.insert("T_APP".to_string(), "app-token".to_string());
+        env.insert("T_WABA".to_string(), "waba-token".to_string());
+        let ka = hex::encode(key_digest("key-a-0123456789"));
+        let kb = hex::encode(key_digest("key-b-0123456789"));
+        let text = format!(
+            r#"
+[[app]]
+name = "main"
+id = "1"
+token_env = "T_APP"
+[[app.waba]]
+id = "100"
+[[app.waba]]
+id = "200"
+token_env = "T_WABA"
+phone_numbers = ["201"]
+[[client]]
+name = "a"
+key_sha256 = "{ka}"
+[[client]]
+name = "b"
+key_sha256 = "{kb}"
+wabas = ["100"]
+methods = ["GET"]
+"#
+        );
+        Config::from_toml(&text, "test.toml", std::path::Path::new("."), &env).unwrap()
+    }
+
+    // Keys map to their clients; anything else is 190.
+    #[test]
+    fn keys_identify_clients_and_unknown_keys_fail() {
+        let d = Directory::new(&config());
+        assert_eq!(
+            &*d.authenticate(Some("key-a-0123456789")).unwrap().name,
+            "a"
+        );
+        assert_eq!(
+            &*d.authenticate(Some("key-b-0123456789")).unwrap().name,
+            "b"
+        );
+        assert!(matches!(
+            d.authenticate(Some("nope")),
+            Err(GatewayError::UnknownKey)
+        ));
+        assert!(matches!(
+            d.authenticate(None),
+            Err(GatewayError::MissingKey)
+        ));
+        assert!(matches!(
+            d.authenticate(Some("")),
+            Err(GatewayError::MissingKey)
+        ));
+    }
+
+    // A restricted client reaches its WABA, not others, not other WABAs' phone numbers, and not
+    // unknown ids on WABA-only edges.
+    #[test]
+    fn allowlists_cover_wabas_phone_numbers_and_methods() {
+        let d = Directory::new(&config());
+        let b = d.authenticate(Some("key-b-0123456789")).unwrap();
+        let get = Method::GET;
+        assert!(d
+            .authorize(&b, &get, Some("100"), Some("message_templates"), &[])
+            .is_ok());
+        assert!(d.authorize(&b, &get, Some("200"), None, &[]).is_err());
+        assert!(d
+            .authorize(&b, &get, Some("201"), Some("messages"), &[])
+            .is_err());
+        assert!(d
+            .authorize(&b, &get, Some("999"), Some("message_templates"), &[])
+            .is_err());
+        assert!(
+            d.authorize(&b, &get, Some("555"), None, &[]).is_ok(),
+            "unknown non-WABA objects pass"
+        );
+        assert!(
+            d.authorize(&b, &get, Some("100"), None, &["200"]).is_err(),
+            "ids= is checked too"
+        );
+        assert!(matches!(
+            d.authorize(&b, &Method::DELETE, Some("100"), None, &[]),
+            Err(GatewayError::MethodNotAllowed { .. })
+        ));
+        let a = d.authenticate(Some("key-a-0123456789")).unwrap();
+        assert!(d
+            .authorize(&a, &Method::DELETE, Some("200"), None, &[])
+            .is_ok());
+    }
+
+    // The WABA's own token is used for it and its phone numbers, the app's for everything else.
+    #[test]
+    fn per_waba_tokens_fall_back_to_the_app_token() {
+        let d = Directory::new(&config());
+        assert_eq!(d.token_for(0, Some("200")).expose(), "waba-token");
+        assert_eq!(d.token_for(0, Some("201")).expose(), "waba-token");
+        assert_eq!(d.token_for(0, Some("100")).expose(), "app-token");
+        assert_eq!(d.token_for(0, None).expose(), "app-token");
+    }
+
+    #[test]
+    fn bearer_and_oauth_headers_carry_keys() {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(key_from_header(&h), Some("abc"));
+        h.insert(http::header::AUTHORIZATION, "OAuth xyz".parse().unwrap());
+        assert_eq!(key_from_header(&h), Some("xyz"));
+        h.insert(http::header::AUTHORIZATION, "Basic xyz".parse().unwrap());
+        assert_eq!(key_from_header(&h), None);
+    }
+}

@@ -1,0 +1,219 @@
+//! Routes to budget classes: which of Meta's rate-limit buckets (the seed's table) a call spends.
+//!
+//! A pure, table-driven function of the method, the target and what graphgate knows about object
+//! ids. It must never do I/O or look at bodies; learning new ids (allocation configs, status ids)
+//! happens elsewhere and is passed in through [`Known`].
+
+use std::collections::{HashMap, HashSet};
+
+use http::Method;
+
+use crate::target::Target;
+
+/// Which budget a call spends.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Class {
+    /// Per app, per WABA (200 or 5000 per rolling hour).
+    Waba(String),
+    /// Per app, credit-line calls (5000 per rolling hour).
+    CreditLine,
+    /// Not in Meta's table: forwarded, counted only in metrics.
+    Other,
+}
+
+impl Class {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Class::Waba(_) => "waba",
+            Class::CreditLine => "credit_line",
+            Class::Other => "other",
+        }
+    }
+}
+
+/// Object ids graphgate knows the kind of.
+#[derive(Debug, Default, Clone)]
+pub struct Known {
+    pub wabas: HashSet<String>,
+    /// WABA-to-number-current-status id -> its WABA.
+    pub status_ids: HashMap<String, String>,
+    pub allocation_configs: HashSet<String>,
+}
+
+/// What kind of object the first path segment must be for a row to match.
+#[derive(Clone, Copy)]
+enum Root {
+    /// Any id (the edge name alone says what the root is).
+    Any,
+    Waba,
+    StatusId,
+    AllocationConfig,
+}
+
+#[derive(Clone, Copy)]
+enum Bucket {
+    Waba,
+    CreditLine,
+}
+
+/// The seed's rate-limit table, one row per (methods, root kind, edge).
+const TABLE: &[(&[&str], Root, Option<&str>, Bucket)] = &[
+    (&["GET"], Root::Waba, None, Bucket::Waba),
+    (
+        &["GET", "POST", "DELETE"],
+        Root::Any,
+        Some("assigned_users"),
+        Bucket::Waba,
+    ),
+    (&["GET"], Root::Any, Some("phone_numbers"), Bucket::Waba),
+    (
+        &["GET", "POST", "DELETE"],
+        Root::Any,
+        Some("message_templates"),
+        Bucket::Waba,
+    ),
+    (
+        &["GET", "POST", "DELETE"],
+        Root::Any,
+        Some("subscribed_apps"),
+        Bucket::Waba,
+    ),
+    (&["GET"], Root::StatusId, None, Bucket::Waba),
+    (
+        &["GET"],
+        Root::Any,
+        Some("extendedcredits"),
+        Bucket::CreditLine,
+    ),
+    (
+        &["POST"],
+        Root::Any,
+        Some("whatsapp_credit_sharing_and_attach"),
+        Bucket::CreditLine,
+    ),
+    (
+        &["GET", "DELETE"],
+        Root::AllocationConfig,
+        None,
+        Bucket::CreditLine,
+    ),
+    (
+        &["GET"],
+        Root::Any,
+        Some("owning_credit_allocation_configs"),
+        Bucket::CreditLine,
+    ),
+];
+
+/// The class of one call. HEAD is counted like GET: Meta serves it as a GET.
+pub fn classify(method: &Method, target: &Target, known: &Known) -> Class {
+    let m = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    let Some(root) = target.root() else {
+        return Class::Other;
+    };
+    // Deeper paths (`/{waba}/message_templates/x`) are not in the table.
+    if target.segments.len() > 2 {
+        return Class::Other;
+    }
+    let edge = target.edge();
+    for (methods, kind, row_edge, bucket) in TABLE {
+        if *row_edge != edge || !methods.contains(&m) {
+            continue;
+        }
+        let owner = match kind {
+            Root::Any => Some(root.to_string()),
+            Root::Waba => known.wabas.contains(root).then(|| root.to_string()),
+            Root::StatusId => known.status_ids.get(root).cloned(),
+            Root::AllocationConfig => known
+                .allocation_configs
+                .contains(root)
+                .then(|| root.to_string()),
+        };
+        if let Some(owner) = owner {
+            return match bucket {
+                Bucket::Waba => Class::Waba(owner),
+                Bucket::CreditLine => Class::CreditLine,
+            };
+        }
+    }
+    Class::Other
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known() -> Known {
+        let mut k = Known::default();
+        k.wabas.insert("100".into());
+        k.status_ids.insert("300".into(), "100".into());
+        k.allocation_configs.insert("400".into());
+        k
+    }
+
+    fn class(method: &str, path: &str) -> Class {
+        let t = Target::parse(path, None).unwrap();
+        classify(&method.parse().unwrap(), &t, &known())
+    }
+
+    // One assertion per row of the seed's table, plus the methods each row leaves out.
+    #[test]
+    fn every_row_of_the_seed_table_is_classified() {
+        let waba = Class::Waba("100".into());
+        assert_eq!(class("GET", "/v19.0/100"), waba);
+        assert_eq!(class("POST", "/v19.0/100"), Class::Other);
+        for m in ["GET", "POST", "DELETE"] {
+            assert_eq!(
+                class(m, "/v19.0/100/assigned_users"),
+                waba,
+                "{m} assigned_users"
+            );
+            assert_eq!(
+                class(m, "/v19.0/100/message_templates"),
+                waba,
+                "{m} message_templates"
+            );
+            assert_eq!(
+                class(m, "/100/subscribed_apps"),
+                waba,
+                "{m} subscribed_apps"
+            );
+        }
+        assert_eq!(class("GET", "/100/phone_numbers"), waba);
+        assert_eq!(class("POST", "/100/phone_numbers"), Class::Other);
+        assert_eq!(class("GET", "/300"), waba, "status id counts to its WABA");
+        assert_eq!(
+            class("GET", "/v19.0/500/extendedcredits"),
+            Class::CreditLine
+        );
+        assert_eq!(class("POST", "/v19.0/500/extendedcredits"), Class::Other);
+        assert_eq!(
+            class("POST", "/600/whatsapp_credit_sharing_and_attach"),
+            Class::CreditLine
+        );
+        assert_eq!(
+            class("GET", "/600/whatsapp_credit_sharing_and_attach"),
+            Class::Other
+        );
+        assert_eq!(class("GET", "/400"), Class::CreditLine);
+        assert_eq!(class("DELETE", "/400"), Class::CreditLine);
+        assert_eq!(
+            class("GET", "/600/owning_credit_allocation_configs"),
+            Class::CreditLine
+        );
+    }
+
+    // Calls outside the table stay `other`.
+    #[test]
+    fn calls_outside_the_table_are_other() {
+        assert_eq!(class("POST", "/106540352242922/messages"), Class::Other);
+        assert_eq!(class("GET", "/999"), Class::Other, "an unknown object");
+        assert_eq!(class("POST", "/"), Class::Other, "batch root");
+        assert_eq!(class("GET", "/100/message_templates/extra"), Class::Other);
+        assert_eq!(class("HEAD", "/100"), Class::Waba("100".into()));
+    }
+}

@@ -1,0 +1,1163 @@
+//! Configuration: the TOML file plus `GRAPHGATE_*` environment overrides, parsed whole and validated
+//! into a typed [`Config`] before anything binds a port.
+//!
+//! It owns loading secrets (tokens, app secrets, client keys) from the environment or files. It must
+//! never put a secret into an error message, a `Debug` dump or a log line: secrets live in [`Secret`],
+//! and serde's messages (which quote offending values) are scrubbed before they are shown.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Method;
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// Where Meta's Graph API lives.
+pub const DEFAULT_UPSTREAM: &str = "https://graph.facebook.com";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// TCP connect to Meta; a slow connect usually means a network problem, not load.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Until Meta's response head arrives; template creation can take a few seconds.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub const DEFAULT_POOL_MAX_IDLE: usize = 64;
+/// Meta accepts media uploads up to 100 MB; leave room for multipart framing.
+pub const DEFAULT_MAX_BODY: u64 = 128 * 1024 * 1024;
+/// Form bodies are read whole to strip `access_token`; Graph forms are small.
+pub const DEFAULT_MAX_FORM_BODY: u64 = 1024 * 1024;
+/// JSON responses are read whole to rewrite paging links; larger ones stream unchanged.
+pub const DEFAULT_MAX_REWRITE_BODY: u64 = 16 * 1024 * 1024;
+pub const DEFAULT_MAX_URI: u64 = 8 * 1024;
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 32 * 1024;
+/// In-flight requests get this long to finish after SIGTERM.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+const ENV_PREFIX: &str = "GRAPHGATE_";
+
+// ---------------------------------------------------------------- typed config
+
+/// The validated configuration. Every field holds a usable value; no further checks are needed.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub upstream: Upstream,
+    pub auth: AuthMode,
+    pub apps: Vec<App>,
+    pub clients: Vec<Client>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    /// Base URL callers use to reach graphgate; paging links are rewritten to it.
+    pub public_url: Option<http::Uri>,
+    pub max_body: u64,
+    pub max_form_body: u64,
+    pub max_rewrite_body: u64,
+    pub max_uri: u64,
+    pub max_headers: usize,
+    pub max_header_bytes: u64,
+    pub shutdown_grace: Duration,
+    pub tls: Option<TlsFiles>,
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// scheme://authority[/base-path], no trailing slash.
+    pub url: http::Uri,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Callers present a client key (the normal mode).
+    Keys,
+    /// Trusted network: every caller is treated as the single app's anonymous client.
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct App {
+    pub name: String,
+    pub id: String,
+    pub token: Secret,
+    pub app_secret: Option<Secret>,
+    pub proof: ProofMode,
+    pub wabas: Vec<Waba>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProofMode {
+    /// `appsecret_proof = HMAC(secret, token|time)` plus `appsecret_time`: Meta's current form.
+    Timestamped,
+    /// `appsecret_proof = HMAC(secret, token)`: what most SDKs still send.
+    Classic,
+}
+
+#[derive(Debug, Clone)]
+pub struct Waba {
+    pub id: String,
+    pub active: Active,
+    /// A Business Integration System User token for this customer's WABA, if it has its own.
+    pub token: Option<Secret>,
+    /// Objects owned by this WABA (phone number ids) that should use its token and allowlist.
+    pub phone_numbers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Active {
+    Yes,
+    No,
+    Auto,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    pub name: String,
+    /// sha256 of the key; the key itself is never kept.
+    pub key_sha256: [u8; 32],
+    /// Index into [`Config::apps`].
+    pub app: usize,
+    pub wabas: Option<HashSet<String>>,
+    pub methods: Option<HashSet<Method>>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("name", &self.name)
+            .field("app", &self.app)
+            .field("wabas", &self.wabas)
+            .field("methods", &self.methods)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A token or secret. It has no `Display`, its `Debug` is redacted, and the only way to read it is
+/// [`Secret::expose`], so a stray `{:?}` can never print it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// sha256 of a client key, as stored in `key_sha256`.
+pub fn key_digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+// ---------------------------------------------------------------- errors
+
+/// Every problem found in one load, reported together.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+/// One config problem: where (file, key, line when the parser knows it) and what.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub file: String,
+    pub key: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl ConfigError {
+    fn one(file: &str, key: &str, line: Option<usize>, message: impl Into<String>) -> Self {
+        ConfigError {
+            problems: vec![Problem {
+                file: file.to_string(),
+                key: key.to_string(),
+                line,
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+// ---------------------------------------------------------------- raw (serde) config
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    app: Vec<RawApp>,
+    #[serde(default)]
+    client: Vec<RawClient>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    public_url: Option<String>,
+    auth: Option<String>,
+    max_body: Option<Size>,
+    max_form_body: Option<Size>,
+    max_rewrite_body: Option<Size>,
+    max_uri: Option<Size>,
+    max_headers: Option<i64>,
+    max_header_bytes: Option<Size>,
+    shutdown_grace: Option<Dur>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    access_log: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: Option<String>,
+    connect_timeout: Option<Dur>,
+    request_timeout: Option<Dur>,
+    pool_idle_timeout: Option<Dur>,
+    pool_max_idle_per_host: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    name: Option<String>,
+    #[serde(default, deserialize_with = "opt_id")]
+    id: Option<String>,
+    /// Present only so that an inline token gets a clear refusal; its value is never read or shown.
+    token: Option<de::IgnoredAny>,
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
+    app_secret: Option<de::IgnoredAny>,
+    app_secret_env: Option<String>,
+    app_secret_file: Option<PathBuf>,
+    appsecret_proof: Option<String>,
+    #[serde(default)]
+    waba: Vec<RawWaba>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWaba {
+    #[serde(default, deserialize_with = "opt_id")]
+    id: Option<String>,
+    active: Option<RawActive>,
+    token: Option<de::IgnoredAny>,
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "id_list")]
+    phone_numbers: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawActive {
+    Bool(bool),
+    Word(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    name: Option<String>,
+    key: Option<de::IgnoredAny>,
+    key_sha256: Option<String>,
+    key_env: Option<String>,
+    app: Option<String>,
+    #[serde(default, deserialize_with = "opt_id_list")]
+    wabas: Option<Vec<String>>,
+    methods: Option<Vec<String>>,
+}
+
+/// A duration written as `30s`, `1h`, `500ms` (humantime).
+#[derive(Debug, Clone, Copy)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(Dur).map_err(de::Error::custom)
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration like 30s, 5m or 1h ({e})"))
+}
+
+/// A byte size written as `256MiB`, `8KiB`, `1MB` or a plain integer of bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            N(i64),
+            S(String),
+        }
+        match Either::deserialize(d)? {
+            Either::N(n) if n >= 0 => Ok(Size(n as u64)),
+            Either::N(n) => Err(de::Error::custom(format!("size {n} is negative"))),
+            Either::S(s) => parse_size(&s).map(Size).map_err(de::Error::custom),
+        }
+    }
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 512KiB, 256MiB or 1GiB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` in `{s}` (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size `{s}` is too large"))
+}
+
+/// Graph ids are strings, but TOML users often write them as integers; accept both.
+fn opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Some(Id::deserialize(d)?.0))
+}
+
+fn id_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Vec::<Id>::deserialize(d)?
+        .into_iter()
+        .map(|i| i.0)
+        .collect())
+}
+
+fn opt_id_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    id_list(d).map(Some)
+}
+
+struct Id(String);
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            N(u64),
+            S(String),
+        }
+        Ok(Id(match Either::deserialize(d)? {
+            Either::N(n) => n.to_string(),
+            Either::S(s) => s,
+        }))
+    }
+}
+
+// ---------------------------------------------------------------- loading
+
+/// Where secrets and overrides come from; tests pass their own map instead of the process env.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+    fn vars(&self) -> Vec<(String, String)>;
+}
+
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+    fn vars(&self) -> Vec<(String, String)> {
+        std::env::vars().collect()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+    fn vars(&self) -> Vec<(String, String)> {
+        self.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+impl Config {
+    /// Reads, overrides, deserializes and validates the file at `path`.
+    pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::one(&file, "", None, format!("cannot read the file: {e}")))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, &file, base, env)
+    }
+
+    /// Like [`Config::load`] with the file's text given; `base` resolves relative `*_file` paths.
+    pub fn from_toml(
+        text: &str,
+        file: &str,
+        base: &Path,
+        env: &dyn Env,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            ConfigError::one(file, "", line, scrub(e.message()))
+        })?;
+        let overridden = apply_env_overrides(&mut table, env, file)?;
+        let raw = match RawConfig::deserialize(toml::Value::Table(table)) {
+            Ok(raw) => raw,
+            Err(e) => {
+                // Deserializing the text again gives the parser's line for problems in the file
+                // itself; otherwise the override was to blame.
+                if let Err(e2) = toml::from_str::<RawConfig>(text) {
+                    let line = e2.span().map(|s| line_of(text, s.start));
+                    return Err(ConfigError::one(
+                        file,
+                        &key_hint(&e2),
+                        line,
+                        scrub(e2.message()),
+                    ));
+                }
+                let vars = overridden.join(", ");
+                return Err(ConfigError::one(
+                    file,
+                    &key_hint(&e),
+                    None,
+                    format!(
+                        "{} (set by environment override {vars})",
+                        scrub(e.message())
+                    ),
+                ));
+            }
+        };
+        Validator {
+            file,
+            base,
+            env,
+            problems: Vec::new(),
+        }
+        .validate(raw)
+    }
+
+    pub fn app_by_name(&self, name: &str) -> Option<usize> {
+        self.apps.iter().position(|a| a.name == name)
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// serde quotes offending values (`invalid type: string "EAA..."`); a value in the wrong place may
+/// be a secret, so quoted strings are blanked out of every message we show.
+fn scrub(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut in_quote = false;
+    for c in msg.chars() {
+        if c == '"' {
+            if in_quote {
+                out.push_str("\"<value>\"");
+            }
+            in_quote = !in_quote;
+        } else if !in_quote {
+            out.push(c);
+        }
+    }
+    out.trim_end().to_string()
+}
+
+/// The toml error's keys, e.g. `app[0].waba` ; empty when unknown.
+fn key_hint(e: &toml::de::Error) -> String {
+    let m = e.message();
+    // deny_unknown_fields: "unknown field `foo`, expected ..."
+    if let Some(rest) = m.strip_prefix("unknown field `") {
+        if let Some(end) = rest.find('`') {
+            return rest[..end].to_string();
+        }
+    }
+    if let Some(rest) = m.strip_prefix("missing field `") {
+        if let Some(end) = rest.find('`') {
+            return rest[..end].to_string();
+        }
+    }
+    String::new()
+}
+
+/// `GRAPHGATE_SERVER__LISTEN=0.0.0.0:8080` sets `server.listen`; `GRAPHGATE_APP__0__ID=1` sets
+/// `app[0].id`. Values are read as TOML (numbers, booleans, arrays) where they parse, else as strings,
+/// and keep the type of the value they replace when that is a string.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: &dyn Env,
+    file: &str,
+) -> Result<Vec<String>, ConfigError> {
+    let mut vars: Vec<(String, String)> = env
+        .vars()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+        .collect();
+    vars.sort();
+    let mut applied = Vec::new();
+    for (name, value) in vars {
+        let path: Vec<String> = name[ENV_PREFIX.len()..]
+            .split("__")
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+        if path.iter().any(|p| p.is_empty()) {
+            return Err(ConfigError::one(
+                file,
+                &name,
+                None,
+                "malformed environment override name",
+            ));
+        }
+        set_path(table, &path, &value).map_err(|m| {
+            ConfigError::one(
+                file,
+                &path.join("."),
+                None,
+                format!("environment override {name}: {m}"),
+            )
+        })?;
+        applied.push(name);
+    }
+    Ok(applied)
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: &str) -> Result<(), String> {
+    let (first, rest) = path.split_first().ok_or("empty key")?;
+    if rest.is_empty() {
+        let keep_string = matches!(table.get(first), Some(toml::Value::String(_)));
+        table.insert(first.clone(), env_value(value, keep_string));
+        return Ok(());
+    }
+    let entry = table.entry(first.clone()).or_insert_with(|| {
+        if rest[0].parse::<usize>().is_ok() {
+            toml::Value::Array(Vec::new())
+        } else {
+            toml::Value::Table(toml::Table::new())
+        }
+    });
+    match entry {
+        toml::Value::Table(t) => set_path(t, rest, value),
+        toml::Value::Array(items) => {
+            let idx: usize = rest[0]
+                .parse()
+                .map_err(|_| format!("`{first}` is a list; the next part must be an index"))?;
+            if idx > items.len() {
+                return Err(format!(
+                    "index {idx} of `{first}` skips entries (it has {})",
+                    items.len()
+                ));
+            }
+            if idx == items.len() {
+                items.push(toml::Value::Table(toml::Table::new()));
+            }
+            let tail = &rest[1..];
+            if tail.is_empty() {
+                let keep_string = matches!(items[idx], toml::Value::String(_));
+                items[idx] = env_value(value, keep_string);
+                return Ok(());
+            }
+            match &mut items[idx] {
+                toml::Value::Table(t) => set_path(t, tail, value),
+                _ => Err(format!("`{first}[{idx}]` is not a table")),
+            }
+        }
+        _ => Err(format!("`{first}` is not a table")),
+    }
+}
+
+fn env_value(value: &str, keep_string: bool) -> toml::Value {
+    if !keep_string {
+        if let Ok(t) = format!("v = {value}").parse::<toml::Table>() {
+            if let Some(v) = t.get("v") {
+                return v.clone();
+            }
+        }
+    }
+    toml::Value::String(value.to_string())
+}
+
+// ---------------------------------------------------------------- validation
+
+struct Validator<'a> {
+    file: &'a str,
+    base: &'a Path,
+    env: &'a dyn Env,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.to_string(),
+            key: key.into(),
+            line: None,
+            message: message.into(),
+        });
+    }
+
+    fn validate(mut self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let server = self.server(raw.server);
+        let upstream = self.upstream(raw.upstream);
+        let auth = server.1;
+        let apps: Vec<App> = raw
+            .app
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, a)| self.app(i, a))
+            .collect();
+        self.unique_apps(&apps);
+        let clients: Vec<Client> = raw
+            .client
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, c)| self.client(i, c, &apps))
+            .collect();
+        if apps.is_empty() {
+            self.problem("app", "at least one [[app]] is required");
+        }
+        match auth {
+            AuthMode::Keys if clients.is_empty() && !apps.is_empty() => {
+                self.problem("client", "at least one [[client]] is required (or set server.auth = \"none\" on a trusted network)")
+            }
+            AuthMode::None if apps.len() > 1 => {
+                self.problem("server.auth", "\"none\" serves a single app, but more than one [[app]] is configured")
+            }
+            _ => {}
+        }
+        if self.problems.is_empty() {
+            Ok(Config {
+                server: server.0,
+                upstream,
+                auth,
+                apps,
+                clients,
+            })
+        } else {
+            Err(ConfigError {
+                problems: self.problems,
+            })
+        }
+    }
+
+    fn server(&mut self, r: RawServer) -> (Server, AuthMode) {
+        let listen = match r.listen.as_deref().unwrap_or(DEFAULT_LISTEN).parse() {
+            Ok(a) => a,
+            Err(_) => {
+                self.problem(
+                    "server.listen",
+                    "must be an address like 127.0.0.1:8080 or [::]:8080",
+                );
+                DEFAULT_LISTEN
+                    .parse()
+                    .expect("default listen address parses")
+            }
+        };
+        let public_url = r
+            .public_url
+            .filter(|s| !s.is_empty())
+            .and_then(|s| match base_url(&s) {
+                Ok(u) => Some(u),
+                Err(m) => {
+                    self.problem("server.public_url", m);
+                    None
+                }
+            });
+        let auth = match r.auth.as_deref() {
+            None | Some("keys") => AuthMode::Keys,
+            Some("none") => AuthMode::None,
+            Some(_) => {
+                self.problem("server.auth", "must be \"keys\" or \"none\"");
+                AuthMode::Keys
+            }
+        };
+        let tls = match (r.tls_cert_file, r.tls_key_file) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: self.base.join(cert),
+                key: self.base.join(key),
+            }),
+            (None, None) => None,
+            _ => {
+                self.problem(
+                    "server.tls_cert_file",
+                    "tls_cert_file and tls_key_file must be set together",
+                );
+                None
+            }
+        };
+        let max_headers = match r.max_headers {
+            None => DEFAULT_MAX_HEADERS,
+            Some(n) if (1..=10_000).contains(&n) => n as usize,
+            Some(_) => {
+                self.problem("server.max_headers", "must be between 1 and 10000");
+                DEFAULT_MAX_HEADERS
+            }
+        };
+        let server = Server {
+            listen,
+            public_url,
+            max_body: self.positive_size("server.max_body", r.max_body, DEFAULT_MAX_BODY),
+            max_form_body: self.positive_size(
+                "server.max_form_body",
+                r.max_form_body,
+                DEFAULT_MAX_FORM_BODY,
+            ),
+            max_rewrite_body: self.positive_size(
+                "server.max_rewrite_body",
+                r.max_rewrite_body,
+                DEFAULT_MAX_REWRITE_BODY,
+            ),
+            max_uri: self.positive_size("server.max_uri", r.max_uri, DEFAULT_MAX_URI),
+            max_headers,
+            max_header_bytes: self.positive_size(
+                "server.max_header_bytes",
+                r.max_header_bytes,
+                DEFAULT_MAX_HEADER_BYTES,
+            ),
+            shutdown_grace: r
+                .shutdown_grace
+                .map(|d| d.0)
+                .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+            tls,
+            access_log: r.access_log.unwrap_or(true),
+        };
+        (server, auth)
+    }
+
+    fn positive_size(&mut self, key: &str, v: Option<Size>, default: u64) -> u64 {
+        match v {
+            None => default,
+            Some(Size(0)) => {
+                self.problem(key, "must be greater than zero");
+                default
+            }
+            Some(Size(n)) => n,
+        }
+    }
+
+    fn positive_duration(&mut self, key: &str, v: Option<Dur>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(Dur(d)) if d.is_zero() => {
+                self.problem(key, "must be greater than zero");
+                default
+            }
+            Some(Dur(d)) => d,
+        }
+    }
+
+    fn upstream(&mut self, r: RawUpstream) -> Upstream {
+        let url = match base_url(r.url.as_deref().unwrap_or(DEFAULT_UPSTREAM)) {
+            Ok(u) => u,
+            Err(m) => {
+                self.problem("upstream.url", m);
+                DEFAULT_UPSTREAM.parse().expect("default upstream parses")
+            }
+        };
+        let pool_max_idle_per_host = match r.pool_max_idle_per_host {
+            None => DEFAULT_POOL_MAX_IDLE,
+            Some(n) if (0..=100_000).contains(&n) => n as usize,
+            Some(_) => {
+                self.problem(
+                    "upstream.pool_max_idle_per_host",
+                    "must be between 0 and 100000",
+                );
+                DEFAULT_POOL_MAX_IDLE
+            }
+        };
+        Upstream {
+            url,
+            connect_timeout: self.positive_duration(
+                "upstream.connect_timeout",
+                r.connect_timeout,
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
+            request_timeout: self.positive_duration(
+                "upstream.request_timeout",
+                r.request_timeout,
+                DEFAULT_REQUEST_TIMEOUT,
+            ),
+            pool_idle_timeout: self.positive_duration(
+                "upstream.pool_idle_timeout",
+                r.pool_idle_timeout,
+                DEFAULT_POOL_IDLE_TIMEOUT,
+            ),
+            pool_max_idle_per_host,
+        }
+    }
+
+    /// Reads a secret from exactly one of an env var or a file. `inline` is set when the user wrote
+    /// the secret into the config itself, which is refused.
+    fn secret(
+        &mut self,
+        key: &str,
+        inline: bool,
+        env_name: Option<String>,
+        file: Option<PathBuf>,
+        required: bool,
+    ) -> Option<Secret> {
+        let leaf = key.rsplit('.').next().unwrap_or(key);
+        if inline {
+            self.problem(
+                key,
+                format!("an inline secret in the config file is refused: use {leaf}_env (an environment variable) or {leaf}_file (a file, e.g. under /run/secrets)"),
+            );
+            return None;
+        }
+        match (env_name, file) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    format!("{key}_env"),
+                    format!("set either {leaf}_env or {leaf}_file, not both"),
+                );
+                None
+            }
+            (Some(var), None) => match self.env.var(&var) {
+                Some(v) if !v.trim().is_empty() => Some(Secret(v.trim().to_string())),
+                Some(_) => {
+                    self.problem(
+                        format!("{key}_env"),
+                        format!("environment variable {var} is empty"),
+                    );
+                    None
+                }
+                None => {
+                    self.problem(
+                        format!("{key}_env"),
+                        format!("environment variable {var} is not set"),
+                    );
+                    None
+                }
+            },
+            (None, Some(path)) => {
+                let path = self.base.join(path);
+                match std::fs::read_to_string(&path) {
+                    Ok(v) if !v.trim().is_empty() => Some(Secret(v.trim().to_string())),
+                    Ok(_) => {
+                        self.problem(
+                            format!("{key}_file"),
+                            format!("{} is empty", path.display()),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        self.problem(
+                            format!("{key}_file"),
+                            format!("cannot read {}: {e}", path.display()),
+                        );
+                        None
+                    }
+                }
+            }
+            (None, None) => {
+                if required {
+                    self.problem(
+                        format!("{key}_env"),
+                        format!("missing: set {leaf}_env or {leaf}_file"),
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    fn app(&mut self, i: usize, r: RawApp) -> Option<App> {
+        let at = format!("app[{i}]");
+        let before = self.problems.len();
+        let name = r.name.filter(|n| !n.is_empty());
+        if name.is_none() {
+            self.problem(format!("{at}.name"), "missing");
+        }
+        let id = r.id.filter(|s| is_graph_id(s));
+        if id.is_none() {
+            self.problem(format!("{at}.id"), "missing or not a numeric Graph id");
+        }
+        let token = self.secret(
+            &format!("{at}.token"),
+            r.token.is_some(),
+            r.token_env,
+            r.token_file,
+            true,
+        );
+        let app_secret = self.secret(
+            &format!("{at}.app_secret"),
+            r.app_secret.is_some(),
+            r.app_secret_env,
+            r.app_secret_file,
+            false,
+        );
+        let proof = match r.appsecret_proof.as_deref() {
+            None | Some("timestamped") => ProofMode::Timestamped,
+            Some("classic") => ProofMode::Classic,
+            Some(_) => {
+                self.problem(
+                    format!("{at}.appsecret_proof"),
+                    "must be \"timestamped\" or \"classic\"",
+                );
+                ProofMode::Timestamped
+            }
+        };
+        let mut seen = HashSet::new();
+        let mut wabas = Vec::new();
+        for (j, w) in r.waba.into_iter().enumerate() {
+            let wat = format!("{at}.waba[{j}]");
+            let id = match w.id.filter(|s| is_graph_id(s)) {
+                Some(id) => id,
+                None => {
+                    self.problem(format!("{wat}.id"), "missing or not a numeric Graph id");
+                    continue;
+                }
+            };
+            if !seen.insert(id.clone()) {
+                self.problem(
+                    format!("{wat}.id"),
+                    format!("WABA {id} is listed twice in this app"),
+                );
+            }
+            let active = match w.active {
+                None => Active::Auto,
+                Some(RawActive::Bool(true)) => Active::Yes,
+                Some(RawActive::Bool(false)) => Active::No,
+                Some(RawActive::Word(w)) if w == "auto" => Active::Auto,
+                Some(RawActive::Word(_)) => {
+                    self.problem(format!("{wat}.active"), "must be true, false or \"auto\"");
+                    Active::Auto
+                }
+            };
+            let token = self.secret(
+                &format!("{wat}.token"),
+                w.token.is_some(),
+                w.token_env,
+                w.token_file,
+                false,
+            );
+            for p in &w.phone_numbers {
+                if !is_graph_id(p) {
+                    self.problem(
+                        format!("{wat}.phone_numbers"),
+                        format!("`{p}` is not a numeric Graph id"),
+                    );
+                }
+            }
+            wabas.push(Waba {
+                id,
+                active,
+                token,
+                phone_numbers: w.phone_numbers,
+            });
+        }
+        if self.problems.len() > before {
+            return None;
+        }
+        Some(App {
+            name: name?,
+            id: id?,
+            token: token?,
+            app_secret,
+            proof,
+            wabas,
+        })
+    }
+
+    fn unique_apps(&mut self, apps: &[App]) {
+        let mut names = HashSet::new();
+        for (i, a) in apps.iter().enumerate() {
+            if !names.insert(a.name.as_str()) {
+                self.problem(
+                    format!("app[{i}].name"),
+                    format!("app name `{}` is used twice", a.name),
+                );
+            }
+        }
+    }
+
+    fn client(&mut self, i: usize, r: RawClient, apps: &[App]) -> Option<Client> {
+        let at = format!("client[{i}]");
+        let before = self.problems.len();
+        let name = r.name.filter(|n| !n.is_empty());
+        if name.is_none() {
+            self.problem(format!("{at}.name"), "missing");
+        }
+        if r.key.is_some() {
+            self.problem(format!("{at}.key"), "an inline client key in the config file is refused: use key_sha256 (hex sha256 of the key) or key_env");
+        }
+        let key_sha256 = match (r.key_sha256, r.key_env) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    format!("{at}.key_sha256"),
+                    "set either key_sha256 or key_env, not both",
+                );
+                None
+            }
+            (Some(h), None) => match hex::decode(h.trim()) {
+                Ok(b) if b.len() == 32 => b.try_into().ok(),
+                _ => {
+                    self.problem(format!("{at}.key_sha256"), "must be 64 hex digits (sha256 of the key, e.g. `printf %s KEY | sha256sum`)");
+                    None
+                }
+            },
+            (None, Some(var)) => match self.env.var(&var) {
+                Some(k) if k.trim().len() >= 16 => Some(key_digest(k.trim())),
+                Some(_) => {
+                    self.problem(
+                        format!("{at}.key_env"),
+                        format!("the key in {var} is shorter than 16 characters"),
+                    );
+                    None
+                }
+                None => {
+                    self.problem(
+                        format!("{at}.key_env"),
+                        format!("environment variable {var} is not set"),
+                    );
+                    None
+                }
+            },
+            (None, None) => {
+                self.problem(
+                    format!("{at}.key_sha256"),
+                    "missing: set key_sha256 or key_env",
+                );
+                None
+            }
+        };
+        let app = match r.app {
+            Some(a) => match apps.iter().position(|x| x.name == a) {
+                Some(idx) => Some(idx),
+                None => {
+                    self.problem(format!("{at}.app"), format!("no [[app]] is named `{a}`"));
+                    None
+                }
+            },
+            None if apps.len() == 1 => Some(0),
+            None => {
+                self.problem(
+                    format!("{at}.app"),
+                    "missing (required when more than one [[app]] is configured)",
+                );
+                None
+            }
+        };
+        let methods = r.methods.map(|ms| {
+            ms.iter()
+                .filter_map(|m| match m.to_ascii_uppercase().as_str() {
+                    "GET" => Some(Method::GET),
+                    "POST" => Some(Method::POST),
+                    "DELETE" => Some(Method::DELETE),
+                    "HEAD" => Some(Method::HEAD),
+                    _ => {
+                        self.problem(
+                            format!("{at}.methods"),
+                            format!("`{m}` is not one of GET, POST, DELETE, HEAD"),
+                        );
+                        None
+                    }
+                })
+                .collect::<HashSet<_>>()
+        });
+        let wabas = r.wabas.map(|ws| {
+            for w in &ws {
+                if !is_graph_id(w) {
+                    self.problem(
+                        format!("{at}.wabas"),
+                        format!("`{w}` is not a numeric Graph id"),
+                    );
+                }
+            }
+            ws.into_iter().collect::<HashSet<_>>()
+        });
+        if self.problems.len() > before {
+            return None;
+        }
+        Some(Client {
+            name: name?,
+            key_sha256: key_sha256?,
+            app: app?,
+            wabas,
+            methods,
+        })
+    }
+}
+
+pub fn is_graph_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Parses an absolute http(s) base URL with no query, and drops a trailing slash.
+fn base_url(s: &str) -> Result<http::Uri, String> {
+    let u: http::Uri = s
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|_| format!("`{s}` is not a URL"))?;
+    match u.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("`{s}` must start with http:// or https://")),
+    }
+    if u.authority().is_none() {
+        return Err(format!("`{s}` has no host"));
+    }
+    if u.query().is_some() {
+        return Err(format!("`{s}` must not have a query"));
+    }
+    Ok(u)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,279 @@
+//! The one mapping from graphgate's own failures to Graph-shaped HTTP errors.
+//!
+//! Every response graphgate makes itself (rather than relays from Meta) comes from here, carries the
+//! `x-graphgate-error` header so callers and tests can tell it from Meta's, and has the body
+//! `{"error":{"message","type","code","fbtrace_id"[,"is_transient"]}}`. Messages never contain a token,
+//! key or caller-supplied value that could be one.
+
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+
+/// Header on every response that graphgate generated itself.
+pub const LOCAL_ERROR_HEADER: &str = "x-graphgate-error";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no client key was presented")]
+    MissingKey,
+    #[error("the client key is not known")]
+    UnknownKey,
+    #[error("client `{client}` may not access object {object}")]
+    ObjectNotAllowed { client: String, object: String },
+    #[error("client `{client}` may not use method {method}")]
+    MethodNotAllowed { client: String, method: String },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request URI is longer than {limit} bytes")]
+    UriTooLong { limit: u64 },
+    #[error("request headers exceed {0}")]
+    HeadersTooLarge(String),
+    #[error("request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("the upstream could not be reached")]
+    UpstreamUnreachable,
+    #[error("the upstream did not answer within {0:?}")]
+    UpstreamTimeout(std::time::Duration),
+    #[error("the upstream connection failed while reading the request body")]
+    RequestBodyFailed,
+}
+
+/// How one error looks on the wire.
+struct Shape {
+    status: StatusCode,
+    kind: &'static str,
+    code: u32,
+    typ: &'static str,
+    transient: bool,
+}
+
+impl GatewayError {
+    fn shape(&self) -> Shape {
+        use GatewayError::*;
+        let s = |status, kind, code, typ, transient| Shape {
+            status,
+            kind,
+            code,
+            typ,
+            transient,
+        };
+        match self {
+            // 190 is what every Graph SDK treats as "bad token".
+            MissingKey => s(
+                StatusCode::UNAUTHORIZED,
+                "auth",
+                190,
+                "OAuthException",
+                false,
+            ),
+            UnknownKey => s(
+                StatusCode::UNAUTHORIZED,
+                "auth",
+                190,
+                "OAuthException",
+                false,
+            ),
+            // The seed: a token without access to the object is answered with code 200.
+            ObjectNotAllowed { .. } => s(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                200,
+                "OAuthException",
+                false,
+            ),
+            MethodNotAllowed { .. } => s(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                200,
+                "OAuthException",
+                false,
+            ),
+            BadRequest(_) => s(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                100,
+                "GraphMethodException",
+                false,
+            ),
+            UriTooLong { .. } => s(
+                StatusCode::URI_TOO_LONG,
+                "bad-request",
+                100,
+                "GraphMethodException",
+                false,
+            ),
+            HeadersTooLarge(_) => s(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "bad-request",
+                100,
+                "GraphMethodException",
+                false,
+            ),
+            BodyTooLarge { .. } => s(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "bad-request",
+                100,
+                "GraphMethodException",
+                false,
+            ),
+            // Code 2 is Graph's "temporary issue due to downtime": SDKs retry it.
+            UpstreamUnreachable => s(
+                StatusCode::BAD_GATEWAY,
+                "upstream",
+                2,
+                "OAuthException",
+                true,
+            ),
+            UpstreamTimeout(_) => s(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream-timeout",
+                2,
+                "OAuthException",
+                true,
+            ),
+            RequestBodyFailed => s(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                100,
+                "GraphMethodException",
+                false,
+            ),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.shape().status
+    }
+
+    /// Whether this is the caller's mistake (not worth an error-level log line).
+    pub fn is_caller_error(&self) -> bool {
+        self.status().is_client_error()
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let shape = self.shape();
+        let message = match shape.code {
+            190 => format!("Invalid OAuth access token - graphgate: {self}"),
+            200 => format!("(#200) Permissions error - graphgate: {self}"),
+            code => format!("(#{code}) graphgate: {self}"),
+        };
+        graph_error(
+            shape.status,
+            shape.kind,
+            shape.code,
+            shape.typ,
+            shape.transient,
+            &message,
+        )
+    }
+}
+
+/// A Graph-shaped error response; also used by other modules for errors with their own codes.
+pub fn graph_error(
+    status: StatusCode,
+    kind: &'static str,
+    code: u32,
+    typ: &str,
+    transient: bool,
+    message: &str,
+) -> Response {
+    let mut error = serde_json::json!({
+        "message": message,
+        "type": typ,
+        "code": code,
+        "fbtrace_id": trace_id(),
+    });
+    if transient {
+        error["is_transient"] = serde_json::Value::Bool(true);
+    }
+    let body = serde_json::json!({ "error": error }).to_string();
+    let mut resp = (status, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=UTF-8"),
+    );
+    h.insert(LOCAL_ERROR_HEADER, HeaderValue::from_static(kind));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// An fbtrace_id-like tag for locally made errors, prefixed so support can tell it is ours.
+fn trace_id() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
+    let mut rng = rand::thread_rng();
+    let tail: String = (0..16)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("GG{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_of(e: GatewayError) -> (StatusCode, serde_json::Value, Option<String>) {
+        let resp = e.into_response();
+        let status = resp.status();
+        let local = resp
+            .headers()
+            .get(LOCAL_ERROR_HEADER)
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap(), local)
+    }
+
+    // Each variant keeps its status and Graph code; a change here is a change in the public contract.
+    #[tokio::test]
+    async fn every_error_has_its_status_code_and_graph_shape() {
+        use GatewayError::*;
+        let cases = vec![
+            (MissingKey, 401, 190, false),
+            (UnknownKey, 401, 190, false),
+            (
+                ObjectNotAllowed {
+                    client: "c".into(),
+                    object: "1".into(),
+                },
+                403,
+                200,
+                false,
+            ),
+            (
+                MethodNotAllowed {
+                    client: "c".into(),
+                    method: "DELETE".into(),
+                },
+                403,
+                200,
+                false,
+            ),
+            (BadRequest("x".into()), 400, 100, false),
+            (UriTooLong { limit: 8192 }, 414, 100, false),
+            (HeadersTooLarge("100 headers".into()), 431, 100, false),
+            (BodyTooLarge { limit: 1 }, 413, 100, false),
+            (UpstreamUnreachable, 502, 2, true),
+            (
+                UpstreamTimeout(std::time::Duration::from_secs(1)),
+                504,
+                2,
+                true,
+            ),
+            (RequestBodyFailed, 400, 100, false),
+        ];
+        for (err, status, code, transient) in cases {
+            let (s, body, local) = body_of(err).await;
+            assert_eq!(s.as_u16(), status);
+            let e = &body["error"];
+            assert_eq!(e["code"], code);
+            assert!(e["message"].as_str().unwrap().contains("graphgate"));
+            assert!(e["type"].is_string());
+            assert!(e["fbtrace_id"].as_str().unwrap().starts_with("GG"));
+            assert_eq!(e["is_transient"].as_bool().unwrap_or(false), transient);
+            assert!(local.is_some());
+        }
+    }
+}

@@ -1,0 +1,550 @@
+//! The request path, one named step at a time:
+//! check -> authenticate -> classify -> authorize -> cache -> limit -> upstream -> rewrite -> respond.
+//!
+//! It owns the order of the steps and the shared [`Gateway`] state. It must never send a request
+//! upstream before the caller is authenticated and authorized, never forward a caller's key, and
+//! never buffer a body it does not need to read (uploads and downloads stream).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{HeaderMap, Method, Version};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use tracing::{field, Instrument};
+
+use crate::auth::{self, Caller, Directory};
+use crate::classify::{self, Known};
+use crate::config::{Config, Secret};
+use crate::error::GatewayError;
+use crate::rewrite::{self, Rewriter};
+use crate::target::{self, is_auth_param, join_raw, Param, Target};
+use crate::upstream::{self, Upstream};
+
+/// Graph's batch endpoint takes at most this many sub-requests.
+const MAX_BATCH: usize = 50;
+
+/// Shared state: cheap to clone, one per process.
+#[derive(Clone)]
+pub struct Gateway(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub directory: Directory,
+    pub upstream: Upstream,
+    /// Object kinds for classification; fixed from config for now (learning comes with limits).
+    pub known: Known,
+    /// `server.public_url` without a trailing slash, when configured.
+    public_base: Option<String>,
+    /// Scheme callers use when `public_url` is not set.
+    public_scheme: &'static str,
+}
+
+impl Gateway {
+    pub fn new(config: Config) -> Gateway {
+        let directory = Directory::new(&config);
+        let upstream = Upstream::new(&config.upstream);
+        let mut known = Known::default();
+        for app in &config.apps {
+            for w in &app.wabas {
+                known.wabas.insert(w.id.clone());
+            }
+        }
+        let public_base = config
+            .server
+            .public_url
+            .as_ref()
+            .map(|u| u.to_string().trim_end_matches('/').to_string());
+        let public_scheme = if config.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        Gateway(Arc::new(Inner {
+            config,
+            directory,
+            upstream,
+            known,
+            public_base,
+            public_scheme,
+        }))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+}
+
+/// The axum handler for every proxied request.
+pub async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
+    let started = Instant::now();
+    let request_id = request_id(req.headers());
+    let span = tracing::info_span!(
+        "request",
+        id = %request_id,
+        method = %req.method(),
+        client = field::Empty,
+        app = field::Empty,
+        class = field::Empty,
+        upstream_status = field::Empty,
+    );
+    let method = req.method().clone();
+    let mut resp = match pipeline(&gw, req).instrument(span.clone()).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _g = span.enter();
+            if e.is_caller_error() {
+                tracing::debug!(error = %e, "request refused");
+            } else {
+                tracing::warn!(error = %e, "request failed");
+            }
+            e.into_response()
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    if gw.0.config.server.access_log {
+        let _g = span.enter();
+        tracing::info!(
+            status = resp.status().as_u16(),
+            duration_us = started.elapsed().as_micros() as u64,
+            %method,
+            "done"
+        );
+    }
+    resp
+}
+
+async fn pipeline(gw: &Gateway, req: Request) -> Result<Response, GatewayError> {
+    let g = &gw.0;
+    let (parts, body) = req.into_parts();
+
+    // check: nothing else reads a target or headers that could be ambiguous.
+    let target = check(g, &parts)?;
+
+    // authenticate: the key may sit in a form body, which is read (bounded) here.
+    let mut body = read_body(g, &parts, body).await?;
+    let key = auth::key_from_header(&parts.headers)
+        .or_else(|| target.param("access_token"))
+        .or_else(|| body.form_param("access_token"));
+    let caller = g.directory.authenticate(key)?;
+    let span = tracing::Span::current();
+    span.record("client", &*caller.name);
+    span.record("app", g.config.apps[caller.app].name.as_str());
+
+    // classify: which of Meta's budgets this call spends.
+    let class = classify::classify(&parts.method, &target, &g.known);
+    span.record("class", class.label());
+
+    // authorize: the client's method and WABA allowlists, for the call and each sub-call of a batch.
+    let ids: Vec<&str> = target
+        .param("ids")
+        .map(|v| v.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    g.directory
+        .authorize(&caller, &parts.method, target.root(), target.edge(), &ids)?;
+    if target.param("batch").is_some() {
+        return Err(GatewayError::BadRequest(
+            "send `batch` in the form body, not in the query".into(),
+        ));
+    }
+    if let ReqBody::Form(params) = &mut body {
+        sanitize_batch(g, &caller, params)?;
+    }
+
+    // cache: lookups and fills arrive with the response cache (issue #4); every call is a miss now.
+    // limit: budget admission arrives with the rate limiter (issue #3); `class` names the bucket.
+
+    // upstream: our token in, the caller's credentials out.
+    let token = g.directory.token_for(caller.app, target.root());
+    let upstream_req = build_upstream_request(g, &parts, &target, body, &caller, token)?;
+    let resp = g.upstream.send(upstream_req).await?;
+    span.record("upstream_status", resp.status().as_u16());
+
+    // rewrite + respond.
+    respond(g, &parts, resp).await
+}
+
+// ---------------------------------------------------------------- check
+
+fn check(g: &Inner, parts: &Parts) -> Result<Target, GatewayError> {
+    let s = &g.config.server;
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    if pq.len() as u64 > s.max_uri {
+        return Err(GatewayError::UriTooLong { limit: s.max_uri });
+    }
+    if parts.headers.len() > s.max_headers {
+        return Err(GatewayError::HeadersTooLarge(format!(
+            "{} headers",
+            s.max_headers
+        )));
+    }
+    let header_bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes as u64 > s.max_header_bytes {
+        return Err(GatewayError::HeadersTooLarge(format!(
+            "{} bytes",
+            s.max_header_bytes
+        )));
+    }
+    // Absolute-form (`GET http://host/x HTTP/1.1`) naming anything but the Host we were reached
+    // under is a forward-proxy request; graphgate is not one. (HTTP/2 always carries an authority.)
+    if matches!(parts.version, Version::HTTP_10 | Version::HTTP_11) {
+        if let Some(auth) = parts.uri.authority() {
+            let host = parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok());
+            if host.is_none_or(|h| !h.eq_ignore_ascii_case(auth.as_str())) {
+                return Err(GatewayError::BadRequest(
+                    "absolute-form request targets naming another host are not accepted".into(),
+                ));
+            }
+        }
+    }
+    if !matches!(
+        parts.method,
+        Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::DELETE
+            | Method::PUT
+            | Method::PATCH
+            | Method::OPTIONS
+    ) {
+        return Err(GatewayError::BadRequest(format!(
+            "method {} is not supported by the Graph API",
+            parts.method
+        )));
+    }
+    if let Some(len) = content_length(&parts.headers)? {
+        if len > s.max_body {
+            return Err(GatewayError::BodyTooLarge { limit: s.max_body });
+        }
+    }
+    Target::parse(parts.uri.path(), parts.uri.query())
+}
+
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, GatewayError> {
+    match headers.get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| GatewayError::BadRequest("malformed Content-Length".into())),
+    }
+}
+
+// ---------------------------------------------------------------- bodies
+
+/// A request body as the pipeline holds it.
+enum ReqBody {
+    /// Streamed to Meta as it arrives (bounded by `server.max_body`).
+    Stream(Body),
+    /// A form body, read whole so credentials can be taken out of it.
+    Form(Vec<Param>),
+    /// A small JSON body, read whole so a stray `access_token` can be taken out of it.
+    Json(Bytes),
+}
+
+impl ReqBody {
+    fn form_param(&self, key: &str) -> Option<&str> {
+        match self {
+            ReqBody::Form(params) => params
+                .iter()
+                .find(|p| p.key == key)
+                .map(|p| p.value.as_str()),
+            _ => None,
+        }
+    }
+}
+
+fn content_type(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+}
+
+async fn read_body(g: &Inner, parts: &Parts, body: Body) -> Result<ReqBody, GatewayError> {
+    let s = &g.config.server;
+    let ct = content_type(&parts.headers)
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if ct.starts_with("application/x-www-form-urlencoded") {
+        let bytes = collect_limited(body, s.max_form_body).await?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| GatewayError::BadRequest("the form body is not UTF-8".into()))?;
+        let params = target::parse_params(text)
+            .map_err(|m| GatewayError::BadRequest(format!("form body: {m}")))?;
+        return Ok(ReqBody::Form(params));
+    }
+    let small = content_length(&parts.headers)?.is_some_and(|n| n <= s.max_form_body);
+    if ct.starts_with("application/json") && small {
+        return Ok(ReqBody::Json(collect_limited(body, s.max_form_body).await?));
+    }
+    let limit = s.max_body;
+    let limited = Limited::new(body, limit as usize).map_err(move |e| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            Box::new(GatewayError::BodyTooLarge { limit })
+                as Box<dyn std::error::Error + Send + Sync>
+        } else {
+            Box::new(GatewayError::RequestBodyFailed) as Box<dyn std::error::Error + Send + Sync>
+        }
+    });
+    Ok(ReqBody::Stream(Body::new(limited)))
+}
+
+async fn collect_limited(body: Body, limit: u64) -> Result<Bytes, GatewayError> {
+    match Limited::new(body, limit as usize).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(GatewayError::BodyTooLarge { limit })
+        }
+        Err(_) => Err(GatewayError::RequestBodyFailed),
+    }
+}
+
+/// Removes top-level credential keys from a JSON object body; other bodies pass unchanged.
+fn strip_json_credentials(bytes: Bytes) -> Bytes {
+    let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    if !has(b"access_token") && !has(b"appsecret_") {
+        return bytes;
+    }
+    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            for k in target::AUTH_PARAMS {
+                map.remove(k);
+            }
+            serde_json::to_vec(&map).map(Bytes::from).unwrap_or(bytes)
+        }
+        _ => bytes,
+    }
+}
+
+/// Checks and cleans each sub-request of a Graph batch (`batch=[{method, relative_url, body}]`):
+/// the caller's allowlists apply to every one, credentials are removed, and a sub-request on a
+/// WABA with its own token gets that token.
+fn sanitize_batch(g: &Inner, caller: &Caller, params: &mut [Param]) -> Result<(), GatewayError> {
+    let Some(p) = params.iter_mut().find(|p| p.key == "batch") else {
+        return Ok(());
+    };
+    let bad = |m: &str| GatewayError::BadRequest(format!("batch: {m}"));
+    let mut items: Vec<serde_json::Value> =
+        serde_json::from_str(&p.value).map_err(|_| bad("must be a JSON array"))?;
+    if items.len() > MAX_BATCH {
+        return Err(bad(&format!("at most {MAX_BATCH} requests per batch")));
+    }
+    let app_token = g.directory.token_for(caller.app, None);
+    for item in items.iter_mut() {
+        let obj = item
+            .as_object_mut()
+            .ok_or_else(|| bad("every element must be an object"))?;
+        let method: Method = obj
+            .get("method")
+            .and_then(|m| m.as_str())
+            .unwrap_or("GET")
+            .to_ascii_uppercase()
+            .parse()
+            .map_err(|_| bad("bad method"))?;
+        let rel = obj
+            .get("relative_url")
+            .and_then(|u| u.as_str())
+            .ok_or_else(|| bad("relative_url is required"))?;
+        let (path, query) = match rel.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (rel, None),
+        };
+        let path = if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("/{path}")
+        };
+        let t = Target::parse(&path, query)?;
+        let ids: Vec<&str> = t
+            .param("ids")
+            .map(|v| v.split(',').map(str::trim).collect())
+            .unwrap_or_default();
+        g.directory
+            .authorize(caller, &method, t.root(), t.edge(), &ids)?;
+        let mut q = t.forward_query();
+        let token = g.directory.token_for(caller.app, t.root());
+        if token != app_token {
+            // Sub-requests name their own token in the URL; it goes to Meta only, over TLS.
+            append_pair(&mut q, &format!("access_token={}", encode(token.expose())));
+            append_proof(g, caller, token, &mut q);
+        }
+        let new_url = if q.is_empty() {
+            path.clone()
+        } else {
+            format!("{path}?{q}")
+        };
+        obj.insert("relative_url".into(), serde_json::Value::String(new_url));
+        if let Some(serde_json::Value::String(b)) = obj.get("body") {
+            let cleaned = target::parse_params(b).map_err(|m| bad(&format!("body: {m}")))?;
+            let kept = join_raw(cleaned.iter().filter(|p| !is_auth_param(&p.key)));
+            obj.insert("body".into(), serde_json::Value::String(kept));
+        }
+    }
+    let json = serde_json::to_string(&items).map_err(|_| bad("cannot re-encode"))?;
+    p.value = json;
+    p.raw = format!("batch={}", encode(&p.value));
+    Ok(())
+}
+
+fn encode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn append_pair(q: &mut String, pair: &str) {
+    if !q.is_empty() {
+        q.push('&');
+    }
+    q.push_str(pair);
+}
+
+fn append_proof(g: &Inner, caller: &Caller, token: &Secret, q: &mut String) {
+    let app = &g.config.apps[caller.app];
+    if let Some(secret) = &app.app_secret {
+        append_pair(q, &upstream::proof_params(secret, token, app.proof));
+    }
+}
+
+// ---------------------------------------------------------------- upstream
+
+fn build_upstream_request(
+    g: &Inner,
+    parts: &Parts,
+    target: &Target,
+    body: ReqBody,
+    caller: &Caller,
+    token: &Secret,
+) -> Result<http::Request<Body>, GatewayError> {
+    let mut query = target.forward_query();
+    append_proof(g, caller, token, &mut query);
+    let uri = g.upstream.uri_for(&target.path, &query)?;
+    let mut headers = parts.headers.clone();
+    upstream::outbound_headers(&mut headers, token);
+    let body = match body {
+        ReqBody::Stream(b) => b,
+        ReqBody::Form(params) => {
+            let text = join_raw(params.iter().filter(|p| !is_auth_param(&p.key)));
+            set_length(&mut headers, text.len());
+            Body::from(text)
+        }
+        ReqBody::Json(bytes) => {
+            let bytes = strip_json_credentials(bytes);
+            set_length(&mut headers, bytes.len());
+            Body::from(bytes)
+        }
+    };
+    let mut req = http::Request::builder()
+        .method(parts.method.clone())
+        .uri(uri)
+        .body(body)
+        .map_err(|_| GatewayError::BadRequest("the request cannot be forwarded".into()))?;
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+fn set_length(headers: &mut HeaderMap, len: usize) {
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+}
+
+// ---------------------------------------------------------------- rewrite + respond
+
+async fn respond(
+    g: &Inner,
+    parts: &Parts,
+    resp: http::Response<Incoming>,
+) -> Result<Response, GatewayError> {
+    let (mut rparts, body) = resp.into_parts();
+    upstream::strip_hop_by_hop(&mut rparts.headers);
+    let limit = g.config.server.max_rewrite_body;
+    let rewritable = parts.method != Method::HEAD
+        && rewrite::is_json(content_type(&rparts.headers))
+        && content_length(&rparts.headers)
+            .ok()
+            .flatten()
+            .is_none_or(|n| n <= limit);
+    if !rewritable {
+        return Ok(Response::from_parts(rparts, Body::new(body)));
+    }
+    // Read the JSON (bounded); if it turns out larger than the limit, send what was read followed
+    // by the rest, unchanged.
+    let mut body = body;
+    let mut buf = BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(_)) => return Err(GatewayError::UpstreamUnreachable),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                    if buf.len() as u64 > limit {
+                        let head = futures_util::stream::once(async move {
+                            Ok::<_, hyper::Error>(buf.freeze())
+                        });
+                        let rest = body.into_data_stream();
+                        let stream = futures_util::StreamExt::chain(head, rest);
+                        return Ok(Response::from_parts(rparts, Body::from_stream(stream)));
+                    }
+                }
+            }
+        }
+    }
+    let bytes = buf.freeze();
+    let public = public_base(g, parts);
+    let rw = Rewriter {
+        upstream_origin: g.upstream.origin(),
+        upstream_base_path: g.upstream.base_path(),
+        public_base: &public,
+    };
+    let bytes = rw.paging(&bytes).unwrap_or(bytes);
+    set_length(&mut rparts.headers, bytes.len());
+    Ok(Response::from_parts(rparts, Body::from(bytes)))
+}
+
+/// Where the caller reached graphgate: `server.public_url`, else the scheme and Host it used.
+fn public_base(g: &Inner, parts: &Parts) -> String {
+    if let Some(b) = &g.public_base {
+        return b.clone();
+    }
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("localhost");
+    format!("{}://{}", g.public_scheme, host)
+}
+
+/// The caller's `X-Request-Id` when it is a sane token, else a fresh one.
+fn request_id(headers: &HeaderMap) -> String {
+    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        if !v.is_empty()
+            && v.len() <= 128
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        {
+            return v.to_string();
+        }
+    }
+    let n: u128 = rand::random();
+    format!("{n:032x}")
+}

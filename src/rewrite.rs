@@ -1,0 +1,167 @@
+//! Paging links: `paging.next` / `paging.previous` URLs that point at the upstream are rewritten to
+//! graphgate's public URL, with credentials removed, so a client that follows them verbatim (pywa's
+//! `Result.next()`) stays behind the proxy and never sees a token.
+//!
+//! It must never touch any other part of a response, and never re-serialize a body that has no
+//! paging links (the bytes go out as Meta sent them).
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::target::{is_auth_param, join_raw, parse_params};
+
+/// What a rewrite needs to know about the two ends.
+pub struct Rewriter<'a> {
+    /// `scheme://authority` of the upstream.
+    pub upstream_origin: &'a str,
+    /// Path prefix of the upstream URL, removed from rewritten links.
+    pub upstream_base_path: &'a str,
+    /// Where callers reach graphgate, no trailing slash, e.g. `https://graphgate.internal`.
+    pub public_base: &'a str,
+}
+
+/// Whether a response's content type can hold paging links.
+pub fn is_json(content_type: Option<&str>) -> bool {
+    // Graph answers `application/json` and, on older endpoints, `text/javascript`.
+    content_type.is_some_and(|ct| {
+        let ct = ct.trim_start();
+        ct.starts_with("application/json") || ct.starts_with("text/javascript")
+    })
+}
+
+impl Rewriter<'_> {
+    /// Returns the rewritten body, or `None` when nothing needed to change.
+    pub fn paging(&self, body: &[u8]) -> Option<Bytes> {
+        if memfind(body, b"\"paging\"").is_none() {
+            return None;
+        }
+        let mut v: Value = serde_json::from_slice(body).ok()?;
+        if !self.walk(&mut v) {
+            return None;
+        }
+        serde_json::to_vec(&v).ok().map(Bytes::from)
+    }
+
+    /// Rewrites every `paging` object in the tree (field expansion nests them); true if any changed.
+    fn walk(&self, v: &mut Value) -> bool {
+        let mut changed = false;
+        match v {
+            Value::Object(map) => {
+                if let Some(Value::Object(paging)) = map.get_mut("paging") {
+                    for key in ["next", "previous"] {
+                        if let Some(Value::String(url)) = paging.get_mut(key) {
+                            if let Some(new) = self.link(url) {
+                                *url = new;
+                                changed = true;
+                            }
+                        }
+                    }
+                }
+                for (_, child) in map.iter_mut() {
+                    changed |= self.walk(child);
+                }
+            }
+            Value::Array(items) => {
+                for child in items {
+                    changed |= self.walk(child);
+                }
+            }
+            _ => {}
+        }
+        changed
+    }
+
+    /// The public form of one link, if it points at the upstream.
+    fn link(&self, url: &str) -> Option<String> {
+        let rest = strip_prefix_ignore_case(url, self.upstream_origin)?;
+        if !(rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')) {
+            return None; // a different host that merely starts with the same characters
+        }
+        let rest = rest.strip_prefix(self.upstream_base_path).unwrap_or(rest);
+        let (path, query) = match rest.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (rest, None),
+        };
+        let mut out = String::with_capacity(self.public_base.len() + rest.len());
+        out.push_str(self.public_base);
+        out.push_str(path);
+        if let Some(q) = query {
+            // Unparseable queries are dropped rather than forwarded with a possible token in them.
+            let params = parse_params(q).unwrap_or_default();
+            let kept = join_raw(params.iter().filter(|p| !is_auth_param(&p.key)));
+            if !kept.is_empty() {
+                out.push('?');
+                out.push_str(&kept);
+            }
+        }
+        Some(out)
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    if s.len() >= prefix.len()
+        && s.is_char_boundary(prefix.len())
+        && s[..prefix.len()].eq_ignore_ascii_case(prefix)
+    {
+        Some(&s[prefix.len()..])
+    } else {
+        None
+    }
+}
+
+fn memfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rw() -> Rewriter<'static> {
+        Rewriter {
+            upstream_origin: "https://graph.facebook.com",
+            upstream_base_path: "",
+            public_base: "http://gg:8080",
+        }
+    }
+
+    // Links to the upstream move to the proxy and lose every credential parameter.
+    #[test]
+    fn upstream_links_are_rewritten_without_credentials() {
+        let body = br#"{"data":[1],"paging":{"cursors":{"after":"A"},"next":"https:\/\/graph.facebook.com\/v19.0\/1\/message_templates?access_token=EAAsecret&limit=2&after=A&appsecret_proof=p&appsecret_time=9","previous":"https://graph.facebook.com/v19.0/1/message_templates?limit=2&before=B"}}"#;
+        let out: Value = serde_json::from_slice(&rw().paging(body).unwrap()).unwrap();
+        assert_eq!(
+            out["paging"]["next"],
+            "http://gg:8080/v19.0/1/message_templates?limit=2&after=A"
+        );
+        assert_eq!(
+            out["paging"]["previous"],
+            "http://gg:8080/v19.0/1/message_templates?limit=2&before=B"
+        );
+        assert_eq!(out["paging"]["cursors"]["after"], "A");
+    }
+
+    // Expanded fields carry their own paging objects.
+    #[test]
+    fn nested_paging_objects_are_rewritten() {
+        let body = br#"{"id":"1","message_templates":{"data":[],"paging":{"next":"https://graph.facebook.com/1/message_templates?after=X"}}}"#;
+        let out: Value = serde_json::from_slice(&rw().paging(body).unwrap()).unwrap();
+        assert_eq!(
+            out["message_templates"]["paging"]["next"],
+            "http://gg:8080/1/message_templates?after=X"
+        );
+    }
+
+    // Bodies without upstream links are left byte for byte as they were.
+    #[test]
+    fn other_bodies_are_untouched() {
+        assert!(rw().paging(br#"{"data":[]}"#).is_none());
+        assert!(rw()
+            .paging(br#"{"paging":{"next":"https://graph.facebook.com.evil.com/x"}}"#)
+            .is_none());
+        assert!(rw()
+            .paging(br#"{"paging":{"next":"https://elsewhere.example/x"}}"#)
+            .is_none());
+        assert!(rw().paging(b"not json \"paging\"").is_none());
+    }
+}
