@@ -20,7 +20,7 @@
 pub mod auth;
 pub mod classify;
 pub mod config;
-// pub mod demo;
+pub mod demo;
 pub mod error;
 pub mod proxy;
 pub mod rewrite;

@@ -1,1 +1,157 @@
-fn main() {}
+//! The `graphgate` binary: parses the command line, loads config, starts tracing, binds, and hands
+//! over to the library. Nothing else lives here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use graphgate::config::{Config, ProcessEnv};
+use graphgate::telemetry::{self, Format};
+
+#[derive(Parser)]
+#[command(name = "graphgate", version, about = "Reverse proxy for Meta's Graph API: token injection, exact per-WABA budgets, response cache")]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(long, global = true, env = "GRAPHGATE_CONFIG", default_value = "config/graphgate.toml")]
+    config: PathBuf,
+    /// Log format: JSON lines, text, or auto (text on a terminal, JSON otherwise).
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the proxy (the default).
+    Serve,
+    /// Validate the config file and exit 0 (valid) or 2 (with every problem listed).
+    CheckConfig,
+    /// Start the Graph simulator and the proxy in one process, with a demo app and client.
+    Demo {
+        /// Where the proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Run the Graph API simulator alone.
+    Sim(graphgate::sim::SimArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let format = match cli.log_format {
+        LogFormat::Auto => Format::Auto,
+        LogFormat::Json => Format::Json,
+        LogFormat::Text => Format::Text,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("graphgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => match Config::load(&cli.config, &ProcessEnv) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} app(s), {} client(s), upstream {})",
+                    cli.config.display(),
+                    c.apps.len(),
+                    c.clients.len(),
+                    c.upstream.url
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve => {
+            let config = match Config::load(&cli.config, &ProcessEnv) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            telemetry::init(format);
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("graphgate: cannot listen on {}: {e}", config.server.listen);
+                        return ExitCode::FAILURE;
+                    }
+                };
+                tracing::info!(
+                    listen = %config.server.listen,
+                    upstream = %config.upstream.url,
+                    apps = config.apps.len(),
+                    clients = config.clients.len(),
+                    connect_timeout = ?config.upstream.connect_timeout,
+                    request_timeout = ?config.upstream.request_timeout,
+                    max_body = config.server.max_body,
+                    shutdown_grace = ?config.server.shutdown_grace,
+                    "graphgate listening"
+                );
+                match graphgate::run(listener, config, graphgate::server::signal()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("graphgate: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::Demo { listen } => {
+            telemetry::init(if matches!(cli.log_format, LogFormat::Auto) { Format::Text } else { format });
+            runtime.block_on(async move {
+                match graphgate::demo::run(listen, graphgate::server::signal()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("graphgate demo: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::Sim(args) => {
+            telemetry::init(format);
+            let (addr, sim_config) = match args.into_config() {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("graphgate sim: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::bind(addr).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("graphgate sim: cannot listen on {addr}: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                eprintln!("graphgate sim listening on http://{}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+                let sim = graphgate::sim::Sim::new(sim_config);
+                match graphgate::sim::serve(listener, sim, graphgate::server::signal()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("graphgate sim: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The binary's commands: check-config exit codes and messages, and serving from a config file.
+
+mod support;
+
+use std::process::Command;
+
+fn graphgate() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_graphgate"));
+    c.env_remove("GRAPHGATE_CONFIG");
+    c
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+// A valid file passes with exit 0.
+#[test]
+fn check_config_accepts_a_valid_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, "ok.toml", &support::config_text("http://127.0.0.1:9", ""));
+    let out = graphgate()
+        .args(["check-config", "--config"])
+        .arg(&p)
+        .envs(support::env())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+}
+
+// Problems exit 2 and name the file, the key and (where the parser knows it) the line; secrets
+// written inline are refused without being echoed.
+#[test]
+fn check_config_names_file_key_and_line_and_never_echoes_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = support::config_text("http://127.0.0.1:9", "listen_addr = \"x\"");
+    let p = write(&dir, "typo.toml", &text);
+    let out = graphgate().args(["check-config", "--config"]).arg(&p).envs(support::env()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = text.lines().position(|l| l.starts_with("listen_addr")).unwrap() + 1;
+    assert!(err.contains("typo.toml") && err.contains("listen_addr") && err.contains(&format!(":{line}")), "{err}");
+
+    let text = support::config_text("http://127.0.0.1:9", "").replace("token_env = \"TEST_SYSTEM_TOKEN\"", "token = \"EAAGinlineSECRETtoken\"");
+    let p = write(&dir, "inline.toml", &text);
+    let out = graphgate().args(["check-config", "--config"]).arg(&p).envs(support::env()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("inline.toml") && err.contains("app[0].token") && err.contains("token_env"), "{err}");
+    assert!(!err.contains("EAAGinlineSECRETtoken"));
+
+    // A missing token variable fails clearly, naming the variable.
+    let p = write(&dir, "noenv.toml", &support::config_text("http://127.0.0.1:9", ""));
+    let out = graphgate().args(["check-config", "--config"]).arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("TEST_SYSTEM_TOKEN") && err.contains("not set"), "{err}");
+
+    // A file that does not exist.
+    let out = graphgate().args(["check-config", "--config", "/nonexistent/graphgate.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/graphgate.toml"));
+}
+
+// Serving with a bad config exits 2 before binding anything.
+#[test]
+fn serve_refuses_a_bad_config_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, "bad.toml", "[server]\nmax_body = \"lots\"\n");
+    let out = graphgate().arg("--config").arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("max_body"), "{err}");
+}
+
+// Environment overrides reach every key, e.g. the upstream URL.
+#[test]
+fn environment_overrides_are_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, "ok.toml", &support::config_text("http://127.0.0.1:9", ""));
+    let out = graphgate()
+        .args(["check-config", "--config"])
+        .arg(&p)
+        .envs(support::env())
+        .env("GRAPHGATE_UPSTREAM__URL", "http://127.0.0.1:4321")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("127.0.0.1:4321"));
+}

@@ -1,0 +1,246 @@
+//! Test harness: the real simulator and the real proxy on `127.0.0.1:0`, a log capture, and
+//! helpers to scan everything a test saw for secrets.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use graphgate::config::Config;
+use graphgate::sim::{self, Access, Sim, SimConfig, SimToken};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub const APP_ID: &str = "1000000000000001";
+pub const SYSTEM_TOKEN: &str = "EAAGsystemTOKENforTESTSxq7Zp2";
+pub const WABA_TOKEN: &str = "EAAGbisuWABAtokenTESTk4Jw9";
+pub const APP_SECRET: &str = "appsecretTESTvalue5c1e";
+pub const CLIENT_KEY: &str = "ggkey-alpha-SECRET-0001";
+pub const LIMITED_KEY: &str = "ggkey-bravo-SECRET-0002";
+pub const WABA: &str = sim::seed::WABA_ID;
+pub const OTHER_WABA: &str = sim::seed::INACTIVE_WABA_ID;
+pub const PHONE: &str = sim::seed::PHONE_NUMBER_ID;
+
+/// Every secret a test uses; nothing a caller or a log sees may contain one.
+pub const SECRETS: [&str; 5] = [SYSTEM_TOKEN, WABA_TOKEN, APP_SECRET, CLIENT_KEY, LIMITED_KEY];
+
+// ---------------------------------------------------------------- logs
+
+#[derive(Clone, Default)]
+pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+static LOGS: OnceLock<LogBuffer> = OnceLock::new();
+
+/// Captures every log line of this test binary (debug level, JSON, with span fields).
+pub fn logs() -> LogBuffer {
+    LOGS.get_or_init(|| {
+        let buf = LogBuffer::default();
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_env_filter("debug,hyper=info,h2=info,rustls=info,hyper_util=info")
+            .with_writer(buf.clone())
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+impl LogBuffer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Fails if any secret appears in `haystack`.
+pub fn assert_no_secrets(what: &str, haystack: &str) {
+    for s in SECRETS {
+        assert!(!haystack.contains(s), "{what} contains the secret {s}");
+    }
+}
+
+// ---------------------------------------------------------------- servers
+
+/// Stops its server when dropped.
+pub struct Stop(Option<oneshot::Sender<()>>);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub struct SimServer {
+    pub addr: SocketAddr,
+    pub sim: Sim,
+    pub url: String,
+    _stop: Stop,
+}
+
+pub fn sim_config() -> SimConfig {
+    SimConfig {
+        tokens: vec![
+            SimToken { token: SYSTEM_TOKEN.into(), app_id: APP_ID.into(), app_secret: Some(APP_SECRET.into()), access: Access::All },
+            SimToken { token: WABA_TOKEN.into(), app_id: APP_ID.into(), app_secret: Some(APP_SECRET.into()), access: Access::Only(vec![OTHER_WABA.into()]) },
+        ],
+        ..SimConfig::default()
+    }
+}
+
+pub async fn start_sim(cfg: SimConfig) -> SimServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sim = Sim::new(cfg);
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(sim::serve(listener, sim.clone(), async move {
+        let _ = rx.await;
+    }));
+    SimServer { addr, sim, url: format!("http://{addr}"), _stop: Stop(Some(tx)) }
+}
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub url: String,
+    _stop: Stop,
+    pub done: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Proxy {
+    /// Signals shutdown and waits for the server to finish draining.
+    pub async fn shutdown(mut self) {
+        drop(self._stop.0.take().map(|tx| tx.send(())));
+        let _ = (&mut self.done).await;
+    }
+}
+
+/// A config with one app (system token, app secret), the two WABAs, a full client and a limited one.
+pub fn config_text(upstream: &str, extra_server: &str) -> String {
+    let full = hex(CLIENT_KEY);
+    let limited = hex(LIMITED_KEY);
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+{extra_server}
+
+[upstream]
+url = "{upstream}"
+connect_timeout = "1s"
+request_timeout = "2s"
+
+[[app]]
+name = "main"
+id = "{APP_ID}"
+token_env = "TEST_SYSTEM_TOKEN"
+app_secret_env = "TEST_APP_SECRET"
+
+[[app.waba]]
+id = "{WABA}"
+active = true
+phone_numbers = ["{PHONE}"]
+
+[[app.waba]]
+id = "{OTHER_WABA}"
+active = false
+token_env = "TEST_WABA_TOKEN"
+
+[[client]]
+name = "alpha"
+key_sha256 = "{full}"
+
+[[client]]
+name = "bravo"
+key_sha256 = "{limited}"
+wabas = ["{WABA}"]
+methods = ["GET"]
+"#
+    )
+}
+
+pub fn env() -> HashMap<String, String> {
+    HashMap::from([
+        ("TEST_SYSTEM_TOKEN".to_string(), SYSTEM_TOKEN.to_string()),
+        ("TEST_WABA_TOKEN".to_string(), WABA_TOKEN.to_string()),
+        ("TEST_APP_SECRET".to_string(), APP_SECRET.to_string()),
+    ])
+}
+
+pub fn hex(key: &str) -> String {
+    graphgate::config::key_digest(key).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn config(upstream: &str, extra_server: &str) -> Config {
+    Config::from_toml(&config_text(upstream, extra_server), "test.toml", std::path::Path::new("."), &env()).unwrap()
+}
+
+pub async fn start_proxy(config: Config) -> Proxy {
+    logs();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let done = tokio::spawn(graphgate::run(listener, config, async move {
+        let _ = rx.await;
+    }));
+    Proxy { addr, url: format!("http://{addr}"), _stop: Stop(Some(tx)), done }
+}
+
+/// The simulator plus a proxy in front of it, with the default test config.
+pub async fn start() -> (SimServer, Proxy) {
+    let sim = start_sim(sim_config()).await;
+    let proxy = start_proxy(config(&sim.url, "")).await;
+    (sim, proxy)
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// Sends raw bytes on a fresh connection and returns the whole response text.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Status code of a raw HTTP/1.1 response.
+pub fn raw_status(resp: &str) -> u16 {
+    resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// The JSON body of a raw HTTP/1.1 response (Content-Length framed).
+pub fn raw_json(resp: &str) -> serde_json::Value {
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
+/// Asserts the Graph error shape and returns the error object.
+pub fn graph_error(v: &serde_json::Value) -> &serde_json::Value {
+    let e = &v["error"];
+    assert!(e["message"].is_string(), "no message in {v}");
+    assert!(e["type"].is_string(), "no type in {v}");
+    assert!(e["code"].is_number(), "no code in {v}");
+    assert!(e["fbtrace_id"].is_string(), "no fbtrace_id in {v}");
+    e
+}
