@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Faults {
-    /// Added before answering every Graph call.
+    /// Added before answering every Graph call (after it was counted).
     pub latency_ms: u64,
     /// The next N Graph calls answer `fail_status` with a transient Graph error, before auth or counting.
     pub fail_next: u32,
@@ -20,7 +20,8 @@ pub struct Faults {
     /// The next N calls send headers, then the body stream dies. These calls are processed and counted
     /// first: the request reached "Meta", only the answer was lost.
     pub reset_next: u32,
-    /// Hold every call this long before answering (for proxy timeout tests).
+    /// Hold every call this long before answering (for proxy timeout tests). The call is counted on
+    /// arrival, so a client that gives up has still spent it.
     pub stall_ms: u64,
     /// Stream the body in small chunks with this delay between them.
     pub slow_body_ms: u64,

@@ -42,30 +42,31 @@ pub(crate) async fn handle(State(sim): State<Sim>, req: Request) -> Response {
     });
 
     let plan = lock(&sim.inner.faults).take();
+    let (version, segments) = split_path(parts.uri.path());
+    // Injected 5xx happen "in front of" Meta: before auth and counting.
+    let outcome = match (plan.fail, bytes) {
+        (Some(status), _) => Err((GraphError::Transient { status }, None)),
+        (None, Err(_)) => Err((
+            GraphError::InvalidParam(format!(
+                "Request body could not be read (limit {MAX_BODY} bytes)"
+            )),
+            None,
+        )),
+        (None, Ok(bytes)) => run(
+            &sim,
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            &bytes,
+            &segments,
+        ),
+    };
+    // Latency and stalls come after the call was counted, as with a slow Meta: the call is spent even
+    // if the client gives up waiting.
     if !plan.delay.is_zero() {
         tokio::time::sleep(plan.delay).await;
     }
-    let (version, segments) = split_path(parts.uri.path());
-    if let Some(status) = plan.fail {
-        return answer_error(&GraphError::Transient { status }, &version, None, &plan);
-    }
-    let bytes = match bytes {
-        Ok(b) => b,
-        Err(_) => {
-            let e = GraphError::InvalidParam(format!(
-                "Request body could not be read (limit {MAX_BODY} bytes)"
-            ));
-            return answer_error(&e, &version, None, &plan);
-        }
-    };
-    match run(
-        &sim,
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
-        &bytes,
-        &segments,
-    ) {
+    match outcome {
         Ok((body, usage)) => answer(StatusCode::OK, &body, &version, usage.as_ref(), &plan),
         Err((e, usage)) => answer_error(&e, &version, usage.as_ref(), &plan),
     }
