@@ -462,12 +462,11 @@ impl Config {
                 // itself; otherwise the override was to blame.
                 if let Err(e2) = toml::from_str::<RawConfig>(text) {
                     let line = e2.span().map(|s| line_of(text, s.start));
-                    return Err(ConfigError::one(
-                        file,
-                        &key_hint(&e2),
-                        line,
-                        scrub(e2.message()),
-                    ));
+                    let key = match key_hint(&e2) {
+                        k if k.is_empty() => e2.span().map(|s| key_at(text, s.start)).unwrap_or_default(),
+                        k => k,
+                    };
+                    return Err(ConfigError::one(file, &key, line, scrub(e2.message())));
                 }
                 let vars = overridden.join(", ");
                 return Err(ConfigError::one(
@@ -501,6 +500,26 @@ fn line_of(text: &str, offset: usize) -> usize {
         .filter(|&b| b == b'\n')
         .count()
         + 1
+}
+
+/// The dotted key written on the line holding `offset` (`server.max_body`), from the text itself:
+/// the nearest `[table]` header above and the name left of `=`. Never includes the value.
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let Some((name, _)) = line.split_once('=') else { return String::new() };
+    let name = name.trim();
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    match table {
+        Some(t) => format!("{t}.{name}"),
+        None => name.to_string(),
+    }
 }
 
 /// serde quotes offending values (`invalid type: string "EAA..."`); a value in the wrong place may

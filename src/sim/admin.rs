@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -32,7 +32,7 @@ pub(crate) fn router() -> Router<Sim> {
         )
         .route("/__sim/blob", get(blob))
         .route("/__sim/sink", post(sink))
-        .route("/__sim/echo", get(echo).post(echo))
+        .route("/__sim/echo", any(echo))
 }
 
 fn bad_request(msg: impl Into<String>) -> Response {

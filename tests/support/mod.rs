@@ -127,7 +127,9 @@ pub struct Proxy {
 impl Proxy {
     /// Signals shutdown and waits for the server to finish draining.
     pub async fn shutdown(mut self) {
-        drop(self._stop.0.take().map(|tx| tx.send(())));
+        if let Some(tx) = self._stop.0.take() {
+            let _ = tx.send(());
+        }
         let _ = (&mut self.done).await;
     }
 }
