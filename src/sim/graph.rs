@@ -153,8 +153,9 @@ fn run(
             app: tok.app_id.clone(),
             scope,
         };
-        let adm =
-            lock(&sim.inner.limits).admit(&key, limit, tokio::time::Instant::now(), cfg.window);
+        let mut limits = lock(&sim.inner.limits);
+        // Read the clock under the lock so each bucket's timestamps stay in arrival order.
+        let adm = limits.admit(&key, limit, tokio::time::Instant::now(), cfg.window);
         (key, adm)
     });
     if let Some((_, adm)) = &usage {

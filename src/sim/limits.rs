@@ -188,7 +188,7 @@ mod unit {
         // remain, so this call sees 5 and is still throttled: throttled calls count.
         let a = l.admit(&key(), 5, t0 + Duration::from_secs(10), w);
         assert!(!a.allowed);
-        // At t0+16s only the calls at t10 and... t5 expired at t15; window holds t10 only -> allowed.
+        // At t0+16s everything up to t6 has expired; only the throttled call at t10 remains -> allowed.
         let a = l.admit(&key(), 5, t0 + Duration::from_secs(16), w);
         assert!(a.allowed);
         assert_eq!(a.count, 2);

@@ -906,3 +906,32 @@ async fn assigned_users_subscribed_apps_and_number_status_work() {
         6
     );
 }
+
+// Forty simultaneous calls against a limit of ten: exactly ten pass, whatever the interleaving, and the
+// versioned and unversioned paths share the bucket.
+#[tokio::test]
+async fn concurrent_burst_admits_exactly_the_limit() {
+    let h = start(SimConfig {
+        waba_limit: 10,
+        ..config()
+    })
+    .await;
+    let calls = (0..40).map(|i| {
+        let version = if i % 2 == 0 { "/v19.0" } else { "" };
+        let url = format!(
+            "{}{version}/{}/message_templates?limit=1",
+            h.base,
+            seed::INACTIVE_WABA_ID
+        );
+        let req = h.http.get(url).bearer_auth(TOKEN);
+        async move { req.send().await.expect("send").status().as_u16() }
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 10);
+    assert_eq!(statuses.iter().filter(|s| **s == 400).count(), 30);
+    let b = &h.sim.stats().buckets[&format!("{APP}/{}", seed::INACTIVE_WABA_ID)];
+    assert_eq!(
+        (b.calls, b.throttled, b.max_in_window, b.in_window),
+        (40, 30, 40, 40)
+    );
+}
