@@ -463,7 +463,9 @@ impl Config {
                 if let Err(e2) = toml::from_str::<RawConfig>(text) {
                     let line = e2.span().map(|s| line_of(text, s.start));
                     let key = match key_hint(&e2) {
-                        k if k.is_empty() => e2.span().map(|s| key_at(text, s.start)).unwrap_or_default(),
+                        k if k.is_empty() => {
+                            e2.span().map(|s| key_at(text, s.start)).unwrap_or_default()
+                        }
                         k => k,
                     };
                     return Err(ConfigError::one(file, &key, line, scrub(e2.message())));
@@ -508,7 +510,9 @@ fn key_at(text: &str, offset: usize) -> String {
     let offset = offset.min(text.len());
     let line_start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
     let line = text[line_start..].lines().next().unwrap_or("");
-    let Some((name, _)) = line.split_once('=') else { return String::new() };
+    let Some((name, _)) = line.split_once('=') else {
+        return String::new();
+    };
     let name = name.trim();
     let table = text[..line_start]
         .lines()

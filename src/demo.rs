@@ -16,11 +16,19 @@ use crate::sim::{self, Access, Sim, SimConfig, SimToken};
 pub const DEMO_APP_ID: &str = "1000000000000001";
 
 fn random_hex(bytes: usize) -> String {
-    (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
 }
 
 /// The demo's proxy config: one app on the simulator, one client with every right.
-pub fn demo_config(listen: SocketAddr, upstream: &str, token: &Secret, app_secret: &Secret, client_key: &str) -> Config {
+pub fn demo_config(
+    listen: SocketAddr,
+    upstream: &str,
+    token: &Secret,
+    app_secret: &Secret,
+    client_key: &str,
+) -> Config {
     Config {
         server: config::Server {
             listen,
@@ -36,7 +44,9 @@ pub fn demo_config(listen: SocketAddr, upstream: &str, token: &Secret, app_secre
             access_log: true,
         },
         upstream: config::Upstream {
-            url: upstream.parse().expect("the simulator's address is a valid URI"),
+            url: upstream
+                .parse()
+                .expect("the simulator's address is a valid URI"),
             connect_timeout: config::DEFAULT_CONNECT_TIMEOUT,
             request_timeout: Duration::from_secs(10),
             pool_idle_timeout: config::DEFAULT_POOL_IDLE_TIMEOUT,
@@ -50,8 +60,18 @@ pub fn demo_config(listen: SocketAddr, upstream: &str, token: &Secret, app_secre
             app_secret: Some(app_secret.clone()),
             proof: ProofMode::Timestamped,
             wabas: vec![
-                Waba { id: sim::seed::WABA_ID.into(), active: Active::Auto, token: None, phone_numbers: vec![sim::seed::PHONE_NUMBER_ID.into()] },
-                Waba { id: sim::seed::INACTIVE_WABA_ID.into(), active: Active::Auto, token: None, phone_numbers: vec![] },
+                Waba {
+                    id: sim::seed::WABA_ID.into(),
+                    active: Active::Auto,
+                    token: None,
+                    phone_numbers: vec![sim::seed::PHONE_NUMBER_ID.into()],
+                },
+                Waba {
+                    id: sim::seed::INACTIVE_WABA_ID.into(),
+                    active: Active::Auto,
+                    token: None,
+                    phone_numbers: vec![],
+                },
             ],
         }],
         clients: vec![Client {
@@ -65,7 +85,10 @@ pub fn demo_config(listen: SocketAddr, upstream: &str, token: &Secret, app_secre
 }
 
 /// Runs the demo until `shutdown` resolves.
-pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn run(
+    listen: SocketAddr,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let token = Secret::new(format!("demo-system-user-{}", random_hex(16)));
     let app_secret = Secret::new(random_hex(16));
     let client_key = format!("gg-demo-{}", random_hex(12));
@@ -88,7 +111,13 @@ pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()> + Send +
 
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let config = demo_config(addr, &format!("http://{sim_addr}"), &token, &app_secret, &client_key);
+    let config = demo_config(
+        addr,
+        &format!("http://{sim_addr}"),
+        &token,
+        &app_secret,
+        &client_key,
+    );
     print_banner(addr, sim_addr, &client_key);
     let result = crate::run(listener, config, shutdown).await;
     let _ = stop_tx.send(());

@@ -10,10 +10,19 @@ use graphgate::config::{Config, ProcessEnv};
 use graphgate::telemetry::{self, Format};
 
 #[derive(Parser)]
-#[command(name = "graphgate", version, about = "Reverse proxy for Meta's Graph API: token injection, exact per-WABA budgets, response cache")]
+#[command(
+    name = "graphgate",
+    version,
+    about = "Reverse proxy for Meta's Graph API: token injection, exact per-WABA budgets, response cache"
+)]
 struct Cli {
     /// Config file (TOML).
-    #[arg(long, global = true, env = "GRAPHGATE_CONFIG", default_value = "config/graphgate.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "GRAPHGATE_CONFIG",
+        default_value = "config/graphgate.toml"
+    )]
     config: PathBuf,
     /// Log format: JSON lines, text, or auto (text on a terminal, JSON otherwise).
     #[arg(long, global = true, value_enum, default_value = "auto")]
@@ -52,7 +61,10 @@ fn main() -> ExitCode {
         LogFormat::Json => Format::Json,
         LogFormat::Text => Format::Text,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("graphgate: cannot start the runtime: {e}");
@@ -114,7 +126,11 @@ fn main() -> ExitCode {
             })
         }
         Command::Demo { listen } => {
-            telemetry::init(if matches!(cli.log_format, LogFormat::Auto) { Format::Text } else { format });
+            telemetry::init(if matches!(cli.log_format, LogFormat::Auto) {
+                Format::Text
+            } else {
+                format
+            });
             runtime.block_on(async move {
                 match graphgate::demo::run(listen, graphgate::server::signal()).await {
                     Ok(()) => ExitCode::SUCCESS,
@@ -142,7 +158,13 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
-                eprintln!("graphgate sim listening on http://{}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+                eprintln!(
+                    "graphgate sim listening on http://{}",
+                    listener
+                        .local_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default()
+                );
                 let sim = graphgate::sim::Sim::new(sim_config);
                 match graphgate::sim::serve(listener, sim, graphgate::server::signal()).await {
                     Ok(()) => ExitCode::SUCCESS,

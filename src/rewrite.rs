@@ -32,9 +32,7 @@ pub fn is_json(content_type: Option<&str>) -> bool {
 impl Rewriter<'_> {
     /// Returns the rewritten body, or `None` when nothing needed to change.
     pub fn paging(&self, body: &[u8]) -> Option<Bytes> {
-        if memfind(body, b"\"paging\"").is_none() {
-            return None;
-        }
+        memfind(body, b"\"paging\"")?;
         let mut v: Value = serde_json::from_slice(body).ok()?;
         if !self.walk(&mut v) {
             return None;

@@ -20,14 +20,22 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf 
 #[test]
 fn check_config_accepts_a_valid_file() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(&dir, "ok.toml", &support::config_text("http://127.0.0.1:9", ""));
+    let p = write(
+        &dir,
+        "ok.toml",
+        &support::config_text("http://127.0.0.1:9", ""),
+    );
     let out = graphgate()
         .args(["check-config", "--config"])
         .arg(&p)
         .envs(support::env())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
 }
 
@@ -38,29 +46,68 @@ fn check_config_names_file_key_and_line_and_never_echoes_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let text = support::config_text("http://127.0.0.1:9", "listen_addr = \"x\"");
     let p = write(&dir, "typo.toml", &text);
-    let out = graphgate().args(["check-config", "--config"]).arg(&p).envs(support::env()).output().unwrap();
+    let out = graphgate()
+        .args(["check-config", "--config"])
+        .arg(&p)
+        .envs(support::env())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    let line = text.lines().position(|l| l.starts_with("listen_addr")).unwrap() + 1;
-    assert!(err.contains("typo.toml") && err.contains("listen_addr") && err.contains(&format!(":{line}")), "{err}");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("listen_addr"))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains("typo.toml")
+            && err.contains("listen_addr")
+            && err.contains(&format!(":{line}")),
+        "{err}"
+    );
 
-    let text = support::config_text("http://127.0.0.1:9", "").replace("token_env = \"TEST_SYSTEM_TOKEN\"", "token = \"EAAGinlineSECRETtoken\"");
+    let text = support::config_text("http://127.0.0.1:9", "").replace(
+        "token_env = \"TEST_SYSTEM_TOKEN\"",
+        "token = \"EAAGinlineSECRETtoken\"",
+    );
     let p = write(&dir, "inline.toml", &text);
-    let out = graphgate().args(["check-config", "--config"]).arg(&p).envs(support::env()).output().unwrap();
+    let out = graphgate()
+        .args(["check-config", "--config"])
+        .arg(&p)
+        .envs(support::env())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("inline.toml") && err.contains("app[0].token") && err.contains("token_env"), "{err}");
+    assert!(
+        err.contains("inline.toml") && err.contains("app[0].token") && err.contains("token_env"),
+        "{err}"
+    );
     assert!(!err.contains("EAAGinlineSECRETtoken"));
 
     // A missing token variable fails clearly, naming the variable.
-    let p = write(&dir, "noenv.toml", &support::config_text("http://127.0.0.1:9", ""));
-    let out = graphgate().args(["check-config", "--config"]).arg(&p).output().unwrap();
+    let p = write(
+        &dir,
+        "noenv.toml",
+        &support::config_text("http://127.0.0.1:9", ""),
+    );
+    let out = graphgate()
+        .args(["check-config", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("TEST_SYSTEM_TOKEN") && err.contains("not set"), "{err}");
+    assert!(
+        err.contains("TEST_SYSTEM_TOKEN") && err.contains("not set"),
+        "{err}"
+    );
 
     // A file that does not exist.
-    let out = graphgate().args(["check-config", "--config", "/nonexistent/graphgate.toml"]).output().unwrap();
+    let out = graphgate()
+        .args(["check-config", "--config", "/nonexistent/graphgate.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/graphgate.toml"));
 }
@@ -73,14 +120,21 @@ fn serve_refuses_a_bad_config_with_exit_2() {
     let out = graphgate().arg("--config").arg(&p).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml") && err.contains("max_body"), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("max_body"),
+        "{err}"
+    );
 }
 
 // Environment overrides reach every key, e.g. the upstream URL.
 #[test]
 fn environment_overrides_are_applied() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(&dir, "ok.toml", &support::config_text("http://127.0.0.1:9", ""));
+    let p = write(
+        &dir,
+        "ok.toml",
+        &support::config_text("http://127.0.0.1:9", ""),
+    );
     let out = graphgate()
         .args(["check-config", "--config"])
         .arg(&p)

@@ -26,11 +26,18 @@ async fn hundred_megabyte_bodies_stream_in_bounded_memory() {
     let (_sim, proxy) = start().await;
     let c = client();
     // Warm up connections and allocator pools before taking the baseline.
-    let r = c.get(format!("{}/__sim/blob?bytes=1048576", proxy.url)).bearer_auth(CLIENT_KEY).send().await.unwrap();
+    let r = c
+        .get(format!("{}/__sim/blob?bytes=1048576", proxy.url))
+        .bearer_auth(CLIENT_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.bytes().await.unwrap().len(), 1 << 20);
     let baseline = peak_rss_kib();
 
-    let chunks = futures_util::stream::iter((0..SIZE / CHUNK as u64).map(|_| Ok::<_, std::io::Error>(vec![b'z'; CHUNK])));
+    let chunks = futures_util::stream::iter(
+        (0..SIZE / CHUNK as u64).map(|_| Ok::<_, std::io::Error>(vec![b'z'; CHUNK])),
+    );
     let r = c
         .post(format!("{}/__sim/sink", proxy.url))
         .bearer_auth(CLIENT_KEY)
@@ -44,7 +51,12 @@ async fn hundred_megabyte_bodies_stream_in_bounded_memory() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["bytes"], SIZE);
 
-    let r = c.get(format!("{}/__sim/blob?bytes={SIZE}", proxy.url)).bearer_auth(CLIENT_KEY).send().await.unwrap();
+    let r = c
+        .get(format!("{}/__sim/blob?bytes={SIZE}", proxy.url))
+        .bearer_auth(CLIENT_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let mut got = 0u64;
     let mut stream = r.bytes_stream();
@@ -54,5 +66,8 @@ async fn hundred_megabyte_bodies_stream_in_bounded_memory() {
     assert_eq!(got, SIZE);
 
     let growth_mib = peak_rss_kib().saturating_sub(baseline) / 1024;
-    assert!(growth_mib < 40, "peak memory grew by {growth_mib} MiB for 100 MiB bodies");
+    assert!(
+        growth_mib < 40,
+        "peak memory grew by {growth_mib} MiB for 100 MiB bodies"
+    );
 }

@@ -15,15 +15,30 @@ async fn tls_listener_serves_https_and_http2() {
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
 
     let sim = start_sim(sim_config()).await;
-    let extra = format!("tls_cert_file = \"{}\"\ntls_key_file = \"{}\"", cert_path.display(), key_path.display());
+    let extra = format!(
+        "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+        cert_path.display(),
+        key_path.display()
+    );
     let proxy = start_proxy(config(&sim.url, &extra)).await;
     let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
-    let c = reqwest::Client::builder().no_proxy().add_root_certificate(root).resolve("localhost", proxy.addr).build().unwrap();
-    let url = format!("https://localhost:{}/v19.0/{WABA}/message_templates?limit=2", proxy.addr.port());
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(root)
+        .resolve("localhost", proxy.addr)
+        .build()
+        .unwrap();
+    let url = format!(
+        "https://localhost:{}/v19.0/{WABA}/message_templates?limit=2",
+        proxy.addr.port()
+    );
     let r = c.get(&url).bearer_auth(CLIENT_KEY).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     let v: serde_json::Value = r.json().await.unwrap();
     let next = v["paging"]["next"].as_str().unwrap();
-    assert!(next.starts_with(&format!("https://localhost:{}/", proxy.addr.port())), "{next}");
+    assert!(
+        next.starts_with(&format!("https://localhost:{}/", proxy.addr.port())),
+        "{next}"
+    );
 }

@@ -211,7 +211,7 @@ pub(crate) fn execute(
         Op::WabaGet => data.render_waba(id, fields),
         Op::TemplatesList => {
             let w = data.waba(id).ok_or_else(gone)?;
-            let filter = |key: &str, v: &str| call.params.get(key).map_or(true, |want| want == v);
+            let filter = |key: &str, v: &str| call.params.get(key).is_none_or(|want| want == v);
             let items = w
                 .templates
                 .iter()
@@ -268,7 +268,7 @@ pub(crate) fn execute(
             let w = data.waba_mut(id).ok_or_else(gone)?;
             let before = w.templates.len();
             w.templates
-                .retain(|t| !(t.name == name && hsm_id.as_ref().map_or(true, |h| *h == t.id)));
+                .retain(|t| !(t.name == name && hsm_id.as_ref().is_none_or(|h| *h == t.id)));
             if w.templates.len() == before {
                 return Err(GraphError::InvalidParam(format!(
                     "Message template \"{name}\" does not exist"

@@ -22,7 +22,13 @@ pub const OTHER_WABA: &str = sim::seed::INACTIVE_WABA_ID;
 pub const PHONE: &str = sim::seed::PHONE_NUMBER_ID;
 
 /// Every secret a test uses; nothing a caller or a log sees may contain one.
-pub const SECRETS: [&str; 5] = [SYSTEM_TOKEN, WABA_TOKEN, APP_SECRET, CLIENT_KEY, LIMITED_KEY];
+pub const SECRETS: [&str; 5] = [
+    SYSTEM_TOKEN,
+    WABA_TOKEN,
+    APP_SECRET,
+    CLIENT_KEY,
+    LIMITED_KEY,
+];
 
 // ---------------------------------------------------------------- logs
 
@@ -99,8 +105,18 @@ pub struct SimServer {
 pub fn sim_config() -> SimConfig {
     SimConfig {
         tokens: vec![
-            SimToken { token: SYSTEM_TOKEN.into(), app_id: APP_ID.into(), app_secret: Some(APP_SECRET.into()), access: Access::All },
-            SimToken { token: WABA_TOKEN.into(), app_id: APP_ID.into(), app_secret: Some(APP_SECRET.into()), access: Access::Only(vec![OTHER_WABA.into()]) },
+            SimToken {
+                token: SYSTEM_TOKEN.into(),
+                app_id: APP_ID.into(),
+                app_secret: Some(APP_SECRET.into()),
+                access: Access::All,
+            },
+            SimToken {
+                token: WABA_TOKEN.into(),
+                app_id: APP_ID.into(),
+                app_secret: Some(APP_SECRET.into()),
+                access: Access::Only(vec![OTHER_WABA.into()]),
+            },
         ],
         ..SimConfig::default()
     }
@@ -114,7 +130,12 @@ pub async fn start_sim(cfg: SimConfig) -> SimServer {
     tokio::spawn(sim::serve(listener, sim.clone(), async move {
         let _ = rx.await;
     }));
-    SimServer { addr, sim, url: format!("http://{addr}"), _stop: Stop(Some(tx)) }
+    SimServer {
+        addr,
+        sim,
+        url: format!("http://{addr}"),
+        _stop: Stop(Some(tx)),
+    }
 }
 
 pub struct Proxy {
@@ -187,11 +208,20 @@ pub fn env() -> HashMap<String, String> {
 }
 
 pub fn hex(key: &str) -> String {
-    graphgate::config::key_digest(key).iter().map(|b| format!("{b:02x}")).collect()
+    graphgate::config::key_digest(key)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 pub fn config(upstream: &str, extra_server: &str) -> Config {
-    Config::from_toml(&config_text(upstream, extra_server), "test.toml", std::path::Path::new("."), &env()).unwrap()
+    Config::from_toml(
+        &config_text(upstream, extra_server),
+        "test.toml",
+        std::path::Path::new("."),
+        &env(),
+    )
+    .unwrap()
 }
 
 pub async fn start_proxy(config: Config) -> Proxy {
@@ -202,7 +232,12 @@ pub async fn start_proxy(config: Config) -> Proxy {
     let done = tokio::spawn(graphgate::run(listener, config, async move {
         let _ = rx.await;
     }));
-    Proxy { addr, url: format!("http://{addr}"), _stop: Stop(Some(tx)), done }
+    Proxy {
+        addr,
+        url: format!("http://{addr}"),
+        _stop: Stop(Some(tx)),
+        done,
+    }
 }
 
 /// The simulator plus a proxy in front of it, with the default test config.
@@ -228,7 +263,10 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
 
 /// Status code of a raw HTTP/1.1 response.
 pub fn raw_status(resp: &str) -> u16 {
-    resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The JSON body of a raw HTTP/1.1 response (Content-Length framed).
