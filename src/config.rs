@@ -464,7 +464,7 @@ impl Config {
                     let line = e2.span().map(|s| line_of(text, s.start));
                     return Err(ConfigError::one(
                         file,
-                        &key_hint(&e2),
+                        &key_in_file(text, &e2),
                         line,
                         scrub(e2.message()),
                     ));
@@ -504,12 +504,24 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// serde quotes offending values (`invalid type: string "EAA..."`); a value in the wrong place may
-/// be a secret, so quoted strings are blanked out of every message we show.
+/// be a secret, so quoted strings (escapes included) are blanked out of every message we show. A
+/// quote character named by the parser (``expected `"` ``) is kept, so it does not swallow the rest
+/// of the message.
 fn scrub(msg: &str) -> String {
     let mut out = String::with_capacity(msg.len());
     let mut in_quote = false;
-    for c in msg.chars() {
-        if c == '"' {
+    let mut prev = None;
+    let mut chars = msg.chars().peekable();
+    while let Some(c) = chars.next() {
+        let named = c == '"' && prev == Some('`') && chars.peek() == Some(&'`');
+        prev = Some(c);
+        if named && !in_quote {
+            out.push(c);
+        } else if in_quote && c == '\\' {
+            // serde quotes with `{:?}`: `\"` inside the value does not end it.
+            chars.next();
+            prev = None;
+        } else if c == '"' {
             if in_quote {
                 out.push_str("\"<value>\"");
             }
@@ -536,6 +548,39 @@ fn key_hint(e: &toml::de::Error) -> String {
         }
     }
     String::new()
+}
+
+/// The dotted key a toml error in the file points at, e.g. `server.max_body` or
+/// `app.waba.phone_number`: the table header above the error plus the key on its line (or the
+/// unknown field's name). serde's value errors carry no key, only a span.
+fn key_in_file(text: &str, e: &toml::de::Error) -> String {
+    let hint = key_hint(e);
+    let Some(span) = e.span() else {
+        return hint;
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let leaf = if hint.is_empty() {
+        before[line_start..]
+            .split_once('=')
+            .map(|(k, _)| k.trim().to_string())
+            .unwrap_or_default()
+    } else {
+        hint
+    };
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .and_then(|l| l.trim_start_matches('[').split(']').next())
+        .map(|t| t.trim().to_string())
+        .unwrap_or_default();
+    [table, leaf]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// `GRAPHGATE_SERVER__LISTEN=0.0.0.0:8080` sets `server.listen`; `GRAPHGATE_APP__0__ID=1` sets
@@ -657,27 +702,36 @@ impl Validator<'_> {
         let server = self.server(raw.server);
         let upstream = self.upstream(raw.upstream);
         let auth = server.1;
+        // Names and counts come from the file, not from the entries that validated, so one bad
+        // [[app]] or [[client]] does not also cause "unknown app" or "none configured" problems.
+        // When the config is returned every entry validated, so indexes into the two agree.
+        let app_names: Vec<String> = raw
+            .app
+            .iter()
+            .map(|a| a.name.clone().unwrap_or_default())
+            .collect();
+        let client_count = raw.client.len();
         let apps: Vec<App> = raw
             .app
             .into_iter()
             .enumerate()
             .filter_map(|(i, a)| self.app(i, a))
             .collect();
-        self.unique_apps(&apps);
+        self.unique_apps(&app_names);
         let clients: Vec<Client> = raw
             .client
             .into_iter()
             .enumerate()
-            .filter_map(|(i, c)| self.client(i, c, &apps))
+            .filter_map(|(i, c)| self.client(i, c, &app_names))
             .collect();
-        if apps.is_empty() {
+        if app_names.is_empty() {
             self.problem("app", "at least one [[app]] is required");
         }
         match auth {
-            AuthMode::Keys if clients.is_empty() && !apps.is_empty() => {
+            AuthMode::Keys if client_count == 0 && !app_names.is_empty() => {
                 self.problem("client", "at least one [[client]] is required (or set server.auth = \"none\" on a trusted network)")
             }
-            AuthMode::None if apps.len() > 1 => {
+            AuthMode::None if app_names.len() > 1 => {
                 self.problem("server.auth", "\"none\" serves a single app, but more than one [[app]] is configured")
             }
             _ => {}
@@ -1016,19 +1070,19 @@ impl Validator<'_> {
         })
     }
 
-    fn unique_apps(&mut self, apps: &[App]) {
+    fn unique_apps(&mut self, app_names: &[String]) {
         let mut names = HashSet::new();
-        for (i, a) in apps.iter().enumerate() {
-            if !names.insert(a.name.as_str()) {
+        for (i, name) in app_names.iter().enumerate() {
+            if !name.is_empty() && !names.insert(name.as_str()) {
                 self.problem(
                     format!("app[{i}].name"),
-                    format!("app name `{}` is used twice", a.name),
+                    format!("app name `{name}` is used twice"),
                 );
             }
         }
     }
 
-    fn client(&mut self, i: usize, r: RawClient, apps: &[App]) -> Option<Client> {
+    fn client(&mut self, i: usize, r: RawClient, app_names: &[String]) -> Option<Client> {
         let at = format!("client[{i}]");
         let before = self.problems.len();
         let name = r.name.filter(|n| !n.is_empty());
@@ -1079,14 +1133,14 @@ impl Validator<'_> {
             }
         };
         let app = match r.app {
-            Some(a) => match apps.iter().position(|x| x.name == a) {
+            Some(a) => match app_names.iter().position(|x| *x == a) {
                 Some(idx) => Some(idx),
                 None => {
                     self.problem(format!("{at}.app"), format!("no [[app]] is named `{a}`"));
                     None
                 }
             },
-            None if apps.len() == 1 => Some(0),
+            None if app_names.len() == 1 => Some(0),
             None => {
                 self.problem(
                     format!("{at}.app"),
