@@ -324,7 +324,7 @@ impl<'de> Deserialize<'de> for Dur {
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
-        .map_err(|e| format!("`{s}` is not a duration like 30s, 5m or 1h ({e})"))
+        .map_err(|e| format!("not a duration like 30s, 5m or 1h ({e})"))
 }
 
 /// A byte size written as `256MiB`, `8KiB`, `1MB` or a plain integer of bytes.
@@ -353,7 +353,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("`{s}` is not a size like 512KiB, 256MiB or 1GiB"))?;
+        .map_err(|_| "not a size like 512KiB, 256MiB or 1GiB".to_string())?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -362,14 +362,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "KB" | "kB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "unknown size unit `{other}` in `{s}` (use B, KiB, MiB, GiB, KB, MB, GB)"
-            ))
-        }
+        _ => return Err("unknown size unit (use B, KiB, MiB, GiB, KB, MB, GB)".to_string()),
     };
     n.checked_mul(mult)
-        .ok_or_else(|| format!("size `{s}` is too large"))
+        .ok_or_else(|| "size is too large".to_string())
 }
 
 /// Graph ids are strings, but TOML users often write them as integers; accept both.
@@ -462,13 +458,12 @@ impl Config {
                 // itself; otherwise the override was to blame.
                 if let Err(e2) = toml::from_str::<RawConfig>(text) {
                     let line = e2.span().map(|s| line_of(text, s.start));
-                    let key = match key_hint(&e2) {
-                        k if k.is_empty() => {
-                            e2.span().map(|s| key_at(text, s.start)).unwrap_or_default()
-                        }
-                        k => k,
-                    };
-                    return Err(ConfigError::one(file, &key, line, scrub(e2.message())));
+                    return Err(ConfigError::one(
+                        file,
+                        &key_in_file(text, &e2),
+                        line,
+                        scrub(e2.message()),
+                    ));
                 }
                 let vars = overridden.join(", ");
                 return Err(ConfigError::one(
@@ -504,35 +499,25 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// The dotted key written on the line holding `offset` (`server.max_body`), from the text itself:
-/// the nearest `[table]` header above and the name left of `=`. Never includes the value.
-fn key_at(text: &str, offset: usize) -> String {
-    let offset = offset.min(text.len());
-    let line_start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let line = text[line_start..].lines().next().unwrap_or("");
-    let Some((name, _)) = line.split_once('=') else {
-        return String::new();
-    };
-    let name = name.trim();
-    let table = text[..line_start]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
-    match table {
-        Some(t) => format!("{t}.{name}"),
-        None => name.to_string(),
-    }
-}
-
 /// serde quotes offending values (`invalid type: string "EAA..."`); a value in the wrong place may
-/// be a secret, so quoted strings are blanked out of every message we show.
+/// be a secret, so quoted strings (escapes included) are blanked out of every message we show. A
+/// quote character named by the parser (``expected `"` ``) is kept, so it does not swallow the rest
+/// of the message.
 fn scrub(msg: &str) -> String {
     let mut out = String::with_capacity(msg.len());
     let mut in_quote = false;
-    for c in msg.chars() {
-        if c == '"' {
+    let mut prev = None;
+    let mut chars = msg.chars().peekable();
+    while let Some(c) = chars.next() {
+        let named = c == '"' && prev == Some('`') && chars.peek() == Some(&'`');
+        prev = Some(c);
+        if named && !in_quote {
+            out.push(c);
+        } else if in_quote && c == '\\' {
+            // serde quotes with `{:?}`: `\"` inside the value does not end it.
+            chars.next();
+            prev = None;
+        } else if c == '"' {
             if in_quote {
                 out.push_str("\"<value>\"");
             }
@@ -559,6 +544,39 @@ fn key_hint(e: &toml::de::Error) -> String {
         }
     }
     String::new()
+}
+
+/// The dotted key a toml error in the file points at, e.g. `server.max_body` or
+/// `app.waba.phone_number`: the table header above the error plus the key on its line (or the
+/// unknown field's name). serde's value errors carry no key, only a span.
+fn key_in_file(text: &str, e: &toml::de::Error) -> String {
+    let hint = key_hint(e);
+    let Some(span) = e.span() else {
+        return hint;
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let leaf = if hint.is_empty() {
+        before[line_start..]
+            .split_once('=')
+            .map(|(k, _)| k.trim().to_string())
+            .unwrap_or_default()
+    } else {
+        hint
+    };
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .and_then(|l| l.trim_start_matches('[').split(']').next())
+        .map(|t| t.trim().to_string())
+        .unwrap_or_default();
+    [table, leaf]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// `GRAPHGATE_SERVER__LISTEN=0.0.0.0:8080` sets `server.listen`; `GRAPHGATE_APP__0__ID=1` sets
@@ -680,27 +698,36 @@ impl Validator<'_> {
         let server = self.server(raw.server);
         let upstream = self.upstream(raw.upstream);
         let auth = server.1;
+        // Names and counts come from the file, not from the entries that validated, so one bad
+        // [[app]] or [[client]] does not also cause "unknown app" or "none configured" problems.
+        // When the config is returned every entry validated, so indexes into the two agree.
+        let app_names: Vec<String> = raw
+            .app
+            .iter()
+            .map(|a| a.name.clone().unwrap_or_default())
+            .collect();
+        let client_count = raw.client.len();
         let apps: Vec<App> = raw
             .app
             .into_iter()
             .enumerate()
             .filter_map(|(i, a)| self.app(i, a))
             .collect();
-        self.unique_apps(&apps);
+        self.unique_apps(&app_names);
         let clients: Vec<Client> = raw
             .client
             .into_iter()
             .enumerate()
-            .filter_map(|(i, c)| self.client(i, c, &apps))
+            .filter_map(|(i, c)| self.client(i, c, &app_names))
             .collect();
-        if apps.is_empty() {
+        if app_names.is_empty() {
             self.problem("app", "at least one [[app]] is required");
         }
         match auth {
-            AuthMode::Keys if clients.is_empty() && !apps.is_empty() => {
+            AuthMode::Keys if client_count == 0 && !app_names.is_empty() => {
                 self.problem("client", "at least one [[client]] is required (or set server.auth = \"none\" on a trusted network)")
             }
-            AuthMode::None if apps.len() > 1 => {
+            AuthMode::None if app_names.len() > 1 => {
                 self.problem("server.auth", "\"none\" serves a single app, but more than one [[app]] is configured")
             }
             _ => {}
@@ -1039,19 +1066,19 @@ impl Validator<'_> {
         })
     }
 
-    fn unique_apps(&mut self, apps: &[App]) {
+    fn unique_apps(&mut self, app_names: &[String]) {
         let mut names = HashSet::new();
-        for (i, a) in apps.iter().enumerate() {
-            if !names.insert(a.name.as_str()) {
+        for (i, name) in app_names.iter().enumerate() {
+            if !name.is_empty() && !names.insert(name.as_str()) {
                 self.problem(
                     format!("app[{i}].name"),
-                    format!("app name `{}` is used twice", a.name),
+                    format!("app name `{name}` is used twice"),
                 );
             }
         }
     }
 
-    fn client(&mut self, i: usize, r: RawClient, apps: &[App]) -> Option<Client> {
+    fn client(&mut self, i: usize, r: RawClient, app_names: &[String]) -> Option<Client> {
         let at = format!("client[{i}]");
         let before = self.problems.len();
         let name = r.name.filter(|n| !n.is_empty());
@@ -1102,14 +1129,14 @@ impl Validator<'_> {
             }
         };
         let app = match r.app {
-            Some(a) => match apps.iter().position(|x| x.name == a) {
+            Some(a) => match app_names.iter().position(|x| *x == a) {
                 Some(idx) => Some(idx),
                 None => {
                     self.problem(format!("{at}.app"), format!("no [[app]] is named `{a}`"));
                     None
                 }
             },
-            None if apps.len() == 1 => Some(0),
+            None if app_names.len() == 1 => Some(0),
             None => {
                 self.problem(
                     format!("{at}.app"),
