@@ -36,6 +36,18 @@ pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 32 * 1024;
 /// In-flight requests get this long to finish after SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Meta's rolling window for the WhatsApp Business Management API.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3600);
+/// The seed's rate-limit table.
+pub const DEFAULT_WABA_LIMIT: u32 = 200;
+pub const DEFAULT_WABA_ACTIVE_LIMIT: u32 = 5000;
+pub const DEFAULT_CREDIT_LINE_LIMIT: u32 = 5000;
+/// How long a waiting caller may be held when `on_limit = "wait"`.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30);
+pub const DEFAULT_STATE_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_ACTIVE_REFRESH: Duration = Duration::from_secs(3600);
+/// A bucket Meta throttled without saying when access returns stays closed this long.
+pub const DEFAULT_THROTTLE_BLOCK: Duration = Duration::from_secs(60);
 
 const ENV_PREFIX: &str = "GRAPHGATE_";
 
@@ -49,6 +61,48 @@ pub struct Config {
     pub auth: AuthMode,
     pub apps: Vec<App>,
     pub clients: Vec<Client>,
+    pub limits: Limits,
+}
+
+/// `[limits]`: the rolling-window budgets and what callers see when one is spent.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub window: Duration,
+    pub defaults: AppLimits,
+    pub on_limit: OnLimit,
+    pub max_wait: Duration,
+    /// Share of each bucket (percent) only `reserve = "high"` clients may spend.
+    pub reserve_percent: u32,
+    pub state_file: Option<PathBuf>,
+    pub state_interval: Duration,
+    pub active_refresh: Duration,
+    pub throttle_block: Duration,
+    pub allocation_configs: Vec<String>,
+}
+
+/// Limits per window for one app's buckets; `other = None` leaves calls outside Meta's table
+/// unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppLimits {
+    pub waba_default: u32,
+    pub waba_active: u32,
+    pub credit_line: u32,
+    pub other: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnLimit {
+    /// Answer 429 at once.
+    Reject,
+    /// Hold the request in FIFO order up to `max_wait`, then 429.
+    Wait,
+}
+
+/// A per-client request rate (`"10/s"`), enforced with governor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +153,7 @@ pub struct App {
     pub app_secret: Option<Secret>,
     pub proof: ProofMode,
     pub wabas: Vec<Waba>,
+    pub limits: AppLimits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +172,10 @@ pub struct Waba {
     pub token: Option<Secret>,
     /// Objects owned by this WABA (phone number ids) that should use its token and allowlist.
     pub phone_numbers: Vec<String>,
+    /// A fixed limit for this WABA's bucket, overriding the active/default choice.
+    pub limit: Option<u32>,
+    /// WABA-to-number-current-status ids, whose GET counts to this WABA.
+    pub status_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +194,11 @@ pub struct Client {
     pub app: usize,
     pub wabas: Option<HashSet<String>>,
     pub methods: Option<HashSet<Method>>,
+    /// May spend the reserved share of each bucket.
+    pub reserve: bool,
+    pub rate: Option<Rate>,
+    /// May force a fresh upstream call with `Cache-Control: no-cache`.
+    pub allow_no_cache: bool,
 }
 
 impl fmt::Debug for Client {
@@ -230,6 +294,36 @@ struct RawConfig {
     app: Vec<RawApp>,
     #[serde(default)]
     client: Vec<RawClient>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    window: Option<Dur>,
+    waba_default: Option<i64>,
+    waba_active: Option<i64>,
+    credit_line: Option<i64>,
+    other: Option<i64>,
+    on_limit: Option<String>,
+    max_wait: Option<Dur>,
+    reserve_percent: Option<i64>,
+    state_file: Option<PathBuf>,
+    state_interval: Option<Dur>,
+    active_refresh: Option<Dur>,
+    throttle_block: Option<Dur>,
+    #[serde(default, deserialize_with = "id_list")]
+    allocation_configs: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAppLimits {
+    waba_default: Option<i64>,
+    waba_active: Option<i64>,
+    credit_line: Option<i64>,
+    other: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -274,6 +368,7 @@ struct RawApp {
     app_secret_env: Option<String>,
     app_secret_file: Option<PathBuf>,
     appsecret_proof: Option<String>,
+    limits: Option<RawAppLimits>,
     #[serde(default)]
     waba: Vec<RawWaba>,
 }
@@ -289,6 +384,9 @@ struct RawWaba {
     token_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "id_list")]
     phone_numbers: Vec<String>,
+    limit: Option<i64>,
+    #[serde(default, deserialize_with = "id_list")]
+    status_ids: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -309,6 +407,9 @@ struct RawClient {
     #[serde(default, deserialize_with = "opt_id_list")]
     wabas: Option<Vec<String>>,
     methods: Option<Vec<String>>,
+    reserve: Option<String>,
+    rate: Option<String>,
+    allow_no_cache: Option<bool>,
 }
 
 /// A duration written as `30s`, `1h`, `500ms` (humantime).
@@ -482,6 +583,7 @@ impl Config {
             base,
             env,
             problems: Vec::new(),
+            limit_defaults: AppLimits::default(),
         }
         .validate(raw)
     }
@@ -682,6 +784,39 @@ struct Validator<'a> {
     base: &'a Path,
     env: &'a dyn Env,
     problems: Vec<Problem>,
+    /// `[limits]` values that each `[app.limits]` starts from.
+    limit_defaults: AppLimits,
+}
+
+impl Default for AppLimits {
+    fn default() -> Self {
+        AppLimits {
+            waba_default: DEFAULT_WABA_LIMIT,
+            waba_active: DEFAULT_WABA_ACTIVE_LIMIT,
+            credit_line: DEFAULT_CREDIT_LINE_LIMIT,
+            other: None,
+        }
+    }
+}
+
+/// `"10/s"`, `"600/m"`, `"5000/h"`, or `"3/500ms"`.
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
+    let err = || "must look like 10/s, 600/m, 5000/h or 3/500ms".to_string();
+    let (n, per) = s.split_once('/').ok_or_else(err)?;
+    let count: u32 = n.trim().parse().map_err(|_| err())?;
+    if count == 0 {
+        return Err("the count must be greater than zero".into());
+    }
+    let per = match per.trim() {
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        other => humantime::parse_duration(other).map_err(|_| err())?,
+    };
+    if per.is_zero() {
+        return Err(err());
+    }
+    Ok(Rate { count, per })
 }
 
 impl Validator<'_> {
@@ -697,6 +832,8 @@ impl Validator<'_> {
     fn validate(mut self, raw: RawConfig) -> Result<Config, ConfigError> {
         let server = self.server(raw.server);
         let upstream = self.upstream(raw.upstream);
+        let limits = self.limits(raw.limits);
+        self.limit_defaults = limits.defaults;
         let auth = server.1;
         // Names and counts come from the file, not from the entries that validated, so one bad
         // [[app]] or [[client]] does not also cause "unknown app" or "none configured" problems.
@@ -739,6 +876,7 @@ impl Validator<'_> {
                 auth,
                 apps,
                 clients,
+                limits,
             })
         } else {
             Err(ConfigError {
@@ -829,6 +967,98 @@ impl Validator<'_> {
             access_log: r.access_log.unwrap_or(true),
         };
         (server, auth)
+    }
+
+    /// A bucket limit: at least 1, at most a million calls per window.
+    fn limit_value(&mut self, key: &str, n: i64) -> Option<u32> {
+        if (1..=1_000_000).contains(&n) {
+            Some(n as u32)
+        } else {
+            self.problem(key, "must be a whole number of calls from 1 to 1000000");
+            None
+        }
+    }
+
+    fn limits(&mut self, r: RawLimits) -> Limits {
+        let d = AppLimits::default();
+        let mut pick = |key: &str, v: Option<i64>, default: u32| match v {
+            None => default,
+            Some(n) => self
+                .limit_value(&format!("limits.{key}"), n)
+                .unwrap_or(default),
+        };
+        let defaults = AppLimits {
+            waba_default: pick("waba_default", r.waba_default, d.waba_default),
+            waba_active: pick("waba_active", r.waba_active, d.waba_active),
+            credit_line: pick("credit_line", r.credit_line, d.credit_line),
+            other: r.other.and_then(|n| self.limit_value("limits.other", n)),
+        };
+        let on_limit = match r.on_limit.as_deref() {
+            None | Some("reject") => OnLimit::Reject,
+            Some("wait") => OnLimit::Wait,
+            Some(_) => {
+                self.problem("limits.on_limit", "must be \"reject\" or \"wait\"");
+                OnLimit::Reject
+            }
+        };
+        let reserve_percent = match r.reserve_percent {
+            None => 0,
+            Some(n) if (0..=90).contains(&n) => n as u32,
+            Some(_) => {
+                self.problem("limits.reserve_percent", "must be between 0 and 90");
+                0
+            }
+        };
+        for id in &r.allocation_configs {
+            if !is_graph_id(id) {
+                self.problem(
+                    "limits.allocation_configs",
+                    format!("`{id}` is not a numeric Graph id"),
+                );
+            }
+        }
+        Limits {
+            window: self.positive_duration("limits.window", r.window, DEFAULT_WINDOW),
+            defaults,
+            on_limit,
+            max_wait: r.max_wait.map(|d| d.0).unwrap_or(DEFAULT_MAX_WAIT),
+            reserve_percent,
+            state_file: r.state_file.map(|p| self.base.join(p)),
+            state_interval: self.positive_duration(
+                "limits.state_interval",
+                r.state_interval,
+                DEFAULT_STATE_INTERVAL,
+            ),
+            active_refresh: self.positive_duration(
+                "limits.active_refresh",
+                r.active_refresh,
+                DEFAULT_ACTIVE_REFRESH,
+            ),
+            throttle_block: self.positive_duration(
+                "limits.throttle_block",
+                r.throttle_block,
+                DEFAULT_THROTTLE_BLOCK,
+            ),
+            allocation_configs: r.allocation_configs,
+        }
+    }
+
+    fn app_limits(&mut self, at: &str, r: Option<RawAppLimits>) -> AppLimits {
+        let d = self.limit_defaults;
+        let Some(r) = r else { return d };
+        let mut pick = |key: &str, v: Option<i64>, default: Option<u32>| match v {
+            None => default,
+            Some(n) => self.limit_value(&format!("{at}.limits.{key}"), n),
+        };
+        AppLimits {
+            waba_default: pick("waba_default", r.waba_default, Some(d.waba_default))
+                .unwrap_or(d.waba_default),
+            waba_active: pick("waba_active", r.waba_active, Some(d.waba_active))
+                .unwrap_or(d.waba_active),
+            credit_line: pick("credit_line", r.credit_line, Some(d.credit_line))
+                .unwrap_or(d.credit_line),
+            other: pick("other", r.other, d.other),
+        }
     }
 
     fn positive_size(&mut self, key: &str, v: Option<Size>, default: u64) -> u64 {
@@ -1046,16 +1276,30 @@ impl Validator<'_> {
                     );
                 }
             }
+            let limit = w
+                .limit
+                .and_then(|n| self.limit_value(&format!("{wat}.limit"), n));
+            for sid in &w.status_ids {
+                if !is_graph_id(sid) {
+                    self.problem(
+                        format!("{wat}.status_ids"),
+                        format!("`{sid}` is not a numeric Graph id"),
+                    );
+                }
+            }
             wabas.push(Waba {
                 id,
                 active,
                 token,
                 phone_numbers: w.phone_numbers,
+                limit,
+                status_ids: w.status_ids,
             });
         }
         if self.problems.len() > before {
             return None;
         }
+        let limits = self.app_limits(&at, r.limits);
         Some(App {
             name: name?,
             id: id?,
@@ -1063,6 +1307,7 @@ impl Validator<'_> {
             app_secret,
             proof,
             wabas,
+            limits,
         })
     }
 
@@ -1176,12 +1421,33 @@ impl Validator<'_> {
         if self.problems.len() > before {
             return None;
         }
+        let reserve = match r.reserve.as_deref() {
+            None | Some("normal") => false,
+            Some("high") => true,
+            Some(_) => {
+                self.problem(format!("{at}.reserve"), "must be \"high\" or \"normal\"");
+                false
+            }
+        };
+        let rate = r.rate.as_deref().and_then(|s| match parse_rate(s) {
+            Ok(rate) => Some(rate),
+            Err(m) => {
+                self.problem(format!("{at}.rate"), m);
+                None
+            }
+        });
+        if self.problems.len() > before {
+            return None;
+        }
         Some(Client {
             name: name?,
             key_sha256: key_sha256?,
             app: app?,
             wabas,
             methods,
+            reserve,
+            rate,
+            allow_no_cache: r.allow_no_cache.unwrap_or(true),
         })
     }
 }

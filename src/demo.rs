@@ -4,13 +4,14 @@
 //!
 //! It must never print the system-user token or the app secret: only the client key is shown.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::path::Path;
 
 use tokio::net::TcpListener;
 
-use crate::config::{self, Active, App, AuthMode, Client, Config, ProofMode, Secret, Waba};
+use crate::config::{Config, Secret};
 use crate::sim::{self, Access, Sim, SimConfig, SimToken};
 
 pub const DEMO_APP_ID: &str = "1000000000000001";
@@ -21,7 +22,8 @@ fn random_hex(bytes: usize) -> String {
         .collect()
 }
 
-/// The demo's proxy config: one app on the simulator, one client with every right.
+/// The demo's proxy config: one app on the simulator, one client with every right. It goes through
+/// the same parser and validation as a config file; the secrets come from a private environment.
 pub fn demo_config(
     listen: SocketAddr,
     upstream: &str,
@@ -29,59 +31,49 @@ pub fn demo_config(
     app_secret: &Secret,
     client_key: &str,
 ) -> Config {
-    Config {
-        server: config::Server {
-            listen,
-            public_url: None,
-            max_body: config::DEFAULT_MAX_BODY,
-            max_form_body: config::DEFAULT_MAX_FORM_BODY,
-            max_rewrite_body: config::DEFAULT_MAX_REWRITE_BODY,
-            max_uri: config::DEFAULT_MAX_URI,
-            max_headers: config::DEFAULT_MAX_HEADERS,
-            max_header_bytes: config::DEFAULT_MAX_HEADER_BYTES,
-            shutdown_grace: Duration::from_secs(5),
-            tls: None,
-            access_log: true,
-        },
-        upstream: config::Upstream {
-            url: upstream
-                .parse()
-                .expect("the simulator's address is a valid URI"),
-            connect_timeout: config::DEFAULT_CONNECT_TIMEOUT,
-            request_timeout: Duration::from_secs(10),
-            pool_idle_timeout: config::DEFAULT_POOL_IDLE_TIMEOUT,
-            pool_max_idle_per_host: config::DEFAULT_POOL_MAX_IDLE,
-        },
-        auth: AuthMode::Keys,
-        apps: vec![App {
-            name: "demo".into(),
-            id: DEMO_APP_ID.into(),
-            token: token.clone(),
-            app_secret: Some(app_secret.clone()),
-            proof: ProofMode::Timestamped,
-            wabas: vec![
-                Waba {
-                    id: sim::seed::WABA_ID.into(),
-                    active: Active::Auto,
-                    token: None,
-                    phone_numbers: vec![sim::seed::PHONE_NUMBER_ID.into()],
-                },
-                Waba {
-                    id: sim::seed::INACTIVE_WABA_ID.into(),
-                    active: Active::Auto,
-                    token: None,
-                    phone_numbers: vec![],
-                },
-            ],
-        }],
-        clients: vec![Client {
-            name: "demo-client".into(),
-            key_sha256: config::key_digest(client_key),
-            app: 0,
-            wabas: None,
-            methods: None,
-        }],
-    }
+    let waba = sim::seed::WABA_ID;
+    let phone = sim::seed::PHONE_NUMBER_ID;
+    let inactive = sim::seed::INACTIVE_WABA_ID;
+    let text = format!(
+        r#"
+[server]
+listen = "{listen}"
+shutdown_grace = "5s"
+
+[upstream]
+url = "{upstream}"
+request_timeout = "10s"
+
+[[app]]
+name = "demo"
+id = "{DEMO_APP_ID}"
+token_env = "DEMO_TOKEN"
+app_secret_env = "DEMO_APP_SECRET"
+
+[[app.waba]]
+id = "{waba}"
+active = "auto"
+phone_numbers = ["{phone}"]
+
+[[app.waba]]
+id = "{inactive}"
+active = "auto"
+
+[[client]]
+name = "demo-client"
+key_env = "DEMO_CLIENT_KEY"
+"#
+    );
+    let env: HashMap<String, String> = HashMap::from([
+        ("DEMO_TOKEN".to_string(), token.expose().to_string()),
+        (
+            "DEMO_APP_SECRET".to_string(),
+            app_secret.expose().to_string(),
+        ),
+        ("DEMO_CLIENT_KEY".to_string(), client_key.to_string()),
+    ]);
+    Config::from_toml(&text, "demo (built in)", Path::new("."), &env)
+        .expect("the built-in demo config is valid")
 }
 
 /// Runs the demo until `shutdown` resolves.

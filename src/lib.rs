@@ -19,9 +19,11 @@
 
 pub mod auth;
 pub mod classify;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod limits;
 pub mod proxy;
 pub mod rewrite;
 pub mod server;

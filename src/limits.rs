@@ -1,0 +1,1016 @@
+//! Rolling-window buckets per app, per WABA and per credit line, counted exactly as Meta counts
+//! them, plus Meta's own view of them (usage headers, throttling errors) and per-client quotas.
+//!
+//! A bucket is a sliding log: the completion times of calls in the last window plus the calls in
+//! flight. A call holds a slot from admission; its time in the log is when its response came back
+//! (the latest moment Meta can have counted it). Check-and-take is one step under the bucket's
+//! lock, and a refused call is never recorded. This module must never let more than `limit` calls
+//! into any window of a bucket, never sleep or poll while holding a lock, and never read bodies.
+//! See docs/limits.md for why a token bucket or fixed window would not do.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use governor::{clock::Clock as _, DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::classify::{Class, Known};
+use crate::clock::{micros, Micros, SharedClock};
+use crate::config::{Active, AppLimits, Config, OnLimit};
+
+/// Which bucket a call spends.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BucketKey {
+    pub app: usize,
+    pub scope: Scope,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    Waba(String),
+    CreditLine,
+    Other,
+}
+
+impl Scope {
+    pub fn from_class(class: &Class) -> Scope {
+        match class {
+            Class::Waba(id) => Scope::Waba(id.clone()),
+            Class::CreditLine => Scope::CreditLine,
+            Class::Other => Scope::Other,
+        }
+    }
+
+    /// `waba:<id>`, `credit_line` or `other`: for labels, logs and the state file.
+    pub fn label(&self) -> String {
+        match self {
+            Scope::Waba(id) => format!("waba:{id}"),
+            Scope::CreditLine => "credit_line".into(),
+            Scope::Other => "other".into(),
+        }
+    }
+
+    fn parse(s: &str) -> Option<Scope> {
+        match s {
+            "credit_line" => Some(Scope::CreditLine),
+            "other" => Some(Scope::Other),
+            _ => s
+                .strip_prefix("waba:")
+                .map(|id| Scope::Waba(id.to_string())),
+        }
+    }
+}
+
+/// Why a call was not admitted.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub app: String,
+    pub scope: Scope,
+    pub limit: u32,
+    pub window: Duration,
+    /// Until a slot frees (or the block ends), rounded up to whole seconds by the caller.
+    pub retry_after: Duration,
+    /// Meta told us to stop (throttling error or 100% usage), or the client's own quota.
+    pub reason: RefusalReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// The bucket holds `limit` calls in the window.
+    Full,
+    /// Meta throttled this bucket or app; we wait out its regain time.
+    Blocked,
+    /// The client's `rate` quota.
+    ClientQuota,
+}
+
+/// What the caller is told about a bucket it used (IETF RateLimit headers).
+#[derive(Debug, Clone)]
+pub struct Budget {
+    pub scope: Scope,
+    pub limit: u32,
+    pub remaining: u32,
+    pub reset: Duration,
+    pub window: Duration,
+}
+
+/// Latest usage Meta reported for a bucket, as percentages.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Reported {
+    pub call_count: u32,
+    pub total_cputime: u32,
+    pub total_time: u32,
+    pub regain_minutes: u32,
+}
+
+struct Bucket {
+    limit: u32,
+    /// Completion times, ascending, all within the last window (pruned lazily).
+    done: VecDeque<Micros>,
+    inflight: u32,
+    blocked_until: Micros,
+    /// FIFO tickets of callers waiting in `wait` mode; only the head may take a slot.
+    queue: VecDeque<u64>,
+    notify: Arc<Notify>,
+    reported: Option<Reported>,
+    rejected: u64,
+}
+
+impl Bucket {
+    fn new(limit: u32) -> Bucket {
+        Bucket {
+            limit,
+            done: VecDeque::new(),
+            inflight: 0,
+            blocked_until: 0,
+            queue: VecDeque::new(),
+            notify: Arc::new(Notify::new()),
+            reported: None,
+            rejected: 0,
+        }
+    }
+
+    /// Drops entries a full window old: a call at `t` no longer counts at `t + window`.
+    fn prune(&mut self, now: Micros, window: Micros) {
+        while self.done.front().is_some_and(|&t| t + window <= now) {
+            self.done.pop_front();
+        }
+    }
+
+    fn used(&self) -> u32 {
+        self.done.len() as u32 + self.inflight
+    }
+
+    /// When the next slot frees: the oldest completed call leaves the window. With only calls in
+    /// flight, the earliest is a full window from now.
+    fn next_free(&self, now: Micros, window: Micros) -> Micros {
+        self.done
+            .front()
+            .map(|&t| t + window)
+            .unwrap_or(now + window)
+            .max(now)
+    }
+
+    fn record(&mut self, at: Micros) {
+        // Responses complete out of order; keep the log sorted (the new time is almost always last).
+        let pos = self.done.partition_point(|&t| t <= at);
+        self.done.insert(pos, at);
+    }
+}
+
+type SharedBucket = Arc<Mutex<Bucket>>;
+
+/// Per-process limiter state. Cheap to share behind an `Arc`.
+pub struct Limiter {
+    clock: SharedClock,
+    window: Micros,
+    on_limit: OnLimit,
+    max_wait: Duration,
+    reserve_percent: u32,
+    throttle_block: Micros,
+    state_file: Option<PathBuf>,
+    apps: Vec<AppPolicy>,
+    // The map lock is held only to find or insert a bucket; each bucket has its own lock.
+    buckets: RwLock<HashMap<BucketKey, SharedBucket>>,
+    /// Learned and configured object kinds, read by classification on every request.
+    known: RwLock<Known>,
+    /// App-wide blocks (Meta's code 4 and X-App-Usage at 100%), per app index.
+    app_blocked_until: Mutex<Vec<Micros>>,
+    app_reported: Mutex<Vec<Option<Reported>>>,
+    quotas: Vec<Option<DefaultDirectRateLimiter>>,
+    next_ticket: std::sync::atomic::AtomicU64,
+}
+
+struct AppPolicy {
+    name: String,
+    limits: AppLimits,
+    /// WABA id -> (configured active state, fixed limit).
+    wabas: HashMap<String, (Active, Option<u32>)>,
+    /// Learned state of `active = "auto"` WABAs.
+    learned_active: Mutex<HashMap<String, bool>>,
+}
+
+/// A slot in one or more buckets, held from admission until the call's response (or failure).
+pub struct Permit {
+    limiter: Arc<Limiter>,
+    slots: Vec<(SharedBucket, u32)>,
+    sent: bool,
+    settled: bool,
+    pub budgets: Vec<Budget>,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("buckets", &self.slots.len())
+            .field("sent", &self.sent)
+            .finish()
+    }
+}
+
+impl Permit {
+    /// The request is on its way to Meta: from now on it counts even if it fails.
+    pub fn sent(&mut self) {
+        self.sent = true;
+    }
+
+    /// The call is over; it is logged at this moment if it was sent, released otherwise.
+    pub fn finish(mut self) {
+        self.settle();
+    }
+
+    /// The request never left graphgate (e.g. the connection to Meta was refused): free the slots.
+    pub fn release(mut self) {
+        self.sent = false;
+        self.settle();
+    }
+
+    fn settle(&mut self) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        let now = self.limiter.clock.now();
+        for (bucket, n) in &self.slots {
+            let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
+            b.inflight = b.inflight.saturating_sub(*n);
+            if self.sent {
+                for _ in 0..*n {
+                    b.record(now);
+                }
+            } else {
+                b.notify.notify_waiters();
+            }
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        // A dropped request (caller went away, timeout) may have reached Meta: count it now.
+        self.settle();
+    }
+}
+
+impl Limiter {
+    pub fn new(config: &Config, clock: SharedClock) -> Limiter {
+        let l = &config.limits;
+        let apps = config
+            .apps
+            .iter()
+            .map(|a| AppPolicy {
+                name: a.name.clone(),
+                limits: a.limits,
+                wabas: a
+                    .wabas
+                    .iter()
+                    .map(|w| (w.id.clone(), (w.active, w.limit)))
+                    .collect(),
+                learned_active: Mutex::new(HashMap::new()),
+            })
+            .collect();
+        let mut known = Known::default();
+        for app in &config.apps {
+            for w in &app.wabas {
+                known.wabas.insert(w.id.clone());
+                for s in &w.status_ids {
+                    known.status_ids.insert(s.clone(), w.id.clone());
+                }
+            }
+        }
+        known
+            .allocation_configs
+            .extend(l.allocation_configs.iter().cloned());
+        let quotas = config
+            .clients
+            .iter()
+            .map(|c| {
+                c.rate.and_then(|r| {
+                    let per_cell = r.per / r.count;
+                    let burst = NonZeroU32::new(r.count)?;
+                    Quota::with_period(per_cell).map(|q| RateLimiter::direct(q.allow_burst(burst)))
+                })
+            })
+            .collect();
+        Limiter {
+            clock,
+            window: micros(l.window),
+            on_limit: l.on_limit,
+            max_wait: l.max_wait,
+            reserve_percent: l.reserve_percent,
+            throttle_block: micros(l.throttle_block),
+            state_file: l.state_file.clone(),
+            app_blocked_until: Mutex::new(vec![0; config.apps.len()]),
+            app_reported: Mutex::new(vec![None; config.apps.len()]),
+            apps,
+            buckets: RwLock::new(HashMap::new()),
+            known: RwLock::new(known),
+            quotas,
+            next_ticket: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    pub fn now(&self) -> Micros {
+        self.clock.now()
+    }
+
+    pub fn window(&self) -> Duration {
+        Duration::from_micros(self.window)
+    }
+
+    pub fn on_limit(&self) -> OnLimit {
+        self.on_limit
+    }
+
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait
+    }
+
+    /// Runs `f` with the current object kinds (for classification).
+    pub fn with_known<R>(&self, f: impl FnOnce(&Known) -> R) -> R {
+        f(&self.known.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The limit of a bucket now, or `None` for an unlimited one.
+    pub fn limit_of(&self, key: &BucketKey) -> Option<u32> {
+        let app = self.apps.get(key.app)?;
+        match &key.scope {
+            Scope::CreditLine => Some(app.limits.credit_line),
+            Scope::Other => app.limits.other,
+            Scope::Waba(id) => {
+                let (active, fixed) = app.wabas.get(id).copied().unwrap_or((Active::Auto, None));
+                if let Some(n) = fixed {
+                    return Some(n);
+                }
+                let is_active = match active {
+                    Active::Yes => true,
+                    Active::No => false,
+                    Active::Auto => app
+                        .learned_active
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(id)
+                        .copied()
+                        .unwrap_or(false),
+                };
+                Some(if is_active {
+                    app.limits.waba_active
+                } else {
+                    app.limits.waba_default
+                })
+            }
+        }
+    }
+
+    fn bucket(&self, key: &BucketKey, limit: u32) -> SharedBucket {
+        if let Some(b) = self
+            .buckets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+        {
+            return b.clone();
+        }
+        self.buckets
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(Bucket::new(limit))))
+            .clone()
+    }
+
+    /// The client's own `rate` quota (governor GCRA), checked before any Meta bucket.
+    pub fn check_client_quota(&self, client: Option<usize>, app: usize) -> Result<(), Refusal> {
+        let Some(Some(q)) = client.map(|c| self.quotas.get(c).and_then(|q| q.as_ref())) else {
+            return Ok(());
+        };
+        q.check().map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            Refusal {
+                app: self.app_name(app),
+                scope: Scope::Other,
+                limit: 0,
+                window: self.window(),
+                retry_after: wait,
+                reason: RefusalReason::ClientQuota,
+            }
+        })
+    }
+
+    fn app_name(&self, app: usize) -> String {
+        self.apps
+            .get(app)
+            .map(|a| a.name.clone())
+            .unwrap_or_default()
+    }
+
+    /// Takes `n` slots in each keyed bucket, all or nothing. Buckets without a limit are skipped.
+    /// `reserve` lets the caller spend the reserved share; `ticket` is its place in a wait queue.
+    fn try_take(
+        self: &Arc<Self>,
+        wants: &[(BucketKey, u32)],
+        reserve: bool,
+        ticket: Option<u64>,
+    ) -> Result<Permit, (Refusal, SharedBucket)> {
+        let now = self.clock.now();
+        let mut picked: Vec<(BucketKey, SharedBucket, u32, u32)> = Vec::new();
+        for (key, n) in wants {
+            let Some(limit) = self.limit_of(key) else {
+                continue;
+            };
+            match picked.iter_mut().find(|(k, ..)| k == key) {
+                Some(p) => p.2 += n,
+                None => picked.push((key.clone(), self.bucket(key, limit), *n, limit)),
+            }
+        }
+        // A consistent lock order keeps two batches from deadlocking each other.
+        picked.sort_by(|a, b| a.0.cmp(&b.0));
+        let app_block = wants
+            .first()
+            .map(|(k, _)| {
+                self.app_blocked_until
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(k.app)
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0);
+        let mut guards: Vec<_> = picked
+            .iter()
+            .map(|(_, b, ..)| b.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        for (i, (key, bucket, n, limit)) in picked.iter().enumerate() {
+            let g = &mut guards[i];
+            g.limit = *limit;
+            g.prune(now, self.window);
+            let refuse = |retry_at: Micros, reason| Refusal {
+                app: self.app_name(key.app),
+                scope: key.scope.clone(),
+                limit: *limit,
+                window: self.window(),
+                retry_after: Duration::from_micros(retry_at.saturating_sub(now)),
+                reason,
+            };
+            let blocked_until = g.blocked_until.max(app_block);
+            if blocked_until > now {
+                g.rejected += 1;
+                return Err((
+                    refuse(blocked_until, RefusalReason::Blocked),
+                    bucket.clone(),
+                ));
+            }
+            // Someone queued earlier goes first.
+            if g.queue.front().is_some_and(|&head| Some(head) != ticket) {
+                g.rejected += 1;
+                return Err((
+                    refuse(g.next_free(now, self.window), RefusalReason::Full),
+                    bucket.clone(),
+                ));
+            }
+            let usable = if reserve {
+                *limit
+            } else {
+                limit - limit * self.reserve_percent / 100
+            };
+            if g.used() + n > usable {
+                g.rejected += 1;
+                // How long until enough of the oldest calls have left the window.
+                let need = (g.used() + n - usable) as usize;
+                let retry_at = match g.done.get(need - 1) {
+                    Some(&t) => (t + self.window).max(now),
+                    None => now + self.window,
+                };
+                return Err((refuse(retry_at, RefusalReason::Full), bucket.clone()));
+            }
+        }
+        let mut budgets = Vec::with_capacity(picked.len());
+        for (i, (key, _, n, limit)) in picked.iter().enumerate() {
+            let g = &mut guards[i];
+            g.inflight += n;
+            budgets.push(Budget {
+                scope: key.scope.clone(),
+                limit: *limit,
+                remaining: limit.saturating_sub(g.used()),
+                reset: Duration::from_micros(g.next_free(now, self.window) - now),
+                window: self.window(),
+            });
+        }
+        drop(guards);
+        Ok(Permit {
+            limiter: self.clone(),
+            slots: picked.into_iter().map(|(_, b, n, _)| (b, n)).collect(),
+            sent: false,
+            settled: false,
+            budgets,
+        })
+    }
+
+    /// Admits a call or refuses it at once.
+    pub fn try_admit(
+        self: &Arc<Self>,
+        wants: &[(BucketKey, u32)],
+        reserve: bool,
+    ) -> Result<Permit, Refusal> {
+        self.try_take(wants, reserve, None).map_err(|(r, _)| r)
+    }
+
+    /// Admits a call, waiting in FIFO order up to `max_wait` when the mode is `wait`.
+    pub async fn admit(
+        self: &Arc<Self>,
+        wants: &[(BucketKey, u32)],
+        reserve: bool,
+        max_wait: Duration,
+    ) -> Result<Permit, Refusal> {
+        let first = match self.try_take(wants, reserve, None) {
+            Ok(p) => return Ok(p),
+            Err(e) => e,
+        };
+        if self.on_limit == OnLimit::Reject || first.0.reason == RefusalReason::ClientQuota {
+            return Err(first.0);
+        }
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let ticket = self
+            .next_ticket
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (mut refusal, bucket) = first;
+        // The ticket leaves the queue however this function ends (admitted, timed out, dropped).
+        let _queued = QueueGuard::enter(bucket.clone(), ticket);
+        loop {
+            let now_t = tokio::time::Instant::now();
+            // Nothing frees up before the caller's deadline: say so now rather than hold it.
+            if now_t + refusal.retry_after > deadline {
+                return Err(refusal);
+            }
+            let notify = bucket
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .notify
+                .clone();
+            let notified = notify.notified();
+            let wake = (now_t + refusal.retry_after).min(deadline);
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = notified => {}
+            }
+            match self.try_take(wants, reserve, Some(ticket)) {
+                Ok(p) => return Ok(p),
+                Err((r, _)) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(r);
+                    }
+                    refusal = r;
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ Meta's view
+
+    /// Reads Meta's usage headers from a response to a call on `key` and adjusts local state:
+    /// a higher count than ours raises ours; 100% blocks until the regain time.
+    pub fn observe_usage(&self, app: usize, bucket_usage: Option<&str>, app_usage: Option<&str>) {
+        let now = self.clock.now();
+        if let Some(raw) = bucket_usage {
+            if let Ok(map) = serde_json::from_str::<HashMap<String, Vec<serde_json::Value>>>(raw) {
+                for (object, entries) in map {
+                    for e in entries {
+                        let typ = e.get("type").and_then(|t| t.as_str()).unwrap_or("");
+                        if typ != "whatsapp_business_management" {
+                            continue;
+                        }
+                        let rep = Reported {
+                            call_count: pct(&e, "call_count"),
+                            total_cputime: pct(&e, "total_cputime"),
+                            total_time: pct(&e, "total_time"),
+                            regain_minutes: pct(&e, "estimated_time_to_regain_access"),
+                        };
+                        let key = BucketKey {
+                            app,
+                            scope: Scope::Waba(object.clone()),
+                        };
+                        self.apply_report(&key, rep, now);
+                    }
+                }
+            }
+        }
+        if let Some(raw) = app_usage {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(raw) {
+                let rep = Reported {
+                    call_count: pct(&v, "call_count"),
+                    total_cputime: pct(&v, "total_cputime"),
+                    total_time: pct(&v, "total_time"),
+                    regain_minutes: 0,
+                };
+                if rep.call_count >= 100 || rep.total_cputime >= 100 || rep.total_time >= 100 {
+                    self.block_app(app, now + self.throttle_block);
+                }
+                if let Some(slot) = self
+                    .app_reported
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_mut(app)
+                {
+                    *slot = Some(rep);
+                }
+            }
+        }
+    }
+
+    fn apply_report(&self, key: &BucketKey, rep: Reported, now: Micros) {
+        let Some(limit) = self.limit_of(key) else {
+            return;
+        };
+        let bucket = self.bucket(key, limit);
+        let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
+        b.prune(now, self.window);
+        // Meta's percentage is rounded down, so the most calls it can stand for is the top of
+        // its 1% step. Another consumer of the same app may have made them: count them as ours.
+        let mut meta_count = (((rep.call_count as u64 + 1) * limit as u64).div_ceil(100))
+            .saturating_sub(1)
+            .min(limit as u64) as u32;
+        if rep.call_count >= 100 {
+            // The block below holds calls until Meta's regain time; after it Meta has room for at
+            // least one more, so the raised log must not keep the bucket shut for a whole window.
+            meta_count = meta_count.min(limit - 1);
+        }
+        let used = b.used();
+        if meta_count > used {
+            for _ in used..meta_count {
+                b.record(now);
+            }
+        }
+        if rep.call_count >= 100 {
+            let until = if rep.regain_minutes > 0 {
+                now + rep.regain_minutes as u64 * 60_000_000
+            } else {
+                now + self.throttle_block
+            };
+            b.blocked_until = b.blocked_until.max(until);
+        }
+        b.reported = Some(rep);
+    }
+
+    /// Meta answered a throttling error for a call on `key`: stop calling it until regain time.
+    pub fn observe_throttle(&self, key: &BucketKey, code: u64, regain: Option<Duration>) {
+        let now = self.clock.now();
+        let until = now
+            + regain
+                .map(micros)
+                .filter(|&m| m > 0)
+                .unwrap_or(self.throttle_block);
+        // Code 4 (and 17, the token's user) is app-wide; the others name the object's bucket.
+        if code == 4 || code == 17 {
+            self.block_app(key.app, until);
+            return;
+        }
+        let Some(limit) = self.limit_of(key) else {
+            return;
+        };
+        let bucket = self.bucket(key, limit);
+        let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
+        b.blocked_until = b.blocked_until.max(until);
+    }
+
+    fn block_app(&self, app: usize, until: Micros) {
+        if let Some(slot) = self
+            .app_blocked_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(app)
+        {
+            *slot = (*slot).max(until);
+        }
+    }
+
+    /// Records whether an `active = "auto"` WABA has a registered phone number.
+    pub fn learn_active(&self, app: usize, waba: &str, active: bool) {
+        let Some(policy) = self.apps.get(app) else {
+            return;
+        };
+        if !matches!(policy.wabas.get(waba), Some((Active::Auto, None))) {
+            return;
+        }
+        let changed = policy
+            .learned_active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(waba.to_string(), active)
+            != Some(active);
+        if changed {
+            tracing::info!(app = %policy.name, waba, active, "WABA activity learned");
+            let key = BucketKey {
+                app,
+                scope: Scope::Waba(waba.to_string()),
+            };
+            if let (Some(limit), Some(b)) = (
+                self.limit_of(&key),
+                self.buckets
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&key),
+            ) {
+                let mut b = b.lock().unwrap_or_else(|e| e.into_inner());
+                b.limit = limit;
+                b.notify.notify_waiters();
+            }
+        }
+    }
+
+    /// WABAs of `active = "auto"` that a probe should look at, per app.
+    pub fn auto_wabas(&self) -> Vec<(usize, String)> {
+        let mut out = Vec::new();
+        for (i, a) in self.apps.iter().enumerate() {
+            for (id, (active, fixed)) in &a.wabas {
+                if *active == Active::Auto && fixed.is_none() {
+                    out.push((i, id.clone()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    pub fn learn_allocation_config(&self, id: &str) {
+        if crate::config::is_graph_id(id) {
+            self.known
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .allocation_configs
+                .insert(id.to_string());
+        }
+    }
+
+    // ------------------------------------------------------------ inspection
+
+    /// A snapshot of every bucket that has been used.
+    pub fn snapshot(&self) -> Vec<BucketView> {
+        let now = self.clock.now();
+        let buckets: Vec<(BucketKey, SharedBucket)> = self
+            .buckets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, b)| (k.clone(), b.clone()))
+            .collect();
+        let app_blocks = self
+            .app_blocked_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut out: Vec<BucketView> = buckets
+            .into_iter()
+            .map(|(key, b)| {
+                let mut b = b.lock().unwrap_or_else(|e| e.into_inner());
+                b.prune(now, self.window);
+                let blocked = b
+                    .blocked_until
+                    .max(app_blocks.get(key.app).copied().unwrap_or(0));
+                BucketView {
+                    app: self.app_name(key.app),
+                    scope: key.scope.label(),
+                    limit: b.limit,
+                    used: b.used(),
+                    in_flight: b.inflight,
+                    remaining: b.limit.saturating_sub(b.used()),
+                    reset_in_secs: (b.next_free(now, self.window) - now).div_ceil(1_000_000),
+                    blocked_for_secs: blocked.saturating_sub(now).div_ceil(1_000_000),
+                    waiting: b.queue.len(),
+                    rejected: b.rejected,
+                    reported: b.reported.clone(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.app, &a.scope).cmp(&(&b.app, &b.scope)));
+        out
+    }
+
+    // ------------------------------------------------------------ persistence
+
+    /// Writes every bucket's log to `limits.state_file` (atomically, via a temporary file).
+    /// Calls still in flight are written as completed now, the conservative choice.
+    pub fn save(&self) -> std::io::Result<()> {
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        let now = self.clock.now();
+        let buckets: Vec<(BucketKey, SharedBucket)> = self
+            .buckets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, b)| (k.clone(), b.clone()))
+            .collect();
+        let mut state = State {
+            version: 1,
+            saved_at: now,
+            buckets: Vec::new(),
+            allocation_configs: Vec::new(),
+            active: Vec::new(),
+        };
+        for (key, b) in buckets {
+            let mut b = b.lock().unwrap_or_else(|e| e.into_inner());
+            b.prune(now, self.window);
+            let mut done: Vec<Micros> = b.done.iter().copied().collect();
+            done.extend(std::iter::repeat_n(now, b.inflight as usize));
+            if done.is_empty() && b.blocked_until <= now {
+                continue;
+            }
+            state.buckets.push(SavedBucket {
+                app: self.app_name(key.app),
+                scope: key.scope.label(),
+                done,
+                blocked_until: b.blocked_until,
+            });
+        }
+        state.allocation_configs = self
+            .known
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .allocation_configs
+            .iter()
+            .cloned()
+            .collect();
+        state.allocation_configs.sort();
+        for a in &self.apps {
+            for (w, active) in a
+                .learned_active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+            {
+                state.active.push((a.name.clone(), w.clone(), *active));
+            }
+        }
+        write_atomic(
+            path,
+            &serde_json::to_vec(&state).map_err(std::io::Error::other)?,
+        )
+    }
+
+    /// Restores what [`Limiter::save`] wrote. Unknown apps and expired entries are skipped.
+    pub fn restore(&self) -> std::io::Result<usize> {
+        let Some(path) = &self.state_file else {
+            return Ok(0);
+        };
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let state: State = serde_json::from_slice(&bytes)
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+        let now = self.clock.now();
+        let mut restored = 0;
+        for (app_name, waba, active) in state.active {
+            if let Some(i) = self.apps.iter().position(|a| a.name == app_name) {
+                self.learn_active(i, &waba, active);
+            }
+        }
+        for sb in state.buckets {
+            let (Some(app), Some(scope)) = (
+                self.apps.iter().position(|a| a.name == sb.app),
+                Scope::parse(&sb.scope),
+            ) else {
+                continue;
+            };
+            let key = BucketKey { app, scope };
+            let Some(limit) = self.limit_of(&key) else {
+                continue;
+            };
+            let bucket = self.bucket(&key, limit);
+            let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
+            for t in sb.done {
+                if t + self.window > now {
+                    b.record(t);
+                    restored += 1;
+                }
+            }
+            b.blocked_until = b.blocked_until.max(sb.blocked_until);
+        }
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        known.allocation_configs.extend(state.allocation_configs);
+        Ok(restored)
+    }
+}
+
+/// Removes a waiter's ticket from its bucket's queue and wakes the next one.
+struct QueueGuard {
+    bucket: SharedBucket,
+    ticket: u64,
+}
+
+impl QueueGuard {
+    fn enter(bucket: SharedBucket, ticket: u64) -> QueueGuard {
+        bucket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .queue
+            .push_back(ticket);
+        QueueGuard { bucket, ticket }
+    }
+}
+
+impl Drop for QueueGuard {
+    fn drop(&mut self) {
+        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        b.queue.retain(|&t| t != self.ticket);
+        b.notify.notify_waiters();
+    }
+}
+
+fn pct(v: &serde_json::Value, key: &str) -> u32 {
+    v.get(key)
+        .and_then(|x| x.as_f64())
+        .map(|f| f.clamp(0.0, 1e6).ceil() as u32)
+        .unwrap_or(0)
+}
+
+/// One bucket as the admin view and metrics show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BucketView {
+    pub app: String,
+    pub scope: String,
+    pub limit: u32,
+    pub used: u32,
+    pub in_flight: u32,
+    pub remaining: u32,
+    pub reset_in_secs: u64,
+    pub blocked_for_secs: u64,
+    pub waiting: usize,
+    pub rejected: u64,
+    pub reported: Option<Reported>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct State {
+    version: u32,
+    saved_at: Micros,
+    buckets: Vec<SavedBucket>,
+    #[serde(default)]
+    allocation_configs: Vec<String>,
+    #[serde(default)]
+    active: Vec<(String, String, bool)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedBucket {
+    app: String,
+    scope: String,
+    done: Vec<Micros>,
+    blocked_until: Micros,
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Object ids a throttling error code means "stop". See docs/limits.md.
+pub fn is_throttling_code(code: u64) -> bool {
+    matches!(
+        code,
+        4 | 17 | 32 | 613 | 80000..=80014 | 130429 | 131048 | 131056 | 133016
+    )
+}
+
+/// Which WABAs in a `phone_numbers` listing count as registered (docs/limits.md): a number whose
+/// `platform_type` is CLOUD_API or ON_PREMISE. `None` when the listing does not say.
+pub fn registered_in(listing: &serde_json::Value) -> Option<bool> {
+    let data = listing.get("data")?.as_array()?;
+    let mut saw_field = false;
+    for n in data {
+        if let Some(p) = n.get("platform_type").and_then(|p| p.as_str()) {
+            saw_field = true;
+            if p == "CLOUD_API" || p == "ON_PREMISE" {
+                return Some(true);
+            }
+        }
+    }
+    // An empty listing is a clear "no numbers"; numbers without the field say nothing.
+    (saw_field || data.is_empty()).then_some(false)
+}
+
+/// Ids of allocation configs named in a credit-line response.
+pub fn allocation_ids_in(body: &serde_json::Value) -> HashSet<String> {
+    let mut out = HashSet::new();
+    if let Some(id) = body.get("allocation_config_id").and_then(|v| v.as_str()) {
+        out.insert(id.to_string());
+    }
+    if let Some(data) = body.get("data").and_then(|d| d.as_array()) {
+        for item in data {
+            if let Some(id) = item.get("id").and_then(|v| v.as_str()) {
+                out.insert(id.to_string());
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
