@@ -22,6 +22,10 @@ pub struct Caller {
     pub name: Arc<str>,
     pub client: Option<usize>,
     pub app: usize,
+    /// May spend the reserved share of a bucket (`reserve = "high"`).
+    pub reserve: bool,
+    /// May force a fresh upstream call with `Cache-Control: no-cache`.
+    pub allow_no_cache: bool,
 }
 
 /// Precomputed lookups over the config's apps and clients.
@@ -39,6 +43,8 @@ struct ClientEntry {
     app: usize,
     wabas: Option<HashSet<String>>,
     methods: Option<HashSet<Method>>,
+    reserve: bool,
+    allow_no_cache: bool,
 }
 
 struct AppEntry {
@@ -67,6 +73,8 @@ impl Directory {
                 app: c.app,
                 wabas: c.wabas.clone(),
                 methods: c.methods.clone(),
+                reserve: c.reserve,
+                allow_no_cache: c.allow_no_cache,
             })
             .collect();
         let mut all_wabas = HashSet::new();
@@ -103,6 +111,8 @@ impl Directory {
                 name: Arc::from("anonymous"),
                 client: None,
                 app: 0,
+                reserve: false,
+                allow_no_cache: true,
             });
         }
         let key = key
@@ -122,6 +132,8 @@ impl Directory {
             name: c.name.clone(),
             client: Some(i),
             app: c.app,
+            reserve: c.reserve,
+            allow_no_cache: c.allow_no_cache,
         })
     }
 

@@ -8,6 +8,8 @@
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
 
+use crate::limits::{Budget, Refusal, RefusalReason, Scope};
+
 /// Header on every response that graphgate generated itself.
 pub const LOCAL_ERROR_HEADER: &str = "x-graphgate-error";
 
@@ -35,6 +37,34 @@ pub enum GatewayError {
     UpstreamTimeout(std::time::Duration),
     #[error("the upstream connection failed while reading the request body")]
     RequestBodyFailed,
+    #[error("{}", describe_refusal(.0))]
+    RateLimited(Box<Refusal>),
+}
+
+fn describe_refusal(r: &Refusal) -> String {
+    let what = match &r.scope {
+        Scope::Waba(id) => format!("WABA {id} of app `{}`", r.app),
+        Scope::CreditLine => format!("the credit line of app `{}`", r.app),
+        Scope::Other => format!("other calls of app `{}`", r.app),
+    };
+    let window = humantime::format_duration(r.window);
+    let secs = retry_after_secs(r.retry_after);
+    match r.reason {
+        RefusalReason::Full => format!(
+            "the budget of {what} is spent ({} calls per {window}); retry after {secs} s",
+            r.limit
+        ),
+        RefusalReason::Blocked => format!("Meta throttled {what}; calls resume in {secs} s"),
+        RefusalReason::ClientQuota => format!(
+            "this client's request rate for app `{}` is exceeded; retry after {secs} s",
+            r.app
+        ),
+    }
+}
+
+/// Whole seconds, rounded up, so a caller that waits that long is admitted.
+pub fn retry_after_secs(d: std::time::Duration) -> u64 {
+    d.as_micros().div_ceil(1_000_000).max(1) as u64
 }
 
 /// How one error looks on the wire.
@@ -137,6 +167,25 @@ impl GatewayError {
                 "GraphMethodException",
                 false,
             ),
+            // 80007 ("WABA rate limit") and 4 ("app rate limit") are the two codes that pywa maps to
+            // its ThrottlingError and that the Meta Business SDK reports with is_transient; see
+            // docs/limits.md.
+            RateLimited(r) => match r.scope {
+                Scope::Waba(_) => s(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    80007,
+                    "OAuthException",
+                    true,
+                ),
+                Scope::CreditLine | Scope::Other => s(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    4,
+                    "OAuthException",
+                    true,
+                ),
+            },
         }
     }
 
@@ -158,14 +207,50 @@ impl IntoResponse for GatewayError {
             200 => format!("(#200) Permissions error - graphgate: {self}"),
             code => format!("(#{code}) graphgate: {self}"),
         };
-        graph_error(
+        let mut resp = graph_error(
             shape.status,
             shape.kind,
             shape.code,
             shape.typ,
             shape.transient,
             &message,
-        )
+        );
+        if let GatewayError::RateLimited(r) = &self {
+            let h = resp.headers_mut();
+            h.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(r.retry_after)),
+            );
+            if r.reason != RefusalReason::ClientQuota {
+                let budget = Budget {
+                    scope: r.scope.clone(),
+                    limit: r.limit,
+                    remaining: 0,
+                    reset: r.retry_after,
+                    window: r.window,
+                };
+                insert_ratelimit_headers(h, &budget);
+            }
+        }
+        resp
+    }
+}
+
+/// IETF `RateLimit-Policy` / `RateLimit` (draft-ietf-httpapi-ratelimit-headers) for one bucket.
+pub fn insert_ratelimit_headers(h: &mut http::HeaderMap, b: &Budget) {
+    let name = b.scope.label();
+    let policy = format!("\"{name}\";q={};w={}", b.limit, b.window.as_secs());
+    let state = format!(
+        "\"{name}\";r={};t={}",
+        b.remaining,
+        b.reset.as_micros().div_ceil(1_000_000)
+    );
+    if let (Ok(p), Ok(s)) = (
+        HeaderValue::from_str(&policy),
+        HeaderValue::from_str(&state),
+    ) {
+        h.insert("ratelimit-policy", p);
+        h.insert("ratelimit", s);
     }
 }
 
@@ -226,6 +311,43 @@ mod tests {
         (status, serde_json::from_slice(&bytes).unwrap(), local)
     }
 
+    fn refusal(scope: Scope) -> Refusal {
+        Refusal {
+            app: "main".into(),
+            scope,
+            limit: 200,
+            window: std::time::Duration::from_secs(3600),
+            retry_after: std::time::Duration::from_millis(1500),
+            reason: RefusalReason::Full,
+        }
+    }
+
+    // A refusal names its bucket and limit, and carries Retry-After (rounded up) and RateLimit headers.
+    #[tokio::test]
+    async fn rate_limited_answers_carry_retry_after_and_ratelimit_headers() {
+        let resp =
+            GatewayError::RateLimited(Box::new(refusal(Scope::Waba("102290129340398".into()))))
+                .into_response();
+        assert_eq!(resp.headers()["retry-after"], "2");
+        assert_eq!(
+            resp.headers()["ratelimit-policy"],
+            "\"waba:102290129340398\";q=200;w=3600"
+        );
+        assert_eq!(
+            resp.headers()["ratelimit"],
+            "\"waba:102290129340398\";r=0;t=2"
+        );
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let m = v["error"]["message"].as_str().unwrap();
+        assert!(
+            m.contains("WABA 102290129340398")
+                && m.contains("200 calls per 1h")
+                && m.starts_with("(#80007)"),
+            "{m}"
+        );
+    }
+
     // Each variant keeps its status and Graph code; a change here is a change in the public contract.
     #[tokio::test]
     async fn every_error_has_its_status_code_and_graph_shape() {
@@ -263,6 +385,18 @@ mod tests {
                 true,
             ),
             (RequestBodyFailed, 400, 100, false),
+            (
+                RateLimited(Box::new(refusal(Scope::Waba("1".into())))),
+                429,
+                80007,
+                true,
+            ),
+            (
+                RateLimited(Box::new(refusal(Scope::CreditLine))),
+                429,
+                4,
+                true,
+            ),
         ];
         for (err, status, code, transient) in cases {
             let (s, body, local) = body_of(err).await;

@@ -10,6 +10,9 @@
 //! - [`classify`]: which of Meta's budgets (the seed's rate-limit table) a call spends.
 //! - [`upstream`]: the pooled rustls client to Meta, header hygiene, token and `appsecret_proof`.
 //! - [`rewrite`]: paging links rewritten to the proxy, without credentials.
+//! - [`clock`]: injected time (system or manual) for the limiter.
+//! - [`limits`]: exact rolling-window buckets, Meta's feedback, wait mode, client quotas, persistence.
+//! - [`probe`]: start-up and periodic checks of whether `active = "auto"` WABAs have a registered number.
 //! - [`proxy`]: the request pipeline, check -> authenticate -> classify -> authorize -> cache ->
 //!   limit -> upstream -> rewrite -> respond.
 //! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2 settings, graceful shutdown.
@@ -24,6 +27,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod limits;
+pub mod probe;
 pub mod proxy;
 pub mod rewrite;
 pub mod server;
@@ -52,6 +56,16 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
+    run_with(listener, Gateway::new(config), shutdown).await
+}
+
+/// Like [`run`], with a gateway built by the caller (tests inject a manual clock this way).
+pub async fn run_with(
+    listener: TcpListener,
+    gw: Gateway,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let config = gw.config().clone();
     let tls = match &config.server.tls {
         Some(files) => {
             Some(server::tls_acceptor(&files.cert, &files.key).map_err(std::io::Error::other)?)
@@ -63,6 +77,15 @@ pub async fn run(
             "server.auth = \"none\": every caller on the network can spend this app's budget"
         );
     }
+    let limiter = gw.inner().limiter.clone();
+    match limiter.restore() {
+        Ok(n) if n > 0 => tracing::info!(
+            calls = n,
+            "restored the rolling windows from the state file"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not restore the limiter state; starting empty"),
+    }
     let opts = server::ServeOptions {
         tls,
         grace: config.server.shutdown_grace,
@@ -70,6 +93,26 @@ pub async fn run(
         max_headers: config.server.max_headers * 2,
         max_head_bytes: (config.server.max_uri + config.server.max_header_bytes) as usize * 2,
     };
-    let gw = Gateway::new(config);
-    server::serve(listener, app(gw), opts, shutdown).await
+    // Background work lives as long as the server: the probe and the periodic state save.
+    let probe = tokio::spawn(probe::run(gw.clone()));
+    let saver = config.limits.state_file.is_some().then(|| {
+        let (limiter, every) = (limiter.clone(), config.limits.state_interval);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = limiter.save() {
+                    tracing::warn!(error = %e, "could not save the limiter state");
+                }
+            }
+        })
+    });
+    let result = server::serve(listener, app(gw), opts, shutdown).await;
+    probe.abort();
+    if let Some(s) = saver {
+        s.abort();
+    }
+    if let Err(e) = limiter.save() {
+        tracing::error!(error = %e, "could not save the limiter state at shutdown");
+    }
+    result
 }

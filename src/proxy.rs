@@ -6,7 +6,7 @@
 //! never buffer a body it does not need to read (uploads and downloads stream).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -20,9 +20,11 @@ use hyper::body::Incoming;
 use tracing::{field, Instrument};
 
 use crate::auth::{self, Caller, Directory};
-use crate::classify::{self, Known};
+use crate::classify::{self, Class};
+use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, Secret};
 use crate::error::GatewayError;
+use crate::limits::{self, BucketKey, Limiter, Scope};
 use crate::rewrite::{self, Rewriter};
 use crate::target::{self, is_auth_param, join_raw, Param, Target};
 use crate::upstream::{self, Upstream};
@@ -38,8 +40,7 @@ pub struct Inner {
     pub config: Config,
     pub directory: Directory,
     pub upstream: Upstream,
-    /// Object kinds for classification; fixed from config for now (learning comes with limits).
-    pub known: Known,
+    pub limiter: Arc<Limiter>,
     /// `server.public_url` without a trailing slash, when configured.
     public_base: Option<String>,
     /// Scheme callers use when `public_url` is not set.
@@ -48,14 +49,14 @@ pub struct Inner {
 
 impl Gateway {
     pub fn new(config: Config) -> Gateway {
+        Gateway::with_clock(config, SystemClock::shared())
+    }
+
+    /// A gateway whose limiter reads time from `clock` (tests pass a manual one).
+    pub fn with_clock(config: Config, clock: SharedClock) -> Gateway {
         let directory = Directory::new(&config);
         let upstream = Upstream::new(&config.upstream);
-        let mut known = Known::default();
-        for app in &config.apps {
-            for w in &app.wabas {
-                known.wabas.insert(w.id.clone());
-            }
-        }
+        let limiter = Arc::new(Limiter::new(&config, clock));
         let public_base = config
             .server
             .public_url
@@ -70,10 +71,14 @@ impl Gateway {
             config,
             directory,
             upstream,
-            known,
+            limiter,
             public_base,
             public_scheme,
         }))
+    }
+
+    pub fn inner(&self) -> &Inner {
+        &self.0
     }
 
     pub fn config(&self) -> &Config {
@@ -140,13 +145,20 @@ async fn pipeline(gw: &Gateway, req: Request) -> Result<Response, GatewayError> 
     span.record("app", g.config.apps[caller.app].name.as_str());
 
     // classify: which of Meta's budgets this call spends.
-    let class = classify::classify(&parts.method, &target, &g.known);
+    let class = g
+        .limiter
+        .with_known(|k| classify::classify(&parts.method, &target, k));
     span.record("class", class.label());
 
     // authorize: the client's method and WABA allowlists, for the call and each sub-call of a batch.
     let ids: Vec<&str> = target
         .param("ids")
-        .map(|v| v.split(',').map(str::trim).collect())
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
         .unwrap_or_default();
     g.directory
         .authorize(&caller, &parts.method, target.root(), target.edge(), &ids)?;
@@ -155,21 +167,112 @@ async fn pipeline(gw: &Gateway, req: Request) -> Result<Response, GatewayError> 
             "send `batch` in the form body, not in the query".into(),
         ));
     }
+    let mut sub_calls = Vec::new();
     if let ReqBody::Form(params) = &mut body {
-        sanitize_batch(g, &caller, params)?;
+        sub_calls = sanitize_batch(g, &caller, params)?;
     }
 
     // cache: lookups and fills arrive with the response cache (issue #4); every call is a miss now.
-    // limit: budget admission arrives with the rate limiter (issue #3); `class` names the bucket.
+
+    // limit: a slot in every bucket the call spends, or a 429 (or a wait, in wait mode).
+    let wants = budget_wants(
+        g,
+        caller.app,
+        &parts.method,
+        &target,
+        &class,
+        &ids,
+        &sub_calls,
+    );
+    g.limiter
+        .check_client_quota(caller.client, caller.app)
+        .map_err(|r| GatewayError::RateLimited(Box::new(r)))?;
+    let max_wait = requested_max_wait(&parts.headers, g.limiter.max_wait());
+    let mut permit = g
+        .limiter
+        .admit(&wants, caller.reserve, max_wait)
+        .await
+        .map_err(|r| GatewayError::RateLimited(Box::new(r)))?;
 
     // upstream: our token in, the caller's credentials out.
     let token = g.directory.token_for(caller.app, target.root());
     let upstream_req = build_upstream_request(g, &parts, &target, body, &caller, token)?;
-    let resp = g.upstream.send(upstream_req).await?;
+    permit.sent();
+    let resp = match g.upstream.send(upstream_req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            if !e.reached {
+                permit.release();
+            }
+            return Err(e.error);
+        }
+    };
+    // The response head is back: Meta has counted the call by now, so this is its place in the window.
+    let budgets = std::mem::take(&mut permit.budgets);
+    permit.finish();
     span.record("upstream_status", resp.status().as_u16());
 
-    // rewrite + respond.
-    respond(g, &parts, resp).await
+    // rewrite + respond (and learn from what Meta said).
+    let primary = wants.first().map(|(k, _)| k.clone());
+    let mut resp = respond(g, &parts, resp, caller.app, &class, primary.as_ref()).await?;
+    if let Some(b) = budgets.first() {
+        crate::error::insert_ratelimit_headers(resp.headers_mut(), b);
+    }
+    Ok(resp)
+}
+
+/// The buckets one call spends: one slot for the call, or one per id of `?ids=`, or one per
+/// sub-request of a batch (Meta counts each).
+fn budget_wants(
+    g: &Inner,
+    app: usize,
+    method: &Method,
+    target: &Target,
+    class: &Class,
+    ids: &[&str],
+    sub_calls: &[(Method, Target)],
+) -> Vec<(BucketKey, u32)> {
+    let mut wants: Vec<(BucketKey, u32)> = Vec::new();
+    let mut add = |class: &Class| {
+        let key = BucketKey {
+            app,
+            scope: Scope::from_class(class),
+        };
+        match wants.iter_mut().find(|(k, _)| *k == key) {
+            Some(w) => w.1 += 1,
+            None => wants.push((key, 1)),
+        }
+    };
+    if !sub_calls.is_empty() {
+        for (m, t) in sub_calls {
+            add(&g.limiter.with_known(|k| classify::classify(m, t, k)));
+        }
+    } else if !ids.is_empty() {
+        let edge: String = target
+            .segments
+            .iter()
+            .skip(if target.root().is_some() { 1 } else { 0 })
+            .map(|s| format!("/{s}"))
+            .collect();
+        for id in ids {
+            if let Ok(t) = Target::parse(&format!("/{id}{edge}"), None) {
+                add(&g.limiter.with_known(|k| classify::classify(method, &t, k)));
+            }
+        }
+    } else {
+        add(class);
+    }
+    wants
+}
+
+/// `X-Graphgate-Max-Wait: 5s` lets a caller wait less than `limits.max_wait`, never more.
+fn requested_max_wait(headers: &HeaderMap, configured: Duration) -> Duration {
+    headers
+        .get("x-graphgate-max-wait")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| crate::config::parse_duration(v).ok())
+        .map(|d| d.min(configured))
+        .unwrap_or(configured)
 }
 
 // ---------------------------------------------------------------- check
@@ -340,10 +443,15 @@ fn strip_json_credentials(bytes: Bytes) -> Bytes {
 /// Checks and cleans each sub-request of a Graph batch (`batch=[{method, relative_url, body}]`):
 /// the caller's allowlists apply to every one, credentials are removed, and a sub-request on a
 /// WABA with its own token gets that token.
-fn sanitize_batch(g: &Inner, caller: &Caller, params: &mut [Param]) -> Result<(), GatewayError> {
+fn sanitize_batch(
+    g: &Inner,
+    caller: &Caller,
+    params: &mut [Param],
+) -> Result<Vec<(Method, Target)>, GatewayError> {
     let Some(p) = params.iter_mut().find(|p| p.key == "batch") else {
-        return Ok(());
+        return Ok(Vec::new());
     };
+    let mut calls = Vec::new();
     let bad = |m: &str| GatewayError::BadRequest(format!("batch: {m}"));
     let mut items: Vec<serde_json::Value> =
         serde_json::from_str(&p.value).map_err(|_| bad("must be a JSON array"))?;
@@ -400,11 +508,12 @@ fn sanitize_batch(g: &Inner, caller: &Caller, params: &mut [Param]) -> Result<()
             let kept = join_raw(cleaned.iter().filter(|p| !is_auth_param(&p.key)));
             obj.insert("body".into(), serde_json::Value::String(kept));
         }
+        calls.push((method, t));
     }
     let json = serde_json::to_string(&items).map_err(|_| bad("cannot re-encode"))?;
     p.value = json;
     p.raw = format!("batch={}", encode(&p.value));
-    Ok(())
+    Ok(calls)
 }
 
 fn encode(s: &str) -> String {
@@ -472,9 +581,18 @@ async fn respond(
     g: &Inner,
     parts: &Parts,
     resp: http::Response<Incoming>,
+    app: usize,
+    class: &Class,
+    bucket: Option<&BucketKey>,
 ) -> Result<Response, GatewayError> {
     let (mut rparts, body) = resp.into_parts();
     upstream::strip_hop_by_hop(&mut rparts.headers);
+    let header_str = |name: &str| rparts.headers.get(name).and_then(|v| v.to_str().ok());
+    g.limiter.observe_usage(
+        app,
+        header_str("x-business-use-case-usage"),
+        header_str("x-app-usage"),
+    );
     let limit = g.config.server.max_rewrite_body;
     let rewritable = parts.method != Method::HEAD
         && rewrite::is_json(content_type(&rparts.headers))
@@ -509,6 +627,7 @@ async fn respond(
         }
     }
     let bytes = buf.freeze();
+    learn(g, parts, rparts.status, &bytes, app, class, bucket);
     let public = public_base(g, parts);
     let rw = Rewriter {
         upstream_origin: g.upstream.origin(),
@@ -518,6 +637,61 @@ async fn respond(
     let bytes = rw.paging(&bytes).unwrap_or(bytes);
     set_length(&mut rparts.headers, bytes.len());
     Ok(Response::from_parts(rparts, Body::from(bytes)))
+}
+
+/// What Meta's answer teaches the limiter: throttling errors block the bucket, phone-number
+/// listings say whether a WABA is active, credit-line answers name allocation configs. Only the
+/// responses that can hold such facts are parsed.
+fn learn(
+    g: &Inner,
+    parts: &Parts,
+    status: http::StatusCode,
+    body: &[u8],
+    app: usize,
+    class: &Class,
+    bucket: Option<&BucketKey>,
+) {
+    let interesting = !status.is_success()
+        || matches!(class, Class::CreditLine)
+        || (matches!(class, Class::Waba(_)) && parts.method == Method::GET);
+    if !interesting {
+        return;
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return;
+    };
+    if !status.is_success() {
+        if let (Some(code), Some(key)) = (v["error"]["code"].as_u64(), bucket) {
+            if limits::is_throttling_code(code) {
+                tracing::warn!(code, bucket = %key.scope.label(), "Meta throttled a call; blocking the bucket");
+                g.limiter.observe_throttle(key, code, None);
+            }
+        }
+        return;
+    }
+    match class {
+        Class::CreditLine => {
+            for id in limits::allocation_ids_in(&v) {
+                g.limiter.learn_allocation_config(&id);
+            }
+        }
+        Class::Waba(waba) => {
+            let path_is_listing = parts
+                .uri
+                .path()
+                .trim_end_matches('/')
+                .ends_with("/phone_numbers");
+            let listing = if path_is_listing {
+                Some(&v)
+            } else {
+                v.get("phone_numbers")
+            };
+            if let Some(active) = listing.and_then(limits::registered_in) {
+                g.limiter.learn_active(app, waba, active);
+            }
+        }
+        Class::Other => {}
+    }
 }
 
 /// Where the caller reached graphgate: `server.public_url`, else the scheme and Host it used.

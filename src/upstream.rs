@@ -109,26 +109,45 @@ impl Upstream {
     }
 
     /// Sends the request and waits for the response head, within `request_timeout`.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, GatewayError> {
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Err(_) => Err(GatewayError::UpstreamTimeout(self.timeout)),
+            Err(_) => Err(UpstreamError {
+                error: GatewayError::UpstreamTimeout(self.timeout),
+                reached: true,
+            }),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => {
+                // A refused connection never reached Meta, so it costs no budget; anything later
+                // may have, so it counts.
+                let reached = !e.is_connect();
                 // A failure while streaming the caller's body (too large, client went away) is not
                 // Meta's fault; anything else is a transport problem towards Meta.
                 if let Some(cause) = std::error::Error::source(&e) {
                     if let Some(ge) = find_cause::<GatewayError>(cause) {
-                        if let GatewayError::BodyTooLarge { limit } = ge {
-                            return Err(GatewayError::BodyTooLarge { limit: *limit });
-                        }
-                        return Err(GatewayError::RequestBodyFailed);
+                        let error = match ge {
+                            GatewayError::BodyTooLarge { limit } => {
+                                GatewayError::BodyTooLarge { limit: *limit }
+                            }
+                            _ => GatewayError::RequestBodyFailed,
+                        };
+                        return Err(UpstreamError { error, reached });
                     }
                 }
                 tracing::warn!(error = %e, "upstream request failed");
-                Err(GatewayError::UpstreamUnreachable)
+                Err(UpstreamError {
+                    error: GatewayError::UpstreamUnreachable,
+                    reached,
+                })
             }
         }
     }
+}
+
+/// A failed upstream call, and whether it may have reached Meta (and so spent budget).
+#[derive(Debug)]
+pub struct UpstreamError {
+    pub error: GatewayError,
+    pub reached: bool,
 }
 
 fn find_cause<'a, T: std::error::Error + 'static>(
