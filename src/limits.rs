@@ -606,9 +606,8 @@ impl Limiter {
                     total_time: pct(&v, "total_time"),
                     regain_minutes: 0,
                 };
-                if rep.call_count >= 100 || rep.total_cputime >= 100 || rep.total_time >= 100 {
-                    self.block_app(app, now + self.throttle_block);
-                }
+                // Kept for the admin view only: WhatsApp calls are limited by the BUC figures
+                // (Meta applies BUC where both apply), and a throttled app says so with code 4.
                 if let Some(slot) = self
                     .app_reported
                     .lock()
@@ -633,7 +632,8 @@ impl Limiter {
         let mut meta_count = (((rep.call_count as u64 + 1) * limit as u64).div_ceil(100))
             .saturating_sub(1)
             .min(limit as u64) as u32;
-        if rep.call_count >= 100 {
+        let throttled = rep.call_count >= 100 && rep.regain_minutes > 0;
+        if throttled {
             // The block below holds calls until Meta's regain time; after it Meta has room for at
             // least one more, so the raised log must not keep the bucket shut for a whole window.
             meta_count = meta_count.min(limit - 1);
@@ -644,13 +644,12 @@ impl Limiter {
                 b.record(now);
             }
         }
-        if rep.call_count >= 100 {
-            let until = if rep.regain_minutes > 0 {
-                now + rep.regain_minutes as u64 * 60_000_000
-            } else {
-                now + self.throttle_block
-            };
-            b.blocked_until = b.blocked_until.max(until);
+        // 100% with no regain time is a full bucket, not a throttled one: the raised log already
+        // keeps the next call out until a slot frees.
+        if throttled {
+            b.blocked_until = b
+                .blocked_until
+                .max(now + rep.regain_minutes as u64 * 60_000_000);
         }
         b.reported = Some(rep);
     }
