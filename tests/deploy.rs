@@ -1,0 +1,750 @@
+//! The deployment files (Dockerfile, deploy/): what can be checked without a Docker engine. The
+//! compose file and the Prometheus and Grafana provisioning parse and point at files that exist;
+//! the config the compose file mounts passes `graphgate check-config` with the compose environment;
+//! the Grafana dashboard queries only metrics (and labels) graphgate serves; the Dockerfile keeps
+//! its promises (locked build, non-root, health check).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value as Json;
+use serde_norway::Value as Yaml;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+struct Metric {
+    name: &'static str,
+    kind: Kind,
+    labels: &'static [&'static str],
+}
+
+const fn m(name: &'static str, kind: Kind, labels: &'static [&'static str]) -> Metric {
+    Metric { name, kind, labels }
+}
+
+/// Every metric the admin listener's `/metrics` serves, with its labels, as issue #5 names them.
+/// The dashboard may query only these. The metrics endpoint does not exist yet: the test that comes
+/// with it must check this list against real `/metrics` output after scripted traffic, and keep the
+/// two equal. The histogram's labels are not fixed by the issue, so the dashboard aggregates it by
+/// `le` only.
+const METRICS: &[Metric] = &[
+    m(
+        "graphgate_requests_total",
+        Kind::Counter,
+        &["app", "client", "class", "method", "status", "cache"],
+    ),
+    m(
+        "graphgate_upstream_requests_total",
+        Kind::Counter,
+        &["app", "class", "status"],
+    ),
+    m(
+        "graphgate_upstream_request_duration_seconds",
+        Kind::Histogram,
+        &[],
+    ),
+    m(
+        "graphgate_ratelimit_rejected_total",
+        Kind::Counter,
+        &["app", "bucket"],
+    ),
+    m("graphgate_ratelimit_waiting", Kind::Gauge, &[]),
+    m("graphgate_bucket_used", Kind::Gauge, &["app", "bucket"]),
+    m("graphgate_bucket_limit", Kind::Gauge, &["app", "bucket"]),
+    m(
+        "graphgate_upstream_usage_percent",
+        Kind::Gauge,
+        &["app", "object", "type", "metric"],
+    ),
+    m(
+        "graphgate_upstream_throttled_total",
+        Kind::Counter,
+        &["app", "code"],
+    ),
+    m("graphgate_cache_entries", Kind::Gauge, &[]),
+    m("graphgate_cache_bytes", Kind::Gauge, &[]),
+    m("graphgate_cache_requests_total", Kind::Counter, &["result"]),
+    m("graphgate_build_info", Kind::Gauge, &["version"]),
+];
+
+// ---------------------------------------------------------------- helpers
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn deploy() -> PathBuf {
+    repo().join("deploy")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+fn yaml(path: &Path) -> Yaml {
+    serde_norway::from_str(&read(path))
+        .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()))
+}
+
+fn compose() -> Yaml {
+    yaml(&deploy().join("docker-compose.yml"))
+}
+
+fn service<'a>(compose: &'a Yaml, name: &str) -> &'a Yaml {
+    let s = &compose["services"][name];
+    assert!(s.is_mapping(), "docker-compose.yml has no service `{name}`");
+    s
+}
+
+fn strings(v: &Yaml) -> Vec<String> {
+    v.as_sequence()
+        .map(|seq| {
+            seq.iter()
+                .map(|x| x.as_str().expect("a string entry").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A service's `environment`, in list (`K=V`) or map form.
+fn environment(service: &Yaml) -> Vec<(String, String)> {
+    match &service["environment"] {
+        Yaml::Sequence(items) => items
+            .iter()
+            .map(|i| {
+                let s = i.as_str().expect("environment entries are strings");
+                let (k, v) = s.split_once('=').unwrap_or((s, ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect(),
+        Yaml::Mapping(map) => map
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Yaml::String(s) => s.clone(),
+                    other => serde_norway::to_string(other).unwrap().trim().to_string(),
+                };
+                (k.as_str().unwrap().to_string(), v)
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A service's short-syntax volumes as (source, target); sources starting with `.` are bind mounts
+/// relative to deploy/, others are named volumes.
+fn volumes(service: &Yaml) -> Vec<(String, String)> {
+    strings(&service["volumes"])
+        .into_iter()
+        .map(|v| {
+            let mut parts = v.splitn(3, ':');
+            let src = parts.next().unwrap().to_string();
+            let dst = parts.next().expect("volume has a target").to_string();
+            (src, dst)
+        })
+        .collect()
+}
+
+fn mount_source(service: &Yaml, target: &str) -> PathBuf {
+    let (src, _) = volumes(service)
+        .into_iter()
+        .find(|(_, dst)| dst == target)
+        .unwrap_or_else(|| panic!("nothing is mounted at {target}"));
+    deploy().join(src)
+}
+
+/// A service's secrets (short syntax: names; long syntax: `source`).
+fn secrets(service: &Yaml) -> Vec<String> {
+    service["secrets"]
+        .as_sequence()
+        .map(|seq| {
+            seq.iter()
+                .map(|s| match s {
+                    Yaml::String(name) => name.clone(),
+                    long => long["source"].as_str().expect("secret source").to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn deploy_config() -> toml::Table {
+    read(&deploy().join("graphgate.toml"))
+        .parse()
+        .expect("deploy/graphgate.toml is TOML")
+}
+
+fn graphgate() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_graphgate"));
+    // Only the environment this test chooses may override the config.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("GRAPHGATE_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+// ---------------------------------------------------------------- compose
+
+// The compose file parses and has graphgate (built from the repo), Redis 7, Prometheus and Grafana,
+// each from a pinned image.
+#[test]
+fn compose_file_parses_with_graphgate_redis_prometheus_and_grafana() {
+    let c = compose();
+    let gg = service(&c, "graphgate");
+    let context = deploy().join(gg["build"]["context"].as_str().expect("build context"));
+    let dockerfile = gg["build"]["dockerfile"].as_str().unwrap_or("Dockerfile");
+    assert!(
+        context.join(dockerfile).is_file(),
+        "build context {} has no {dockerfile}",
+        context.display()
+    );
+    assert!(context.join("Cargo.lock").is_file());
+    assert_eq!(
+        context.canonicalize().unwrap(),
+        repo().canonicalize().unwrap()
+    );
+    let redis = service(&c, "redis")["image"].as_str().unwrap();
+    assert!(redis.starts_with("redis:7"), "{redis}");
+    for name in ["redis", "prometheus", "grafana"] {
+        let image = service(&c, name)["image"].as_str().unwrap();
+        assert!(
+            image.contains(':') && !image.ends_with(":latest"),
+            "{name} image {image} is not pinned"
+        );
+    }
+}
+
+// Every bind mount's source is a file or folder in the repo, and every named volume is declared.
+#[test]
+fn compose_bind_mounts_point_at_files_in_the_repo() {
+    let c = compose();
+    let services = c["services"].as_mapping().unwrap();
+    let mut checked = 0;
+    for (name, s) in services {
+        for (src, dst) in volumes(s) {
+            if src.starts_with('.') || src.starts_with('/') {
+                let path = deploy().join(&src);
+                assert!(
+                    path.exists(),
+                    "service {}: {src} (mounted at {dst}) does not exist",
+                    name.as_str().unwrap()
+                );
+                checked += 1;
+            } else {
+                assert!(
+                    c["volumes"].get(&src).is_some(),
+                    "named volume {src} is not declared"
+                );
+            }
+        }
+    }
+    assert!(checked >= 5, "only {checked} bind mounts found");
+}
+
+// Secrets are compose secrets read from files under deploy/secrets/ (which are never in the image's
+// build context), and the Graph token secret is the file deploy/graphgate.toml reads.
+#[test]
+fn compose_secrets_are_files_under_deploy_secrets_and_feed_the_config() {
+    let c = compose();
+    let declared = c["secrets"].as_mapping().expect("top-level secrets");
+    for (name, s) in declared {
+        let file = s["file"].as_str().expect("file secret");
+        assert!(
+            file.starts_with("./secrets/"),
+            "secret {} is not under deploy/secrets/: {file}",
+            name.as_str().unwrap()
+        );
+    }
+    for (name, s) in c["services"].as_mapping().unwrap() {
+        for secret in secrets(s) {
+            assert!(
+                declared.get(&secret).is_some(),
+                "service {} uses undeclared secret {secret}",
+                name.as_str().unwrap()
+            );
+        }
+    }
+
+    let config = deploy_config();
+    let token_file = config["app"][0]["token_file"].as_str().expect("token_file");
+    let secret = token_file
+        .strip_prefix("/run/secrets/")
+        .expect("the token is read from /run/secrets");
+    assert!(
+        secrets(service(&c, "graphgate")).contains(&secret.to_string()),
+        "graphgate does not get the secret {secret} that token_file names"
+    );
+
+    let ignore = read(&repo().join(".dockerignore"));
+    assert!(
+        ignore.lines().any(|l| l.trim() == "deploy/"),
+        ".dockerignore must keep deploy/ (and its secrets) out of the build context"
+    );
+}
+
+// The config is mounted where the image's default command reads it.
+#[test]
+fn compose_mounts_the_config_where_the_image_reads_it() {
+    let c = compose();
+    let src = mount_source(service(&c, "graphgate"), "/etc/graphgate/graphgate.toml");
+    assert_eq!(
+        src.canonicalize().unwrap(),
+        deploy().join("graphgate.toml").canonicalize().unwrap()
+    );
+    let dockerfile = read(&repo().join("Dockerfile"));
+    assert!(dockerfile.contains(r#"CMD ["--config", "/etc/graphgate/graphgate.toml"]"#));
+}
+
+// Redis is wired for the shared-state mode only as a comment: the key does not exist yet, and an
+// unknown key would stop graphgate from starting.
+#[test]
+fn compose_wires_redis_only_as_a_comment_until_the_key_exists() {
+    let text = read(&deploy().join("docker-compose.yml"));
+    assert!(text.contains("# - GRAPHGATE_LIMITS__REDIS_URL=redis://redis:6379"));
+    let env = environment(service(&compose(), "graphgate"));
+    assert!(env.iter().all(|(k, _)| k != "GRAPHGATE_LIMITS__REDIS_URL"));
+}
+
+// Prometheus scrapes /metrics on graphgate's admin port over the compose network, from the config
+// file that is mounted where its command reads it.
+#[test]
+fn prometheus_scrapes_graphgate_admin_port() {
+    let c = compose();
+    let prom = service(&c, "prometheus");
+    let config_arg = strings(&prom["command"])
+        .into_iter()
+        .find_map(|a| a.strip_prefix("--config.file=").map(str::to_string))
+        .expect("--config.file");
+    let path = mount_source(prom, &config_arg);
+    assert_eq!(
+        path.canonicalize().unwrap(),
+        deploy()
+            .join("prometheus/prometheus.yml")
+            .canonicalize()
+            .unwrap()
+    );
+    let p = yaml(&path);
+    let jobs = p["scrape_configs"].as_sequence().expect("scrape_configs");
+    let job = jobs
+        .iter()
+        .find(|j| j["job_name"].as_str() == Some("graphgate"))
+        .expect("a graphgate job");
+    assert_eq!(
+        job["metrics_path"].as_str().unwrap_or("/metrics"),
+        "/metrics"
+    );
+    let targets: Vec<String> = job["static_configs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|s| strings(&s["targets"]))
+        .collect();
+    assert_eq!(targets, ["graphgate:9090"]);
+    let host = targets[0].split(':').next().unwrap();
+    service(&c, host);
+}
+
+// Grafana gets the Prometheus service as its datasource (with the uid the dashboard uses) and loads
+// dashboards from the folder compose mounts deploy/grafana/dashboards at.
+#[test]
+fn grafana_provisioning_points_at_prometheus_and_the_mounted_dashboards() {
+    let c = compose();
+    let grafana = service(&c, "grafana");
+    let ds_dir = mount_source(grafana, "/etc/grafana/provisioning/datasources");
+    let sources = yaml(&ds_dir.join("prometheus.yml"));
+    let ds = &sources["datasources"][0];
+    assert_eq!(ds["type"].as_str(), Some("prometheus"));
+    assert_eq!(ds["url"].as_str(), Some("http://prometheus:9090"));
+    let uid = ds["uid"].as_str().expect("datasource uid");
+
+    let dash_dir = mount_source(grafana, "/etc/grafana/provisioning/dashboards");
+    let providers = yaml(&dash_dir.join("graphgate.yml"));
+    let path = providers["providers"][0]["options"]["path"]
+        .as_str()
+        .expect("provider path");
+    let json_dir = mount_source(grafana, path);
+    assert_eq!(
+        json_dir.canonicalize().unwrap(),
+        deploy().join("grafana/dashboards").canonicalize().unwrap()
+    );
+
+    let dashboard = dashboard();
+    let mut uids = BTreeSet::new();
+    collect_datasource_uids(&dashboard, &mut uids);
+    assert_eq!(uids, BTreeSet::from([uid.to_string()]));
+}
+
+fn collect_datasource_uids(v: &Json, out: &mut BTreeSet<String>) {
+    match v {
+        Json::Object(map) => {
+            if let Some(uid) = map.get("datasource").and_then(|d| d["uid"].as_str()) {
+                out.insert(uid.to_string());
+            }
+            map.values().for_each(|x| collect_datasource_uids(x, out));
+        }
+        Json::Array(items) => items.iter().for_each(|x| collect_datasource_uids(x, out)),
+        _ => {}
+    }
+}
+
+// ---------------------------------------------------------------- the mounted config
+
+// deploy/graphgate.toml passes `graphgate check-config` with the graphgate service's GRAPHGATE_*
+// environment from the compose file, the token secret standing in as a temp file.
+#[test]
+fn deploy_config_passes_check_config_with_the_compose_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("graph_token");
+    std::fs::write(&token, "EAAGdeployTESTtoken\n").unwrap();
+    let overrides: Vec<(String, String)> = environment(service(&compose(), "graphgate"))
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("GRAPHGATE_"))
+        .collect();
+    let out = graphgate()
+        .args(["check-config", "--config"])
+        .arg(deploy().join("graphgate.toml"))
+        .envs(overrides)
+        .env("GRAPHGATE_APP__0__TOKEN_FILE", &token)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "check-config exited {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ok"), "{stdout}");
+    assert!(stdout.contains("graph.facebook.com"), "{stdout}");
+}
+
+// The container config listens on every interface, reaches Meta, and keeps secrets out of the file:
+// the token is a file under /run/secrets and the client is known by its key's sha256.
+#[test]
+fn deploy_config_listens_publicly_and_takes_secrets_from_run_secrets() {
+    let config = deploy_config();
+    assert_eq!(config["server"]["listen"].as_str(), Some("0.0.0.0:8080"));
+    assert_eq!(
+        config["upstream"]["url"].as_str(),
+        Some("https://graph.facebook.com")
+    );
+    let app = &config["app"][0];
+    assert!(app.get("token_env").is_none());
+    assert!(app["token_file"]
+        .as_str()
+        .unwrap()
+        .starts_with("/run/secrets/"));
+    let client = &config["client"][0];
+    let digest = client["key_sha256"].as_str().unwrap();
+    assert!(digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert!(client.get("key_env").is_none());
+}
+
+// ---------------------------------------------------------------- dashboard
+
+fn dashboard() -> Json {
+    let path = deploy().join("grafana/dashboards/graphgate.json");
+    serde_json::from_str(&read(&path))
+        .unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()))
+}
+
+/// One PromQL query from the dashboard and the legend drawn for it.
+struct Query {
+    expr: String,
+    legend: String,
+}
+
+/// Every query in the dashboard: panel targets' `expr` and template variables' `query`.
+fn queries(v: &Json, out: &mut Vec<Query>) {
+    match v {
+        Json::Object(map) => {
+            if let Some(expr) = map.get("expr").and_then(Json::as_str) {
+                let legend = map.get("legendFormat").and_then(Json::as_str);
+                out.push(Query {
+                    expr: expr.to_string(),
+                    legend: legend.unwrap_or_default().to_string(),
+                });
+            }
+            for key in ["query", "definition"] {
+                if let Some(q) = map.get(key).and_then(Json::as_str) {
+                    out.push(Query {
+                        expr: q.to_string(),
+                        legend: String::new(),
+                    });
+                }
+            }
+            map.values().for_each(|x| queries(x, out));
+        }
+        Json::Array(items) => items.iter().for_each(|x| queries(x, out)),
+        _ => {}
+    }
+}
+
+/// The metric a name refers to: itself, or for `_bucket`/`_sum`/`_count` the histogram it belongs to.
+fn metric(name: &str) -> Option<&'static Metric> {
+    if let Some(m) = METRICS.iter().find(|m| m.name == name) {
+        return Some(m);
+    }
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .filter_map(|s| name.strip_suffix(s))
+        .find_map(|base| {
+            METRICS
+                .iter()
+                .find(|m| m.name == base && m.kind == Kind::Histogram)
+        })
+}
+
+/// The metric names (`graphgate_*`) and label names a PromQL expression uses: labels in selectors
+/// `{label="..."}`, in `by (...)`/`without (...)`, and `label_values(metric, label)`. Quoted strings
+/// are skipped, so label values never count as names.
+fn names_in(expr: &str) -> (Vec<String>, Vec<String>) {
+    let chars: Vec<char> = expr.chars().collect();
+    let mut metrics = Vec::new();
+    let mut labels = Vec::new();
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let next_non_space = |mut j: usize| {
+        while j < chars.len() && chars[j].is_whitespace() {
+            j += 1;
+        }
+        j
+    };
+    // The identifiers in chars[from..] up to `close`, skipping quoted strings.
+    let idents_until = |from: usize, close: char| {
+        let mut out = Vec::new();
+        let mut j = from;
+        let mut word = String::new();
+        while j < chars.len() && chars[j] != close {
+            match chars[j] {
+                '"' | '\'' | '`' => {
+                    let q = chars[j];
+                    j += 1;
+                    while j < chars.len() && chars[j] != q {
+                        j += if chars[j] == '\\' { 2 } else { 1 };
+                    }
+                }
+                c if ident(c) && !(word.is_empty() && c.is_ascii_digit()) => word.push(c),
+                _ => {
+                    if !word.is_empty() {
+                        out.push(std::mem::take(&mut word));
+                    }
+                }
+            }
+            j += 1;
+        }
+        if !word.is_empty() {
+            out.push(word);
+        }
+        (out, j)
+    };
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' || c == '\'' || c == '`' {
+            i += 1;
+            while i < chars.len() && chars[i] != c {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+            continue;
+        }
+        if c == '[' {
+            // A range like [5m] or [$__rate_interval]: no names inside.
+            while i < chars.len() && chars[i] != ']' {
+                i += 1;
+            }
+            continue;
+        }
+        if !ident(c) || c.is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < chars.len() && ident(chars[i]) {
+            i += 1;
+        }
+        let word: String = chars[start..i].iter().collect();
+        let after = next_non_space(i);
+        let at = |ch: char| after < chars.len() && chars[after] == ch;
+        if word.starts_with("graphgate_") {
+            metrics.push(word);
+            if at('{') {
+                // Selector: the label names are the identifiers before each matcher's operator.
+                let (words, end) = idents_until(after + 1, '}');
+                labels.extend(words);
+                i = end + 1;
+            }
+        } else if (word == "by" || word == "without") && at('(') {
+            let (words, end) = idents_until(after + 1, ')');
+            labels.extend(words);
+            i = end + 1;
+        } else if word == "label_values" && at('(') {
+            let (words, end) = idents_until(after + 1, ')');
+            metrics.extend(
+                words
+                    .iter()
+                    .filter(|w| w.starts_with("graphgate_"))
+                    .cloned(),
+            );
+            labels.extend(words.into_iter().filter(|w| !w.starts_with("graphgate_")));
+            i = end + 1;
+        }
+    }
+    (metrics, labels)
+}
+
+// The dashboard is valid JSON and every metric its queries use is one graphgate serves (histogram
+// series by their base name), with labels that metric has.
+#[test]
+fn dashboard_queries_only_metrics_and_labels_graphgate_serves() {
+    let mut qs = Vec::new();
+    queries(&dashboard(), &mut qs);
+    assert!(qs.len() >= 10, "only {} queries found", qs.len());
+    for q in &qs {
+        let (names, labels) = names_in(&q.expr);
+        let mut allowed: BTreeSet<&str> = BTreeSet::new();
+        for name in &names {
+            let m = metric(name)
+                .unwrap_or_else(|| panic!("`{name}` in `{}` is not a graphgate metric", q.expr));
+            allowed.extend(m.labels);
+            if m.kind == Kind::Histogram {
+                allowed.insert("le");
+            }
+        }
+        let legend_labels = q
+            .legend
+            .split("{{")
+            .skip(1)
+            .filter_map(|s| s.split_once("}}"))
+            .map(|(l, _)| l.trim().to_string());
+        for label in labels.into_iter().chain(legend_labels) {
+            assert!(
+                allowed.contains(label.as_str()),
+                "label `{label}` in `{}` (legend `{}`) is not a label of {names:?}",
+                q.expr,
+                q.legend
+            );
+        }
+    }
+}
+
+// The dashboard shows what ops people read: budget used per WABA, rate-limit rejections, Meta's
+// usage percentages, throttling, cache hit ratio, latency percentiles and request rate by status.
+#[test]
+fn dashboard_shows_budgets_rejections_usage_cache_latency_and_status() {
+    let mut qs = Vec::new();
+    queries(&dashboard(), &mut qs);
+    let exprs: Vec<String> = qs
+        .iter()
+        .map(|q| q.expr.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    let has = |needle: &str| exprs.iter().any(|e| e.contains(needle));
+    assert!(has(
+        "graphgate_bucket_used{app=~\"$app\"} / graphgate_bucket_limit"
+    ));
+    assert!(has("rate(graphgate_ratelimit_rejected_total"));
+    assert!(has("graphgate_upstream_usage_percent"));
+    assert!(has("graphgate_upstream_throttled_total"));
+    assert!(has("graphgate_cache_requests_total{result=\"hit\"}"));
+    for q in ["0.5", "0.95", "0.99"] {
+        assert!(
+            has(&format!(
+                "histogram_quantile({q}, sum by (le) (rate(graphgate_upstream_request_duration_seconds_bucket"
+            )),
+            "no p{q} latency query"
+        );
+    }
+    assert!(has("sum by (status) (rate(graphgate_requests_total"));
+}
+
+// The query scanner itself: label values and ranges are not names; histogram series map to their
+// base metric; an unknown metric or label is caught.
+#[test]
+fn dashboard_query_scanner_finds_metrics_and_labels() {
+    let (names, labels) = names_in(
+        r#"sum by (app, bucket) (rate(graphgate_ratelimit_rejected_total{app=~"graphgate_fake|x"}[$__rate_interval]))"#,
+    );
+    assert_eq!(names, ["graphgate_ratelimit_rejected_total"]);
+    assert_eq!(labels, ["app", "bucket", "app"]);
+    let (names, labels) = names_in("label_values(graphgate_bucket_limit, app)");
+    assert_eq!(
+        (names, labels),
+        (vec!["graphgate_bucket_limit".into()], vec!["app".into()])
+    );
+    assert!(metric("graphgate_upstream_request_duration_seconds_bucket").is_some());
+    assert!(metric("graphgate_requests_total_count").is_none());
+    assert!(metric("graphgate_request_total").is_none());
+}
+
+// ---------------------------------------------------------------- Dockerfile
+
+fn instructions(dockerfile: &str) -> Vec<String> {
+    // Join continuation lines, drop comments.
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in dockerfile.lines() {
+        let t = line.trim();
+        if t.starts_with('#') || (t.is_empty() && cur.is_empty()) {
+            continue;
+        }
+        match t.strip_suffix('\\') {
+            Some(head) => {
+                cur.push_str(head);
+                cur.push(' ');
+            }
+            None => {
+                cur.push_str(t);
+                out.push(std::mem::take(&mut cur));
+            }
+        }
+    }
+    out
+}
+
+// The Dockerfile builds in one stage with locked dependencies and runs in another as a non-root
+// user, with a health check against /healthz on the admin port and the documented entrypoint.
+#[test]
+fn dockerfile_builds_locked_runs_non_root_and_checks_health() {
+    let ins = instructions(&read(&repo().join("Dockerfile")));
+    let with = |kw: &str| -> Vec<&String> {
+        ins.iter()
+            .filter(|i| i.split_whitespace().next() == Some(kw))
+            .collect()
+    };
+    assert!(with("FROM").len() >= 2, "not a multi-stage build");
+    let runs = with("RUN");
+    let builds: Vec<_> = runs.iter().filter(|r| r.contains("cargo build")).collect();
+    assert!(!builds.is_empty());
+    for b in builds {
+        assert!(b.contains("--release") && b.contains("--locked"), "{b}");
+    }
+    let users = with("USER");
+    let user = users.last().expect("a USER instruction");
+    let who = user.split_whitespace().nth(1).unwrap();
+    assert!(
+        !matches!(who.split(':').next(), Some("root" | "0")),
+        "runs as {who}"
+    );
+    let last_from = ins.iter().rposition(|i| i.starts_with("FROM")).unwrap();
+    let user_at = ins.iter().rposition(|i| i.starts_with("USER")).unwrap();
+    assert!(user_at > last_from, "USER is not set in the runtime stage");
+    let health = with("HEALTHCHECK");
+    assert_eq!(health.len(), 1);
+    assert!(health[0].contains("http://127.0.0.1:9090/healthz"));
+    assert!(with("EXPOSE")
+        .iter()
+        .any(|e| e.contains("8080") && e.contains("9090")));
+    assert_eq!(with("ENTRYPOINT"), [r#"ENTRYPOINT ["graphgate"]"#]);
+    assert_eq!(
+        with("CMD"),
+        [r#"CMD ["--config", "/etc/graphgate/graphgate.toml"]"#]
+    );
+}
