@@ -156,9 +156,23 @@ impl Bucket {
     }
 
     fn record(&mut self, at: Micros) {
+        // Grow by doubling, but never past the limit: a full bucket of 5000 holds 40 KB, not 64.
+        if self.done.len() == self.done.capacity() {
+            let room = (self.limit as usize).saturating_sub(self.done.len()).max(1);
+            self.done.reserve_exact(self.done.len().max(8).min(room));
+        }
         // Responses complete out of order; keep the log sorted (the new time is almost always last).
-        let pos = self.done.partition_point(|&t| t <= at);
-        self.done.insert(pos, at);
+        if self.done.back().is_none_or(|&last| last <= at) {
+            self.done.push_back(at);
+        } else {
+            let pos = self.done.partition_point(|&t| t <= at);
+            self.done.insert(pos, at);
+        }
+    }
+
+    /// Heap bytes this bucket holds (for the memory figure in docs/benchmarks.md).
+    fn heap_bytes(&self) -> usize {
+        self.done.capacity() * std::mem::size_of::<Micros>() + self.queue.capacity() * 8
     }
 }
 
@@ -786,6 +800,18 @@ impl Limiter {
             .collect();
         out.sort_by(|a, b| (&a.app, &a.scope).cmp(&(&b.app, &b.scope)));
         out
+    }
+
+    /// Bytes used by one bucket: the struct, its `Arc<Mutex<_>>`, and its heap.
+    pub fn bucket_bytes(&self, key: &BucketKey) -> Option<usize> {
+        let b = self
+            .buckets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)?
+            .clone();
+        let b = b.lock().unwrap_or_else(|e| e.into_inner());
+        Some(std::mem::size_of::<Mutex<Bucket>>() + 16 + b.heap_bytes())
     }
 
     // ------------------------------------------------------------ persistence
