@@ -80,7 +80,9 @@ pub fn demo_config(
             app: 0,
             wabas: None,
             methods: None,
+            allow_no_cache: true,
         }],
+        cache: config::Cache::default(),
     }
 }
 

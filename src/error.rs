@@ -11,7 +11,8 @@ use http::{header, HeaderValue, StatusCode};
 /// Header on every response that graphgate generated itself.
 pub const LOCAL_ERROR_HEADER: &str = "x-graphgate-error";
 
-#[derive(Debug, thiserror::Error)]
+// Clone: the cache hands one upstream failure to every caller that waited for the same miss.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
     #[error("no client key was presented")]
     MissingKey,
@@ -35,6 +36,9 @@ pub enum GatewayError {
     UpstreamTimeout(std::time::Duration),
     #[error("the upstream connection failed while reading the request body")]
     RequestBodyFailed,
+    /// `Cache-Control: only-if-cached` and no usable entry (RFC 9111 section 5.2.1.7).
+    #[error("nothing usable is cached for this request (only-if-cached)")]
+    NotCached,
 }
 
 /// How one error looks on the wire.
@@ -137,6 +141,14 @@ impl GatewayError {
                 "GraphMethodException",
                 false,
             ),
+            // RFC 9111 prescribes 504; it is the caller's choice not to wait for Meta, so not transient.
+            NotCached => s(
+                StatusCode::GATEWAY_TIMEOUT,
+                "not-cached",
+                100,
+                "GraphMethodException",
+                false,
+            ),
         }
     }
 
@@ -146,7 +158,7 @@ impl GatewayError {
 
     /// Whether this is the caller's mistake (not worth an error-level log line).
     pub fn is_caller_error(&self) -> bool {
-        self.status().is_client_error()
+        self.status().is_client_error() || matches!(self, GatewayError::NotCached)
     }
 }
 
@@ -263,6 +275,7 @@ mod tests {
                 true,
             ),
             (RequestBodyFailed, 400, 100, false),
+            (NotCached, 504, 100, false),
         ];
         for (err, status, code, transient) in cases {
             let (s, body, local) = body_of(err).await;

@@ -8,6 +8,7 @@
 //! - [`target`]: checks and decodes the request path and query; strips caller credentials.
 //! - [`auth`]: client keys, WABA and method allowlists, and which token a call uses.
 //! - [`classify`]: which of Meta's budgets (the seed's rate-limit table) a call spends.
+//! - [`cache`]: the response cache (moka): keys, TTL rules, coalescing, invalidation, stale answers.
 //! - [`upstream`]: the pooled rustls client to Meta, header hygiene, token and `appsecret_proof`.
 //! - [`rewrite`]: paging links rewritten to the proxy, without credentials.
 //! - [`proxy`]: the request pipeline, check -> authenticate -> classify -> authorize -> cache ->
@@ -18,6 +19,7 @@
 //! - [`demo`]: the simulator and the proxy in one process, ready for curl.
 
 pub mod auth;
+pub mod cache;
 pub mod classify;
 pub mod config;
 pub mod demo;
@@ -50,6 +52,16 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
+    run_with(listener, Gateway::new(config), shutdown).await
+}
+
+/// Like [`run`] with a gateway built by the caller (e.g. [`Gateway::with_clock`] in tests).
+pub async fn run_with(
+    listener: TcpListener,
+    gw: Gateway,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let config = gw.config();
     let tls = match &config.server.tls {
         Some(files) => {
             Some(server::tls_acceptor(&files.cert, &files.key).map_err(std::io::Error::other)?)
@@ -68,6 +80,14 @@ pub async fn run(
         max_headers: config.server.max_headers * 2,
         max_head_bytes: (config.server.max_uri + config.server.max_header_bytes) as usize * 2,
     };
-    let gw = Gateway::new(config);
+    let c = &config.cache;
+    tracing::info!(
+        enabled = c.enabled,
+        default_ttl = ?c.default_ttl,
+        stale_ttl = ?c.stale_ttl,
+        max_bytes = c.max_bytes,
+        rules = c.rules.len(),
+        "response cache"
+    );
     server::serve(listener, app(gw), opts, shutdown).await
 }

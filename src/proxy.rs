@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use tracing::{field, Instrument};
 
 use crate::auth::{self, Caller, Directory};
+use crate::cache::{self, CacheClock, ResponseCache};
 use crate::classify::{self, Known};
 use crate::config::{Config, Secret};
 use crate::error::GatewayError;
@@ -40,6 +41,7 @@ pub struct Inner {
     pub upstream: Upstream,
     /// Object kinds for classification; fixed from config for now (learning comes with limits).
     pub known: Known,
+    pub cache: ResponseCache,
     /// `server.public_url` without a trailing slash, when configured.
     public_base: Option<String>,
     /// Scheme callers use when `public_url` is not set.
@@ -48,6 +50,17 @@ pub struct Inner {
 
 impl Gateway {
     pub fn new(config: Config) -> Gateway {
+        Gateway::with_clock(config, Arc::new(cache::SystemClock::new()))
+    }
+
+    /// Like [`Gateway::new`], with the clock the cache's TTLs run on (tests pass a manual one).
+    pub fn with_clock(config: Config, clock: Arc<dyn CacheClock>) -> Gateway {
+        let cache = ResponseCache::new(
+            &config.cache,
+            config.apps.len(),
+            config.server.max_rewrite_body,
+            clock,
+        );
         let directory = Directory::new(&config);
         let upstream = Upstream::new(&config.upstream);
         let mut known = Known::default();
@@ -71,6 +84,7 @@ impl Gateway {
             directory,
             upstream,
             known,
+            cache,
             public_base,
             public_scheme,
         }))
@@ -78,6 +92,10 @@ impl Gateway {
 
     pub fn config(&self) -> &Config {
         &self.0.config
+    }
+
+    pub fn cache(&self) -> &ResponseCache {
+        &self.0.cache
     }
 }
 
@@ -107,6 +125,7 @@ pub async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
             e.into_response()
         }
     };
+    cache::label_bypass(&method, &mut resp);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -124,7 +143,7 @@ pub async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
 
 async fn pipeline(gw: &Gateway, req: Request) -> Result<Response, GatewayError> {
     let g = &gw.0;
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
 
     // check: nothing else reads a target or headers that could be ambiguous.
     let target = check(g, &parts)?;
@@ -159,17 +178,49 @@ async fn pipeline(gw: &Gateway, req: Request) -> Result<Response, GatewayError> 
         sanitize_batch(g, &caller, params)?;
     }
 
-    // cache: lookups and fills arrive with the response cache (issue #4); every call is a miss now.
+    // cache: behind authorize, so a hit reaches only an allowed caller. A fresh entry answers a
+    // GET/HEAD here; a miss runs `forward` once for all identical concurrent callers; a 2xx
+    // POST/DELETE drops the entries under its object. See `docs/cache.md`.
+    let plan = g.cache.plan(&cache::Lookup {
+        app: caller.app,
+        method: &parts.method,
+        headers: &parts.headers,
+        target: &target,
+        token_owner: g.directory.token_owner(caller.app, target.root()),
+        token: g.directory.token_for(caller.app, target.root()),
+        link_host: link_host(g, &parts),
+        allow_no_cache: caller
+            .client
+            .is_none_or(|i| g.config.clients[i].allow_no_cache),
+    });
+    if plan.is_read() {
+        // HEAD is fetched as GET, so the entry has the body that later GETs need.
+        parts.method = Method::GET;
+    }
+    g.cache
+        .serve(plan, forward(g, &parts, &target, body, &caller))
+        .await
+}
+
+/// limit -> upstream -> rewrite -> respond: what a cache miss, a write or an uncached read runs.
+async fn forward(
+    g: &Inner,
+    parts: &Parts,
+    target: &Target,
+    body: ReqBody,
+    caller: &Caller,
+) -> Result<Response, GatewayError> {
+    let span = tracing::Span::current();
     // limit: budget admission arrives with the rate limiter (issue #3); `class` names the bucket.
 
     // upstream: our token in, the caller's credentials out.
     let token = g.directory.token_for(caller.app, target.root());
-    let upstream_req = build_upstream_request(g, &parts, &target, body, &caller, token)?;
+    let upstream_req = build_upstream_request(g, parts, target, body, caller, token)?;
     let resp = g.upstream.send(upstream_req).await?;
     span.record("upstream_status", resp.status().as_u16());
 
     // rewrite + respond.
-    respond(g, &parts, resp).await
+    respond(g, parts, resp).await
 }
 
 // ---------------------------------------------------------------- check
@@ -518,6 +569,20 @@ async fn respond(
     let bytes = rw.paging(&bytes).unwrap_or(bytes);
     set_length(&mut rparts.headers, bytes.len());
     Ok(Response::from_parts(rparts, Body::from(bytes)))
+}
+
+/// The Host that paging links in an answer will name: "" when `server.public_url` fixes them. Part
+/// of the cache key, so a caller using another Host never gets links to the first one's.
+fn link_host<'a>(g: &Inner, parts: &'a Parts) -> &'a str {
+    if g.public_base.is_some() {
+        return "";
+    }
+    parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("")
 }
 
 /// Where the caller reached graphgate: `server.public_url`, else the scheme and Host it used.

@@ -1,0 +1,3 @@
+//! Unit tests of the cache module: keys, rules, directives.
+
+use super::*;
