@@ -594,7 +594,20 @@ impl ResponseCache {
                 }
                 Ok(resp)
             }
-            PlanKind::Read(read) => self.read(*read, fetch).await,
+            PlanKind::Read(read) => match self.read(*read, fetch).await {
+                Ok(resp) => Ok(resp),
+                // Rendered here rather than by the pipeline so that the answer says MISS.
+                Err(e) => {
+                    if e.is_caller_error() {
+                        tracing::debug!(error = %e, "request refused");
+                    } else {
+                        tracing::warn!(error = %e, "request failed");
+                    }
+                    let mut resp = e.into_response();
+                    resp.headers_mut().insert(X_CACHE, MISS);
+                    Ok(resp)
+                }
+            },
         }
     }
 
@@ -617,14 +630,13 @@ impl ResponseCache {
         let label = if d.no_cache { BYPASS } else { MISS };
         let (shared, role) = self.fetch_once(&r, fetch).await;
         match shared {
-            Shared::Stored(e) => {
+            Shared::Stored(e) => Ok(match role {
+                // The caller that fetched gets every header Meta sent, not just the kept ones.
+                Role::Led(Some(resp)) => resp,
+                Role::Led(None) => self.answer_entry(&e, r.head, label),
                 // A waiter was answered without a call of its own.
-                let label = match role {
-                    Role::Led(_) => label,
-                    Role::Waited => HIT,
-                };
-                Ok(self.answer_entry(&e, r.head, label))
-            }
+                Role::Waited => self.answer_entry(&e, r.head, HIT),
+            }),
             Shared::Answer(a) => {
                 if a.status.is_server_error() {
                     if let Some(resp) = self.stale_answer(&r, &d) {
@@ -790,8 +802,14 @@ impl ResponseCache {
                 Err(e) => (Shared::Failed(e), None),
                 Ok(Buffered::Whole(stored)) => {
                     if self.storable(&stored, r.token) {
+                        let label = if r.directives.no_cache { BYPASS } else { MISS };
+                        let mut own = answer(&stored, r.head, label);
+                        own.headers_mut()
+                            .insert(header::AGE, HeaderValue::from(0u64));
+                        own.headers_mut()
+                            .insert(header::CACHE_CONTROL, cache_control(r.ttl.as_secs()));
                         let e = Arc::new(CachedResponse {
-                            resp: keep_headers(stored),
+                            resp: keep_headers(&stored),
                             stored_at: self.now(),
                             ttl: r.ttl,
                             stale_for: if r.stale {
@@ -803,7 +821,7 @@ impl ResponseCache {
                             app_epoch,
                         });
                         self.store.insert(r.key.clone(), e.clone());
-                        (Shared::Stored(e), None)
+                        (Shared::Stored(e), Some(own))
                     } else {
                         (Shared::Answer(Arc::new(stored)), None)
                     }
@@ -889,7 +907,10 @@ impl ResponseCache {
 
     /// Drops every entry of `app` whose path (version ignored) starts with `path_prefix` segment by
     /// segment: `/123` covers `/v19.0/123` and `/123/message_templates`, not `/1234`. `/` drops the
-    /// whole app. Returns how many stored entries were dropped. For the admin endpoint.
+    /// whole app. Returns how many stored entries matched. For the admin endpoint.
+    ///
+    /// So that a fill in flight cannot bring old data back, the object's invalidation counter is
+    /// bumped too: every entry under the prefix's first segment (`/123...`) is dropped with it.
     pub fn purge(&self, app: usize, path_prefix: &str) -> usize {
         let segs: Vec<&str> = path_prefix.split('/').filter(|s| !s.is_empty()).collect();
         let segs: &[&str] = match segs.first() {
@@ -968,7 +989,7 @@ impl Drop for Leave<'_> {
     }
 }
 
-fn keep_headers(s: Stored) -> Stored {
+fn keep_headers(s: &Stored) -> Stored {
     let mut headers = HeaderMap::with_capacity(KEPT_HEADERS.len() + 4);
     for name in KEPT_HEADERS {
         if let Some(v) = s.headers.get(&name) {
@@ -978,7 +999,7 @@ fn keep_headers(s: Stored) -> Stored {
     Stored {
         status: s.status,
         headers,
-        body: s.body,
+        body: s.body.clone(),
     }
 }
 
