@@ -193,6 +193,14 @@ impl Directory {
             .and_then(|(_, t)| t.as_ref())
             .unwrap_or(&a.token)
     }
+
+    /// Who owns the token a call on `root` is made with, without the token itself: `Some(waba id)`
+    /// for a WABA's own token, `None` for the app's. The response cache keys on it.
+    pub fn token_owner<'a>(&'a self, app: usize, root: Option<&str>) -> Option<&'a str> {
+        let a = &self.apps[app];
+        root.and_then(|r| a.objects.get(r))
+            .and_then(|(waba, t)| t.as_ref().map(|_| waba.as_str()))
+    }
 }
 
 /// The key a caller presented in a header, if any: `Authorization: Bearer <key>` (pywa, curl) or

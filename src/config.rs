@@ -62,6 +62,7 @@ pub struct Config {
     pub apps: Vec<App>,
     pub clients: Vec<Client>,
     pub limits: Limits,
+    pub cache: Cache,
 }
 
 /// `[limits]`: the rolling-window budgets and what callers see when one is spent.
@@ -208,6 +209,7 @@ impl fmt::Debug for Client {
             .field("app", &self.app)
             .field("wabas", &self.wabas)
             .field("methods", &self.methods)
+            .field("allow_no_cache", &self.allow_no_cache)
             .finish_non_exhaustive()
     }
 }
@@ -296,6 +298,8 @@ struct RawConfig {
     client: Vec<RawClient>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    cache: RawCache,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -834,6 +838,7 @@ impl Validator<'_> {
         let upstream = self.upstream(raw.upstream);
         let limits = self.limits(raw.limits);
         self.limit_defaults = limits.defaults;
+        let cache = self.cache(raw.cache);
         let auth = server.1;
         // Names and counts come from the file, not from the entries that validated, so one bad
         // [[app]] or [[client]] does not also cause "unknown app" or "none configured" problems.
@@ -877,6 +882,7 @@ impl Validator<'_> {
                 apps,
                 clients,
                 limits,
+                cache,
             })
         } else {
             Err(ConfigError {
@@ -1449,6 +1455,114 @@ impl Validator<'_> {
             rate,
             allow_no_cache: r.allow_no_cache.unwrap_or(true),
         })
+    }
+}
+
+// ---------------------------------------------------------------- [cache]
+
+/// Fresh time of a cached read when no `[[cache.rule]]` matches.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
+/// How long past expiry an entry is kept to answer when Meta fails or the budget is spent.
+pub const DEFAULT_CACHE_STALE_TTL: Duration = Duration::from_secs(3600);
+/// Memory bound of the response cache (bodies, kept headers and keys).
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The response cache settings (`[cache]`); see `docs/cache.md`.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    pub enabled: bool,
+    pub default_ttl: Duration,
+    pub stale_ttl: Duration,
+    pub max_bytes: u64,
+    /// Tried in order; the first rule whose path (and fields) match sets the ttl.
+    pub rules: Vec<CacheRule>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            enabled: true,
+            default_ttl: DEFAULT_CACHE_TTL,
+            stale_ttl: DEFAULT_CACHE_STALE_TTL,
+            max_bytes: DEFAULT_CACHE_MAX_BYTES,
+            rules: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheRule {
+    pub path: crate::cache::PathPattern,
+    /// The rule applies only when the request's `fields` names all of these (empty: always).
+    pub fields: Vec<String>,
+    /// Zero turns caching off for the route.
+    pub ttl: Duration,
+    /// Whether stale entries may answer for this route.
+    pub stale: bool,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    enabled: Option<bool>,
+    default_ttl: Option<Dur>,
+    stale_ttl: Option<Dur>,
+    max_bytes: Option<Size>,
+    #[serde(default)]
+    rule: Vec<RawCacheRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCacheRule {
+    path: Option<String>,
+    fields: Option<Vec<String>>,
+    ttl: Option<Dur>,
+    stale: Option<bool>,
+}
+
+impl Validator<'_> {
+    fn cache(&mut self, r: RawCache) -> Cache {
+        let default_ttl = r.default_ttl.map_or(DEFAULT_CACHE_TTL, |d| d.0);
+        let mut rules = Vec::new();
+        for (i, raw) in r.rule.into_iter().enumerate() {
+            let at = format!("cache.rule[{i}]");
+            let path = match raw.path.as_deref().map(crate::cache::PathPattern::parse) {
+                Some(Ok(p)) => p,
+                Some(Err(m)) => {
+                    self.problem(format!("{at}.path"), m);
+                    continue;
+                }
+                None => {
+                    self.problem(
+                        format!("{at}.path"),
+                        "missing (e.g. \"/{waba}/message_templates\")",
+                    );
+                    continue;
+                }
+            };
+            let fields = raw.fields.unwrap_or_default();
+            if fields
+                .iter()
+                .any(|f| f.is_empty() || f.contains([',', '{', '}']))
+            {
+                self.problem(format!("{at}.fields"), "each entry must be one field name");
+                continue;
+            }
+            rules.push(CacheRule {
+                path,
+                fields,
+                ttl: raw.ttl.map_or(default_ttl, |d| d.0),
+                stale: raw.stale.unwrap_or(true),
+            });
+        }
+        Cache {
+            enabled: r.enabled.unwrap_or(true),
+            default_ttl,
+            stale_ttl: r.stale_ttl.map_or(DEFAULT_CACHE_STALE_TTL, |d| d.0),
+            max_bytes: self.positive_size("cache.max_bytes", r.max_bytes, DEFAULT_CACHE_MAX_BYTES),
+            rules,
+        }
     }
 }
 

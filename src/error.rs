@@ -13,7 +13,8 @@ use crate::limits::{Budget, Refusal, RefusalReason, Scope};
 /// Header on every response that graphgate generated itself.
 pub const LOCAL_ERROR_HEADER: &str = "x-graphgate-error";
 
-#[derive(Debug, thiserror::Error)]
+// Clone: the cache hands one upstream failure to every caller that waited for the same miss.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
     #[error("no client key was presented")]
     MissingKey,
@@ -39,6 +40,9 @@ pub enum GatewayError {
     RequestBodyFailed,
     #[error("{}", describe_refusal(.0))]
     RateLimited(Box<Refusal>),
+    /// `Cache-Control: only-if-cached` and no usable entry (RFC 9111 section 5.2.1.7).
+    #[error("nothing usable is cached for this request (only-if-cached)")]
+    NotCached,
 }
 
 fn describe_refusal(r: &Refusal) -> String {
@@ -186,6 +190,14 @@ impl GatewayError {
                     true,
                 ),
             },
+            // RFC 9111 prescribes 504; it is the caller's choice not to wait for Meta, so not transient.
+            NotCached => s(
+                StatusCode::GATEWAY_TIMEOUT,
+                "not-cached",
+                100,
+                "GraphMethodException",
+                false,
+            ),
         }
     }
 
@@ -195,7 +207,7 @@ impl GatewayError {
 
     /// Whether this is the caller's mistake (not worth an error-level log line).
     pub fn is_caller_error(&self) -> bool {
-        self.status().is_client_error()
+        self.status().is_client_error() || matches!(self, GatewayError::NotCached)
     }
 }
 
@@ -397,6 +409,7 @@ mod tests {
                 4,
                 true,
             ),
+            (NotCached, 504, 100, false),
         ];
         for (err, status, code, transient) in cases {
             let (s, body, local) = body_of(err).await;

@@ -8,6 +8,7 @@
 //! - [`target`]: checks and decodes the request path and query; strips caller credentials.
 //! - [`auth`]: client keys, WABA and method allowlists, and which token a call uses.
 //! - [`classify`]: which of Meta's budgets (the seed's rate-limit table) a call spends.
+//! - [`cache`]: the response cache (moka): keys, TTL rules, coalescing, invalidation, stale answers.
 //! - [`upstream`]: the pooled rustls client to Meta, header hygiene, token and `appsecret_proof`.
 //! - [`rewrite`]: paging links rewritten to the proxy, without credentials.
 //! - [`clock`]: injected time (system or manual) for the limiter.
@@ -21,6 +22,7 @@
 //! - [`demo`]: the simulator and the proxy in one process, ready for curl.
 
 pub mod auth;
+pub mod cache;
 pub mod classify;
 pub mod clock;
 pub mod config;
@@ -93,6 +95,15 @@ pub async fn run_with(
         max_headers: config.server.max_headers * 2,
         max_head_bytes: (config.server.max_uri + config.server.max_header_bytes) as usize * 2,
     };
+    let c = &config.cache;
+    tracing::info!(
+        enabled = c.enabled,
+        default_ttl = ?c.default_ttl,
+        stale_ttl = ?c.stale_ttl,
+        max_bytes = c.max_bytes,
+        rules = c.rules.len(),
+        "response cache"
+    );
     // Background work lives as long as the server: the probe and the periodic state save.
     let probe = tokio::spawn(probe::run(gw.clone()));
     let saver = config.limits.state_file.is_some().then(|| {

@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use tracing::{field, Instrument};
 
 use crate::auth::{self, Caller, Directory};
+use crate::cache::{self, ResponseCache};
 use crate::classify::{self, Class};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, Secret};
@@ -41,6 +42,7 @@ pub struct Inner {
     pub directory: Directory,
     pub upstream: Upstream,
     pub limiter: Arc<Limiter>,
+    pub cache: ResponseCache,
     /// `server.public_url` without a trailing slash, when configured.
     public_base: Option<String>,
     /// Scheme callers use when `public_url` is not set.
@@ -52,8 +54,14 @@ impl Gateway {
         Gateway::with_clock(config, SystemClock::shared())
     }
 
-    /// A gateway whose limiter reads time from `clock` (tests pass a manual one).
+    /// A gateway whose limiter and cache read time from `clock` (tests pass a manual one).
     pub fn with_clock(config: Config, clock: SharedClock) -> Gateway {
+        let cache = ResponseCache::new(
+            &config.cache,
+            config.apps.len(),
+            config.server.max_rewrite_body,
+            clock.clone(),
+        );
         let directory = Directory::new(&config);
         let upstream = Upstream::new(&config.upstream);
         let limiter = Arc::new(Limiter::new(&config, clock));
@@ -72,6 +80,7 @@ impl Gateway {
             directory,
             upstream,
             limiter,
+            cache,
             public_base,
             public_scheme,
         }))
@@ -83,6 +92,10 @@ impl Gateway {
 
     pub fn config(&self) -> &Config {
         &self.0.config
+    }
+
+    pub fn cache(&self) -> &ResponseCache {
+        &self.0.cache
     }
 }
 
@@ -112,6 +125,7 @@ pub async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
             e.into_response()
         }
     };
+    cache::label_bypass(&method, &mut resp);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -129,7 +143,7 @@ pub async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
 
 async fn pipeline(gw: &Gateway, req: Request) -> Result<Response, GatewayError> {
     let g = &gw.0;
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
 
     // check: nothing else reads a target or headers that could be ambiguous.
     let target = check(g, &parts)?;
@@ -172,9 +186,25 @@ async fn pipeline(gw: &Gateway, req: Request) -> Result<Response, GatewayError> 
         sub_calls = sanitize_batch(g, &caller, params)?;
     }
 
-    // cache: lookups and fills arrive with the response cache (issue #4); every call is a miss now.
-
-    // limit: a slot in every bucket the call spends, or a 429 (or a wait, in wait mode).
+    // cache: behind authorize, so a hit reaches only an allowed caller. A fresh entry answers a
+    // GET/HEAD here; a miss runs `forward` once for all identical concurrent callers; a 2xx
+    // POST/DELETE drops the entries under its object. See `docs/cache.md`.
+    let plan = g.cache.plan(&cache::Lookup {
+        app: caller.app,
+        method: &parts.method,
+        headers: &parts.headers,
+        target: &target,
+        token_owner: g.directory.token_owner(caller.app, target.root()),
+        token: g.directory.token_for(caller.app, target.root()),
+        link_host: link_host(g, &parts),
+        allow_no_cache: caller
+            .client
+            .is_none_or(|i| g.config.clients[i].allow_no_cache),
+    });
+    if plan.is_read() {
+        // HEAD is fetched as GET, so the entry has the body that later GETs need.
+        parts.method = Method::GET;
+    }
     let wants = budget_wants(
         g,
         caller.app,
@@ -184,6 +214,26 @@ async fn pipeline(gw: &Gateway, req: Request) -> Result<Response, GatewayError> 
         &ids,
         &sub_calls,
     );
+    g.cache
+        .serve(
+            plan,
+            forward(g, &parts, &target, body, &caller, &class, wants),
+        )
+        .await
+}
+
+/// limit -> upstream -> rewrite -> respond: what a cache miss, a write or an uncached read runs.
+async fn forward(
+    g: &Inner,
+    parts: &Parts,
+    target: &Target,
+    body: ReqBody,
+    caller: &Caller,
+    class: &Class,
+    wants: Vec<(BucketKey, u32)>,
+) -> Result<Response, GatewayError> {
+    let span = tracing::Span::current();
+    // limit: a slot in every bucket the call spends, or a 429 (or a wait, in wait mode).
     g.limiter
         .check_client_quota(caller.client, caller.app)
         .map_err(|r| GatewayError::RateLimited(Box::new(r)))?;
@@ -196,7 +246,7 @@ async fn pipeline(gw: &Gateway, req: Request) -> Result<Response, GatewayError> 
 
     // upstream: our token in, the caller's credentials out.
     let token = g.directory.token_for(caller.app, target.root());
-    let upstream_req = build_upstream_request(g, &parts, &target, body, &caller, token)?;
+    let upstream_req = build_upstream_request(g, parts, target, body, caller, token)?;
     permit.sent();
     let resp = match g.upstream.send(upstream_req).await {
         Ok(resp) => resp,
@@ -214,7 +264,7 @@ async fn pipeline(gw: &Gateway, req: Request) -> Result<Response, GatewayError> 
 
     // rewrite + respond (and learn from what Meta said).
     let primary = wants.first().map(|(k, _)| k.clone());
-    let mut resp = respond(g, &parts, resp, caller.app, &class, primary.as_ref()).await?;
+    let mut resp = respond(g, parts, resp, caller.app, class, primary.as_ref()).await?;
     if let Some(b) = budgets.first() {
         crate::error::insert_ratelimit_headers(resp.headers_mut(), b);
     }
@@ -692,6 +742,20 @@ fn learn(
         }
         Class::Other => {}
     }
+}
+
+/// The Host that paging links in an answer will name: "" when `server.public_url` fixes them. Part
+/// of the cache key, so a caller using another Host never gets links to the first one's.
+fn link_host<'a>(g: &Inner, parts: &'a Parts) -> &'a str {
+    if g.public_base.is_some() {
+        return "";
+    }
+    parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("")
 }
 
 /// Where the caller reached graphgate: `server.public_url`, else the scheme and Host it used.

@@ -164,7 +164,7 @@ pub fn decode(s: &str, plus_is_space: bool) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| "percent-encoded bytes are not UTF-8".to_string())
 }
 
-fn is_version(s: &str) -> bool {
+pub(crate) fn is_version(s: &str) -> bool {
     let Some(rest) = s.strip_prefix('v') else {
         return false;
     };

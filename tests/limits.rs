@@ -31,7 +31,11 @@ async fn start_limited(sim_window: Duration, sim_limit: u32, limits: &str) -> (S
         ..sim_config()
     })
     .await;
-    let proxy = start_proxy(config(&sim.url, &format!("\n[limits]\n{limits}\n"))).await;
+    let proxy = start_proxy(config(
+        &sim.url,
+        &format!("\n[cache]\nenabled = false\n[limits]\n{limits}\n"),
+    ))
+    .await;
     (sim, proxy)
 }
 
@@ -190,14 +194,22 @@ async fn a_full_bucket_stays_full_across_a_restart() {
     let state = dir.path().join("limits.json");
     let limits = format!("waba_active = 3\nstate_file = \"{}\"", state.display());
     let sim = start_sim(sim_config()).await;
-    let proxy = start_proxy(config(&sim.url, &format!("\n[limits]\n{limits}\n"))).await;
+    let proxy = start_proxy(config(
+        &sim.url,
+        &format!("\n[cache]\nenabled = false\n[limits]\n{limits}\n"),
+    ))
+    .await;
     let url = format!("{}/v19.0/{WABA}", proxy.url);
     for _ in 0..3 {
         assert_eq!(get(&url).await.status(), 200);
     }
     proxy.shutdown().await;
     assert!(state.exists());
-    let proxy = start_proxy(config(&sim.url, &format!("\n[limits]\n{limits}\n"))).await;
+    let proxy = start_proxy(config(
+        &sim.url,
+        &format!("\n[cache]\nenabled = false\n[limits]\n{limits}\n"),
+    ))
+    .await;
     let r = get(&format!("{}/v19.0/{WABA}", proxy.url)).await;
     assert_eq!(r.status(), 429);
 }
@@ -282,7 +294,8 @@ async fn batches_and_multi_id_calls_count_every_call() {
 #[tokio::test]
 async fn auto_wabas_learn_their_limit_from_the_probe() {
     let sim = start_sim(sim_config()).await;
-    let text = config_text(&sim.url, "").replace("active = true", "active = \"auto\"");
+    let text = config_text(&sim.url, "\n[cache]\nenabled = false\n")
+        .replace("active = true", "active = \"auto\"");
     let cfg =
         graphgate::Config::from_toml(&text, "t.toml", std::path::Path::new("."), &env()).unwrap();
     let proxy = start_proxy(cfg).await;
@@ -313,7 +326,10 @@ fn nonsensical_limits_are_refused() {
         ("on_limit = \"queue\"", "limits.on_limit"),
         ("reserve_percent = 95", "limits.reserve_percent"),
     ] {
-        let text = config_text("http://127.0.0.1:9", &format!("\n[limits]\n{limits}\n"));
+        let text = config_text(
+            "http://127.0.0.1:9",
+            &format!("\n[cache]\nenabled = false\n[limits]\n{limits}\n"),
+        );
         let err = graphgate::Config::from_toml(&text, "t.toml", std::path::Path::new("."), &env())
             .unwrap_err()
             .to_string();
@@ -325,4 +341,36 @@ fn nonsensical_limits_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("client[1].rate"), "{err}");
+}
+
+// Cache hits cost no budget; once the bucket is spent, an expired entry answers (STALE) instead
+// of a 429, and an uncached call gets the 429.
+#[tokio::test]
+async fn cache_hits_cost_nothing_and_a_spent_bucket_serves_stale() {
+    let sim = start_sim(sim_config()).await;
+    let extra =
+        "\n[cache]\ndefault_ttl = \"200ms\"\nstale_ttl = \"1h\"\n[limits]\nwaba_active = 2\n";
+    let proxy = start_proxy(config(&sim.url, extra)).await;
+    let x = format!("{}/v19.0/{WABA}/message_templates?limit=3", proxy.url);
+    assert_eq!(get(&x).await.headers()["x-cache"], "MISS");
+    for _ in 0..5 {
+        assert_eq!(get(&x).await.headers()["x-cache"], "HIT");
+    }
+    assert_eq!(
+        bucket(&stats(&sim), WABA)["calls"],
+        1,
+        "hits never reached Meta"
+    );
+    assert_eq!(
+        get(&format!("{}/v19.0/{WABA}", proxy.url)).await.status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = get(&x).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "STALE");
+    assert!(r.headers()["warning"].to_str().unwrap().starts_with("110"));
+    let r = get(&format!("{}/v19.0/{WABA}/phone_numbers", proxy.url)).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(bucket(&stats(&sim), WABA)["calls"], 2);
 }

@@ -1105,3 +1105,96 @@ fn example_config_file_is_valid() {
     assert_eq!(app.wabas[0].phone_numbers, ["106540352242922"]);
     assert!(!c.clients.is_empty());
 }
+
+// ---------------------------------------------------------------- [cache]
+
+// Without a [cache] section the cache is on with the documented defaults; clients may send no-cache.
+#[test]
+fn cache_defaults_apply_without_a_section() {
+    let c = load(MINIMAL).unwrap();
+    assert!(c.cache.enabled);
+    assert_eq!(c.cache.default_ttl, DEFAULT_CACHE_TTL);
+    assert_eq!(c.cache.stale_ttl, DEFAULT_CACHE_STALE_TTL);
+    assert_eq!(c.cache.max_bytes, DEFAULT_CACHE_MAX_BYTES);
+    assert!(c.cache.rules.is_empty());
+    assert!(c.clients[0].allow_no_cache);
+}
+
+// Rules keep their order, take the default ttl when they give none, and allow stale by default.
+#[test]
+fn cache_rules_load_in_order_with_their_defaults() {
+    let c = load(&with(
+        r#"
+[cache]
+default_ttl = "30s"
+stale_ttl = "2h"
+max_bytes = "64MiB"
+
+[[cache.rule]]
+path = "/{waba}/message_templates"
+ttl = "5m"
+
+[[cache.rule]]
+path = "/{id}"
+fields = ["message_templates"]
+stale = false
+
+[[cache.rule]]
+path = "/{waba}/phone_numbers"
+ttl = "0s"
+"#,
+    ))
+    .unwrap();
+    let r = &c.cache.rules;
+    assert_eq!(r.len(), 3);
+    assert_eq!(r[0].ttl, Duration::from_secs(300));
+    assert!(r[0].stale && r[0].fields.is_empty());
+    assert_eq!(r[1].ttl, Duration::from_secs(30));
+    assert_eq!(r[1].fields, vec!["message_templates".to_string()]);
+    assert!(!r[1].stale);
+    assert!(r[2].ttl.is_zero());
+    assert_eq!(c.cache.stale_ttl, Duration::from_secs(7200));
+    assert_eq!(c.cache.max_bytes, 64 << 20);
+}
+
+// Bad rules and sizes are reported together, each naming its key.
+#[test]
+fn bad_cache_settings_are_reported_by_key() {
+    let e = err(load(&with(
+        r#"
+[cache]
+max_bytes = 0
+
+[[cache.rule]]
+path = "/v19.0/{waba}"
+
+[[cache.rule]]
+ttl = "1s"
+
+[[cache.rule]]
+path = "/{id}"
+fields = ["a,b"]
+"#,
+    )));
+    assert!(problem(&e, "cache.max_bytes")
+        .message
+        .contains("greater than zero"));
+    assert!(problem(&e, "cache.rule[0].path")
+        .message
+        .contains("version"));
+    assert!(problem(&e, "cache.rule[1].path")
+        .message
+        .contains("missing"));
+    assert!(problem(&e, "cache.rule[2].fields")
+        .message
+        .contains("one field"));
+}
+
+// allow_no_cache is read per client; unknown keys under [cache] are errors.
+#[test]
+fn allow_no_cache_is_per_client_and_cache_keys_are_checked() {
+    let c = load(&format!("{MINIMAL}allow_no_cache = false\n")).unwrap();
+    assert!(!c.clients[0].allow_no_cache);
+    let e = err(load(&with("[cache]\nttl = \"1s\"\n")));
+    assert!(e.to_string().contains("ttl"), "{e}");
+}

@@ -1,0 +1,161 @@
+//! Unit tests of the cache's pure parts: keys, rule paths, `fields` names, request directives.
+
+use super::*;
+
+fn key(app: usize, owner: Option<&str>, host: &str, path: &str, query: Option<&str>) -> CacheKey {
+    CacheKey::build(app, owner, host, &Target::parse(path, query).unwrap())
+}
+
+// Parameter order, auth parameters and equivalent encodings give one key.
+#[test]
+fn keys_sort_the_query_and_drop_auth_params() {
+    let a = key(0, None, "", "/v19.0/1/x", Some("b=2&a=1&fields=id%2Cname"));
+    let b = key(
+        0,
+        None,
+        "",
+        "/v19.0/1/x",
+        Some("access_token=k&fields=id,name&a=1&appsecret_proof=p&appsecret_time=9&b=2"),
+    );
+    assert!(a == b);
+    assert_eq!(a.path(), "/v19.0/1/x");
+    assert!(!b.text().contains("access_token") && !b.text().contains("appsecret"));
+}
+
+// App, token owner, link host, version, path and values each separate keys.
+#[test]
+fn keys_separate_apps_owners_hosts_versions_and_values() {
+    let base = key(0, None, "h", "/v19.0/1/x", Some("a=1"));
+    for other in [
+        key(1, None, "h", "/v19.0/1/x", Some("a=1")),
+        key(0, Some("1"), "h", "/v19.0/1/x", Some("a=1")),
+        key(0, None, "g", "/v19.0/1/x", Some("a=1")),
+        key(0, None, "h", "/v20.0/1/x", Some("a=1")),
+        key(0, None, "h", "/1/x", Some("a=1")),
+        key(0, None, "h", "/v19.0/1/y", Some("a=1")),
+        key(0, None, "h", "/v19.0/1/x", Some("a=2")),
+        key(0, None, "h", "/v19.0/1/x", None),
+    ] {
+        assert!(base != other, "{other:?} must differ");
+    }
+}
+
+// A `?` or `&` inside a decoded path or value cannot make two requests collide.
+#[test]
+fn keys_cannot_collide_through_separators() {
+    let a = key(0, None, "", "/1/a%3Fb=", None);
+    let b = key(0, None, "", "/1/a", Some("b="));
+    assert!(a != b);
+    let c = key(0, None, "", "/1", Some("a=1%26b%3D2"));
+    let d = key(0, None, "", "/1", Some("a=1&b=2"));
+    assert!(c != d);
+}
+
+// Placeholders match one segment; literals match themselves; versions are refused in patterns.
+#[test]
+fn rule_paths_match_segment_by_segment() {
+    let p = PathPattern::parse("/{waba}/message_templates").unwrap();
+    let segs = |s: &str| Target::parse(s, None).unwrap().segments;
+    assert!(p.matches(&segs("/v19.0/123/message_templates")));
+    assert!(p.matches(&segs("/123/message_templates")));
+    assert!(!p.matches(&segs("/123/phone_numbers")));
+    assert!(!p.matches(&segs("/123/message_templates/x")));
+    assert!(!p.matches(&segs("/123")));
+    let id = PathPattern::parse("/{id}").unwrap();
+    assert!(id.matches(&segs("/v20.0/42")));
+    for bad in [
+        "",
+        "x",
+        "/",
+        "//a",
+        "/v19.0/{id}",
+        "/{}",
+        "/{a-b}",
+        "/a{b}",
+        "/a%2F",
+    ] {
+        assert!(PathPattern::parse(bad).is_err(), "{bad} should be refused");
+    }
+}
+
+// Only top-level names of `fields` count; expansions and modifiers are skipped.
+#[test]
+fn field_names_are_the_top_level_names() {
+    let names: Vec<&str> =
+        field_names("id, name,message_templates{name,status}.limit(5),phone_numbers(x)").collect();
+    assert_eq!(
+        names,
+        vec!["id", "name", "message_templates", "phone_numbers"]
+    );
+    assert_eq!(field_names("").count(), 0);
+}
+
+// Request Cache-Control: no-cache (unless the client is denied it), max-age, only-if-cached.
+#[test]
+fn request_directives_are_parsed_per_rfc_9111() {
+    let h = |v: &str| {
+        let mut m = HeaderMap::new();
+        m.insert(header::CACHE_CONTROL, HeaderValue::from_str(v).unwrap());
+        m
+    };
+    let d = Directives::parse(&h("No-Cache, max-age=\"30\", only-if-cached"), true);
+    assert_eq!(
+        d,
+        Directives {
+            no_cache: true,
+            max_age: Some(30),
+            only_if_cached: true
+        }
+    );
+    assert!(!Directives::parse(&h("no-cache"), false).no_cache);
+    assert_eq!(Directives::parse(&h("max-age=abc"), true).max_age, Some(0));
+    assert_eq!(
+        Directives::parse(&h("max-age=99999999999999999999999"), true).max_age,
+        Some(u64::MAX)
+    );
+    assert_eq!(
+        Directives::parse(&h("max-age=5, max-age=9"), true).max_age,
+        Some(5)
+    );
+    assert_eq!(
+        Directives::parse(&HeaderMap::new(), true),
+        Directives::default()
+    );
+}
+
+// A top-level `error` object marks a Graph error; the word elsewhere does not.
+#[test]
+fn graph_error_bodies_are_recognised() {
+    assert!(has_graph_error(br#"{"error":{"code":100}}"#));
+    assert!(!has_graph_error(br#"{"data":[{"error":"x"}]}"#));
+    assert!(!has_graph_error(br#"{"data":[]}"#));
+    assert!(!has_graph_error(b"not json"));
+}
+
+// Only upstream failures may be answered stale; caller mistakes never are.
+#[test]
+fn only_upstream_failures_are_answered_stale() {
+    assert!(serves_stale(&GatewayError::UpstreamUnreachable));
+    assert!(serves_stale(&GatewayError::UpstreamTimeout(
+        Duration::from_secs(1)
+    )));
+    assert!(!serves_stale(&GatewayError::MissingKey));
+    assert!(!serves_stale(&GatewayError::NotCached));
+    let refusal = |reason| {
+        GatewayError::RateLimited(Box::new(crate::limits::Refusal {
+            app: "a".into(),
+            scope: crate::limits::Scope::Waba("1".into()),
+            limit: 1,
+            window: Duration::from_secs(1),
+            retry_after: Duration::from_secs(1),
+            reason,
+        }))
+    };
+    assert!(serves_stale(&refusal(crate::limits::RefusalReason::Full)));
+    assert!(serves_stale(&refusal(
+        crate::limits::RefusalReason::Blocked
+    )));
+    assert!(!serves_stale(&refusal(
+        crate::limits::RefusalReason::ClientQuota
+    )));
+}
