@@ -802,6 +802,20 @@ impl Limiter {
         out
     }
 
+    /// Meta's latest app-wide usage (`X-App-Usage`) per app name, for the admin view and metrics.
+    pub fn app_usage(&self) -> Vec<(String, Option<Reported>)> {
+        let reported = self
+            .app_reported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.apps
+            .iter()
+            .zip(reported)
+            .map(|(a, r)| (a.name.clone(), r))
+            .collect()
+    }
+
     /// Bytes used by one bucket: the struct, its `Arc<Mutex<_>>`, and its heap.
     pub fn bucket_bytes(&self, key: &BucketKey) -> Option<usize> {
         let b = self
