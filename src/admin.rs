@@ -285,11 +285,10 @@ async fn cache_stats(State(gw): State<Gateway>) -> Response {
             .find(|(n, _)| *n == name)
             .map_or(0, |(_, v)| *v)
     };
-    let (hit, stale, miss) = (get("hit"), get("stale"), get("miss"));
-    // Of the reads the cache was asked to answer, the share it answered from memory (a stale
-    // answer included); a bypass never asked it.
-    let asked = hit + stale + miss;
-    let hit_ratio = (asked > 0).then(|| (hit + stale) as f64 / asked as f64);
+    let (hit, miss) = (get("hit"), get("miss"));
+    // hits / (hits + misses), the same ratio as the Grafana dashboard's panel. Stale answers are a
+    // fallback when Meta fails, and a bypass never asked the cache; both are counted apart.
+    let hit_ratio = (hit + miss > 0).then(|| hit as f64 / (hit + miss) as f64);
     let requests: serde_json::Map<String, serde_json::Value> = counts
         .iter()
         .map(|(n, v)| (n.to_string(), json!(v)))

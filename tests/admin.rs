@@ -620,3 +620,54 @@ async fn secrets_never_appear_in_metrics_admin_json_status_page_or_logs() {
         .collect();
     assert_eq!(caches, BTreeSet::from(["hit".into(), "miss".into()]));
 }
+
+// ---------------------------------------------------------------- the binary
+
+// `graphgate serve` binds server.admin_listen itself (here 127.0.0.1:0), logs where, and serves
+// /healthz there.
+#[tokio::test]
+async fn the_binary_binds_the_admin_listener_from_config() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("graphgate.toml");
+    std::fs::write(
+        &path,
+        config_text("http://127.0.0.1:9", "admin_listen = \"127.0.0.1:0\""),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_graphgate"))
+        .args(["--log-format", "json", "--config"])
+        .arg(&path)
+        .envs(env())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if let Some(addr) = v["admin"].as_str() {
+                let _ = tx.send(addr.to_string());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(20));
+    let status = match &addr {
+        Ok(a) => Some(
+            admin_get(&format!("http://{a}"), "/healthz", None)
+                .await
+                .status(),
+        ),
+        Err(_) => None,
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let addr = addr.expect("no admin listener address logged within 20 s");
+    assert_eq!(status.map(|s| s.as_u16()), Some(200), "/healthz on {addr}");
+}
