@@ -48,9 +48,10 @@ pub const DEFAULT_STATE_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_ACTIVE_REFRESH: Duration = Duration::from_secs(3600);
 /// A bucket Meta throttled without saying when access returns stays closed this long.
 pub const DEFAULT_THROTTLE_BLOCK: Duration = Duration::from_secs(60);
-/// The longest a request waits for Redis before the fallback applies; a loopback or LAN round
-/// trip takes well under a millisecond.
-pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_millis(100);
+/// The longest a request waits for Redis before the fallback applies. A LAN round trip takes well
+/// under a millisecond; the margin covers a busy host, since a timed-out admission may still have
+/// taken its slot in Redis and the fallback then counts it twice.
+pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_millis(500);
 
 const ENV_PREFIX: &str = "GRAPHGATE_";
 

@@ -18,6 +18,8 @@ use tokio::sync::mpsc;
 
 /// After a failure, requests skip Redis for this long instead of each waiting for the timeout.
 const COOLDOWN: Duration = Duration::from_secs(1);
+/// Timeouts in a row after which requests stop trying Redis for a `COOLDOWN`.
+const SLOW_LIMIT: u64 = 3;
 /// Delay between attempts to (re)connect.
 const RECONNECT: Duration = Duration::from_millis(500);
 
@@ -180,6 +182,8 @@ pub struct Shared {
     /// Process-relative milliseconds until which requests skip Redis.
     down_until_ms: AtomicU64,
     up: AtomicBool,
+    /// Timeouts in a row; a burst on a busy host can delay one answer without Redis being away.
+    slow: AtomicU64,
     started: Instant,
     admit: redis::Script,
     settle: redis::Script,
@@ -198,6 +202,7 @@ impl Shared {
             timeout,
             down_until_ms: AtomicU64::new(0),
             up: AtomicBool::new(false),
+            slow: AtomicU64::new(0),
             started: Instant::now(),
             admit: redis::Script::new(ADMIT),
             settle: redis::Script::new(SETTLE),
@@ -241,6 +246,7 @@ impl Shared {
     }
 
     fn mark_up(&self) {
+        self.slow.store(0, Ordering::Relaxed);
         self.down_until_ms.store(0, Ordering::Relaxed);
     }
 
@@ -275,7 +281,10 @@ impl Shared {
                 Err(e)
             }
             Err(_) => {
-                self.mark_down();
+                // A hung Redis times out every call: after a few in a row, stop waiting for it.
+                if self.slow.fetch_add(1, Ordering::Relaxed) + 1 >= SLOW_LIMIT {
+                    self.mark_down();
+                }
                 Err(redis::RedisError::from((
                     redis::ErrorKind::Io,
                     "Redis did not answer in time",
@@ -471,7 +480,9 @@ impl Shared {
             {
                 let cfg = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
-                    .set_response_timeout(Some(self.timeout.max(Duration::from_millis(200))))
+                    // Our own timeout (in `call`) fires first and is counted as slowness; this one
+                    // only frees a connection that never answers.
+                    .set_response_timeout(Some(self.timeout * 4))
                     .set_number_of_retries(1);
                 match self.client.get_connection_manager_with_config(cfg).await {
                     Ok(c) => {
