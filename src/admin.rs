@@ -172,7 +172,9 @@ async fn connect_check(gw: &Gateway) -> Result<String, String> {
 
 async fn metrics_text(State(gw): State<Gateway>) -> Response {
     let g = gw.inner();
-    let body = g.metrics.render(&g.limiter, &g.cache);
+    // From Redis when the buckets are shared, so every replica reports the same budget.
+    let buckets = g.limiter.view().await;
+    let body = g.metrics.render(buckets, &g.limiter, &g.cache);
     (
         [(
             header::CONTENT_TYPE,
@@ -226,7 +228,8 @@ async fn limits(State(gw): State<Gateway>) -> Response {
     let now = unix_now();
     let buckets = g
         .limiter
-        .snapshot()
+        .view()
+        .await
         .into_iter()
         .map(|b| {
             let waba = b.scope.strip_prefix("waba:").map(str::to_string);

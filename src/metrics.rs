@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::cache::ResponseCache;
 use crate::config::Config;
 use crate::error::GatewayError;
-use crate::limits::{Limiter, Refusal, RefusalReason, Reported, Scope};
+use crate::limits::{BucketView, Limiter, Refusal, RefusalReason, Reported, Scope};
 
 /// `Content-Type` of `/metrics`: Prometheus text format 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -152,7 +152,7 @@ pub struct Rejection {
     pub at_unix: u64,
     pub app: String,
     pub bucket: String,
-    /// `full`, `blocked` (Meta throttled) or `client_quota`.
+    /// `full`, `blocked` (Meta throttled), `client_quota` or `unavailable` (Redis down, reject mode).
     pub reason: &'static str,
     pub retry_after_secs: u64,
 }
@@ -408,6 +408,7 @@ impl Metrics {
             RefusalReason::ClientQuota => ("client_quota".to_string(), "client_quota"),
             RefusalReason::Full => (self.bucket_label(app, &refusal.scope), "full"),
             RefusalReason::Blocked => (self.bucket_label(app, &refusal.scope), "blocked"),
+            RefusalReason::Unavailable => (self.bucket_label(app, &refusal.scope), "unavailable"),
         };
         let app_name = self.app_label(Some(app));
         self.rejected
@@ -482,15 +483,22 @@ impl Metrics {
         })
     }
 
-    /// Refreshes the gauges from the limiter and the cache, then encodes everything.
-    pub fn render(&self, limiter: &Limiter, cache: &ResponseCache) -> String {
+    /// Refreshes the gauges from `buckets` ([`Limiter::view`]), the limiter and the cache, then
+    /// encodes everything.
+    pub fn render(
+        &self,
+        buckets: Vec<BucketView>,
+        limiter: &Limiter,
+        cache: &ResponseCache,
+    ) -> String {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
 
         // Buckets: unconfigured WABAs share `waba:other`, which shows the fullest of them.
+        let views = buckets;
         let mut buckets: HashMap<BucketLabels, (u32, u32)> = HashMap::new();
         let mut usage: HashMap<UsageLabels, u32> = HashMap::new();
         let mut waiting = 0usize;
-        for b in limiter.snapshot() {
+        for b in views {
             waiting += b.waiting;
             let Some(app) = self.app_index(&b.app) else {
                 continue;

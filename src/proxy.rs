@@ -233,12 +233,21 @@ async fn pipeline(gw: &Gateway, req: Request, seen: &mut Seen) -> Result<Respons
     if let Some((key, _)) = wants.first() {
         span.record("bucket", key.scope.label());
     }
-    g.cache
+    let resp = g
+        .cache
         .serve(
             plan,
             forward(g, &parts, &target, body, &caller, &class, wants),
         )
-        .await
+        .await?;
+    // The cache dropped this object's entries here; other replicas drop theirs too.
+    let is_write = matches!(parts.method, Method::POST | Method::DELETE);
+    if let (true, true, Some(root)) = (is_write, resp.status().is_success(), target.root()) {
+        if g.limiter.shared().is_some() {
+            g.limiter.share_purge(caller.app, &format!("/{root}"));
+        }
+    }
+    Ok(resp)
 }
 
 /// limit -> upstream -> rewrite -> respond: what a cache miss, a write or an uncached read runs.
