@@ -108,6 +108,20 @@ async fn healthz() -> Response {
 /// connect to the upstream succeeds now. Config is loaded and the proxy's listener is bound before
 /// this listener serves at all.
 async fn readyz(State(gw): State<Gateway>) -> Response {
+    // With `on_backend_error = "reject"`, a replica without Redis refuses every call: not ready.
+    let limiter = &gw.inner().limiter;
+    let backend = limiter.backend_state();
+    if limiter.backend_rejects() && backend != "up" {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "ready": false,
+                "reason": "the shared rate-limit backend (Redis) is unreachable",
+                "limits_backend": backend,
+            })),
+        )
+            .into_response();
+    }
     let m = &gw.inner().metrics;
     let last = m.upstream_outcome();
     if let Some(o) = &last {
@@ -116,6 +130,7 @@ async fn readyz(State(gw): State<Gateway>) -> Response {
             return Json(json!({
                 "ready": true,
                 "upstream": format!("answered {}s ago", age.as_secs()),
+                "limits_backend": backend,
             }))
             .into_response();
         }
@@ -124,6 +139,7 @@ async fn readyz(State(gw): State<Gateway>) -> Response {
         Ok(addr) => Json(json!({
             "ready": true,
             "upstream": format!("TCP connect to {addr} succeeded"),
+            "limits_backend": backend,
         }))
         .into_response(),
         Err(reason) => {

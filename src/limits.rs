@@ -715,6 +715,11 @@ impl Limiter {
         self.shared.as_ref().map(|s| s.state()).unwrap_or("memory")
     }
 
+    /// Whether calls are refused (503) while the shared backend is away.
+    pub fn backend_rejects(&self) -> bool {
+        self.shared.is_some() && self.on_backend_error == OnBackendError::Reject
+    }
+
     pub fn shared(&self) -> Option<&Arc<Shared>> {
         self.shared.as_ref()
     }

@@ -177,6 +177,7 @@ pub struct Metrics {
     throttled: Family<ThrottleLabels, Counter>,
     cache_entries: Gauge,
     cache_bytes: Gauge,
+    backend_up: Gauge,
     cache_requests: Family<CacheLabels, Counter>,
     apps: Vec<AppLabelSet>,
     // The three locks below are held only to copy or replace a small value, never across an await.
@@ -206,6 +207,7 @@ impl Metrics {
         let throttled = Family::<ThrottleLabels, Counter>::default();
         let cache_entries = Gauge::default();
         let cache_bytes = Gauge::default();
+        let backend_up = Gauge::default();
         let cache_requests = Family::<CacheLabels, Counter>::default();
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
@@ -277,6 +279,11 @@ impl Metrics {
             cache_requests.clone(),
         );
         r.register(
+            "graphgate_limits_backend_up",
+            "1 when the rate-limit backend answers (always, in memory), 0 while Redis is away",
+            backend_up.clone(),
+        );
+        r.register(
             "graphgate_build_info",
             "graphgate's version; always 1",
             build_info,
@@ -303,6 +310,7 @@ impl Metrics {
             throttled,
             cache_entries,
             cache_bytes,
+            backend_up,
             cache_requests,
             apps,
             upstream: Mutex::new(None),
@@ -552,6 +560,10 @@ impl Metrics {
         let (entries, bytes) = cache.usage();
         self.cache_entries.set(clamp_i64(entries));
         self.cache_bytes.set(clamp_i64(bytes));
+        self.backend_up.set(i64::from(matches!(
+            limiter.backend_state(),
+            "memory" | "up"
+        )));
 
         let mut out = String::new();
         // Writing into a String cannot fail; an encoder error would only truncate the output.

@@ -56,6 +56,7 @@ const METRICS: &[Metric] = &[
         &["app", "bucket"],
     ),
     m("graphgate_ratelimit_waiting", Kind::Gauge, &[]),
+    m("graphgate_limits_backend_up", Kind::Gauge, &[]),
     m("graphgate_bucket_used", Kind::Gauge, &["app", "bucket"]),
     m("graphgate_bucket_limit", Kind::Gauge, &["app", "bucket"]),
     m(

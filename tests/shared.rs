@@ -300,6 +300,26 @@ async fn redis_going_away_with_reject_answers_503() {
         let v: Value = r.json().await.unwrap();
         assert_eq!(graph_error(&v)["is_transient"], true);
     }
+    let limiter = &reps[0].1.inner().limiter;
+    assert_eq!(
+        limiter.backend_state(),
+        "down",
+        "readiness and metrics report the backend as down"
+    );
+    assert!(limiter.backend_rejects());
+    let ready = tower::ServiceExt::oneshot(
+        graphgate::admin::router(reps[0].1.clone()),
+        http::Request::get("/readyz")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ready.status(),
+        503,
+        "a replica that refuses every call is not ready"
+    );
 }
 
 // The shared window outlives a proxy: a restarted replica still refuses a spent bucket.
