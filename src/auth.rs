@@ -33,8 +33,6 @@ pub struct Directory {
     mode: AuthMode,
     clients: Vec<ClientEntry>,
     apps: Vec<AppEntry>,
-    /// Every configured WABA id, over all apps: a restricted client may touch only its own.
-    all_wabas: HashSet<String>,
 }
 
 struct ClientEntry {
@@ -53,15 +51,6 @@ struct AppEntry {
     objects: HashMap<String, (String, Option<Secret>)>,
 }
 
-/// Edges that only exist on a WhatsApp Business Account: their root id is a WABA even when
-/// graphgate has not been told about it.
-const WABA_EDGES: [&str; 4] = [
-    "message_templates",
-    "phone_numbers",
-    "assigned_users",
-    "subscribed_apps",
-];
-
 impl Directory {
     pub fn new(config: &Config) -> Directory {
         let clients = config
@@ -77,16 +66,14 @@ impl Directory {
                 allow_no_cache: c.allow_no_cache,
             })
             .collect();
-        let mut all_wabas = HashSet::new();
         let apps = config
             .apps
             .iter()
             .map(|a| {
                 let mut objects = HashMap::new();
                 for w in &a.wabas {
-                    all_wabas.insert(w.id.clone());
                     objects.insert(w.id.clone(), (w.id.clone(), w.token.clone()));
-                    for p in &w.phone_numbers {
+                    for p in w.phone_numbers.iter().chain(&w.status_ids) {
                         objects.insert(p.clone(), (w.id.clone(), w.token.clone()));
                     }
                 }
@@ -100,7 +87,6 @@ impl Directory {
             mode: config.auth,
             clients,
             apps,
-            all_wabas,
         }
     }
 
@@ -144,7 +130,7 @@ impl Directory {
         caller: &Caller,
         method: &Method,
         root: Option<&str>,
-        edge: Option<&str>,
+        _edge: Option<&str>,
         extra_ids: &[&str],
     ) -> Result<(), GatewayError> {
         let Some(ci) = caller.client else {
@@ -163,27 +149,40 @@ impl Directory {
             return Ok(());
         };
         let app = &self.apps[caller.app];
-        let check = |id: &str, waba_edge: bool| -> Result<(), GatewayError> {
-            let waba = match app.objects.get(id) {
-                Some((waba, _)) => Some(waba.as_str()),
-                None if waba_edge || self.all_wabas.contains(id) => Some(id),
-                None => None,
-            };
+        // Deny by default: a restricted client reaches only its WABAs and the objects configured
+        // under them (phone numbers, status ids). Anything graphgate cannot place — a business, a
+        // template id, another customer's number — could lead to another WABA's data.
+        let check = |id: &str| -> Result<(), GatewayError> {
+            let waba = app.objects.get(id).map(|(waba, _)| waba.as_str());
             match waba {
-                Some(w) if !allowed.contains(w) => Err(GatewayError::ObjectNotAllowed {
+                Some(w) if allowed.contains(w) => Ok(()),
+                _ => Err(GatewayError::ObjectNotAllowed {
                     client: c.name.to_string(),
-                    object: id.to_string(),
+                    object: id.chars().take(40).collect(),
                 }),
-                _ => Ok(()),
             }
         };
         if let Some(root) = root {
-            check(root, edge.is_some_and(|e| WABA_EDGES.contains(&e)))?;
+            check(root)?;
         }
         for id in extra_ids {
-            check(id, false)?;
+            check(id)?;
         }
         Ok(())
+    }
+
+    /// The client has a `wabas` allowlist.
+    pub fn is_restricted(&self, caller: &Caller) -> bool {
+        caller
+            .client
+            .is_some_and(|i| self.clients[i].wabas.is_some())
+    }
+
+    /// The client has a `methods` allowlist.
+    pub fn limits_methods(&self, caller: &Caller) -> bool {
+        caller
+            .client
+            .is_some_and(|i| self.clients[i].methods.is_some())
     }
 
     /// The token a call on `root` is made with: the WABA's own token when it has one, else the app's.
@@ -300,8 +299,8 @@ methods = ["GET"]
             .authorize(&b, &get, Some("999"), Some("message_templates"), &[])
             .is_err());
         assert!(
-            d.authorize(&b, &get, Some("555"), None, &[]).is_ok(),
-            "unknown non-WABA objects pass"
+            d.authorize(&b, &get, Some("555"), None, &[]).is_err(),
+            "unknown objects are refused to restricted clients"
         );
         assert!(
             d.authorize(&b, &get, Some("100"), None, &["200"]).is_err(),

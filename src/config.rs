@@ -90,7 +90,8 @@ pub struct Limits {
 }
 
 /// `limits.backend = "redis"`: where the shared buckets live and what to do when Redis is away.
-#[derive(Debug, Clone)]
+/// Its `Debug` leaves the URL out: it may carry a password.
+#[derive(Clone)]
 pub struct RedisBackend {
     pub url: String,
     pub prefix: String,
@@ -98,6 +99,17 @@ pub struct RedisBackend {
     /// How many replicas share the budget; in `local` fallback each takes `limit / replicas`.
     pub replicas: u32,
     pub timeout: Duration,
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("prefix", &self.prefix)
+            .field("on_error", &self.on_error)
+            .field("replicas", &self.replicas)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

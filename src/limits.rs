@@ -222,11 +222,19 @@ struct AppPolicy {
 pub struct Permit {
     limiter: Arc<Limiter>,
     slots: Vec<(SharedBucket, u32)>,
-    /// Slots taken in Redis: bucket bases with counts, and the admission's member id.
-    remote: Option<(Vec<(String, u32)>, String)>,
+    /// Slots taken in Redis, when the buckets are shared.
+    remote: Option<Remote>,
     sent: bool,
     settled: bool,
     pub budgets: Vec<Budget>,
+}
+
+/// An admission held in Redis: bucket bases with counts, the admission's member id, and the keys
+/// (mirrored into the local log so a fallback knows what this replica spent).
+struct Remote {
+    buckets: Vec<(String, u32)>,
+    member: String,
+    keys: Vec<(BucketKey, u32)>,
 }
 
 impl std::fmt::Debug for Permit {
@@ -260,9 +268,29 @@ impl Permit {
             return;
         }
         self.settled = true;
-        if let (Some((buckets, member)), Some(shared)) = (self.remote.take(), &self.limiter.shared)
+        if let (
+            Some(Remote {
+                buckets,
+                member,
+                keys,
+            }),
+            Some(shared),
+        ) = (self.remote.take(), &self.limiter.shared)
         {
             shared.settle(buckets, member, self.sent);
+            if self.sent {
+                let now = self.limiter.clock.now();
+                for (key, n) in keys {
+                    if let Some(limit) = self.limiter.limit_of(&key) {
+                        let bucket = self.limiter.bucket(&key, limit);
+                        let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
+                        b.prune(now, self.limiter.window);
+                        for _ in 0..n {
+                            b.record(now);
+                        }
+                    }
+                }
+            }
         }
         let now = self.limiter.clock.now();
         for (bucket, n) in &self.slots {
@@ -490,6 +518,23 @@ impl Limiter {
                     .unwrap_or(0)
             })
             .unwrap_or(0);
+        // An app-wide block (Meta's code 4) stops unlimited calls too, not only counted buckets.
+        if picked.is_empty() && app_block > now {
+            if let Some((key, _)) = wants.first() {
+                let bucket = self.bucket(key, 0);
+                return Err((
+                    Refusal {
+                        app: self.app_name(key.app),
+                        scope: key.scope.clone(),
+                        limit: 0,
+                        window: self.window(),
+                        retry_after: Duration::from_micros(app_block - now),
+                        reason: RefusalReason::Blocked,
+                    },
+                    bucket,
+                ));
+            }
+        }
         let mut guards: Vec<_> = picked
             .iter()
             .map(|(_, b, ..)| b.lock().unwrap_or_else(|e| e.into_inner()))
@@ -581,6 +626,10 @@ impl Limiter {
         let Some(shared) = &self.shared else {
             return self.admit_local(wants, reserve, max_wait, 1).await;
         };
+        // A block learned here counts at once, even before it has reached Redis.
+        if let Some(r) = self.local_block(wants) {
+            return Err(r);
+        }
         if shared.available() {
             let deadline = tokio::time::Instant::now() + max_wait;
             loop {
@@ -620,6 +669,39 @@ impl Limiter {
                 reason: RefusalReason::Unavailable,
             }),
         }
+    }
+
+    /// A block (bucket or app-wide) this process knows of for any of `wants`.
+    fn local_block(&self, wants: &[(BucketKey, u32)]) -> Option<Refusal> {
+        let now = self.clock.now();
+        for (key, _) in wants {
+            let app_block = self
+                .app_blocked_until
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(key.app)
+                .copied()
+                .unwrap_or(0);
+            let bucket_block = self
+                .buckets
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(key)
+                .map(|b| b.lock().unwrap_or_else(|e| e.into_inner()).blocked_until)
+                .unwrap_or(0);
+            let until = app_block.max(bucket_block);
+            if until > now {
+                return Some(Refusal {
+                    app: self.app_name(key.app),
+                    scope: key.scope.clone(),
+                    limit: self.limit_of(key).unwrap_or(0),
+                    window: self.window(),
+                    retry_after: Duration::from_micros(until - now),
+                    reason: RefusalReason::Blocked,
+                });
+            }
+        }
+        None
     }
 
     /// One admission through Redis. `Err(())` when Redis failed or was too slow.
@@ -665,7 +747,11 @@ impl Limiter {
             .map(|(_, base, limit, n)| (base.clone(), *limit, *n))
             .collect();
         let app = self.app_name(picked[0].0.app);
-        match shared.admit(&app, &args, self.window(), self.lease).await {
+        let member = shared.new_member();
+        match shared
+            .admit(&app, &args, self.window(), self.lease, &member)
+            .await
+        {
             Ok(Admission::Taken { member, budgets }) => {
                 let budgets = picked
                     .iter()
@@ -682,7 +768,15 @@ impl Limiter {
                     .iter()
                     .map(|(_, base, _, n)| (base.clone(), *n))
                     .collect();
-                Ok(Ok(permit(Some((remote, member)), budgets)))
+                let keys = picked.iter().map(|(k, _, _, n)| (k.clone(), *n)).collect();
+                Ok(Ok(permit(
+                    Some(Remote {
+                        buckets: remote,
+                        member,
+                        keys,
+                    }),
+                    budgets,
+                )))
             }
             Ok(Admission::Refused {
                 index,
@@ -705,6 +799,12 @@ impl Limiter {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Redis admission failed; using the fallback");
+                // The script may have run before the answer was lost: give its slots back.
+                let remote = picked
+                    .iter()
+                    .map(|(_, base, _, n)| (base.clone(), *n))
+                    .collect();
+                shared.settle(remote, member, false);
                 Err(())
             }
         }

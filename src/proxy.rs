@@ -45,6 +45,7 @@ pub struct Inner {
     pub limiter: Arc<Limiter>,
     pub cache: ResponseCache,
     pub metrics: Metrics,
+    redactor: rewrite::Redactor,
     /// `server.public_url` without a trailing slash, when configured.
     public_base: Option<String>,
     /// Scheme callers use when `public_url` is not set.
@@ -78,7 +79,9 @@ impl Gateway {
         } else {
             "http"
         };
+        let redactor = rewrite::Redactor::new(&config);
         Gateway(Arc::new(Inner {
+            redactor,
             config,
             directory,
             upstream,
@@ -181,25 +184,48 @@ async fn pipeline(gw: &Gateway, req: Request, seen: &mut Seen) -> Result<Respons
     seen.class = Some(class.label());
 
     // authorize: the client's method and WABA allowlists, for the call and each sub-call of a batch.
-    let ids: Vec<&str> = target
-        .param("ids")
-        .map(|v| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
+    reject_duplicates(&target.query)?;
+    if let ReqBody::Form(params) = &body {
+        reject_duplicates(params)?;
+    }
+    let mut ids = ids_of(&target);
+    if let Some(form_ids) = body.form_param("ids") {
+        ids.extend(form_ids.split(',').map(str::trim).filter(|s| !s.is_empty()));
+    }
     g.directory
         .authorize(&caller, &parts.method, target.root(), target.edge(), &ids)?;
+    // Graph's `method=` parameter and the override header turn one method into another.
+    if g.directory.limits_methods(&caller)
+        && (target.param("method").is_some() || body.form_param("method").is_some())
+    {
+        return Err(GatewayError::BadRequest(
+            "the `method` parameter is not allowed for this client".into(),
+        ));
+    }
     if target.param("batch").is_some() {
         return Err(GatewayError::BadRequest(
             "send `batch` in the form body, not in the query".into(),
         ));
     }
+    // The batch endpoint only takes url-encoded forms here: a multipart or JSON batch could not be
+    // checked sub-request by sub-request.
+    if target.segments.is_empty()
+        && !matches!(body, ReqBody::Form(_))
+        && !has_no_body(&parts.headers)
+    {
+        return Err(GatewayError::BadRequest(
+            "send requests to the root (batch) endpoint as application/x-www-form-urlencoded"
+                .into(),
+        ));
+    }
     let mut sub_calls = Vec::new();
+    let mut token_root = target.root().map(str::to_string);
     if let ReqBody::Form(params) = &mut body {
-        sub_calls = sanitize_batch(g, &caller, params)?;
+        let (calls, batch_root) = sanitize_batch(g, &caller, params)?;
+        if !calls.is_empty() {
+            sub_calls = calls;
+            token_root = batch_root;
+        }
     }
 
     // cache: behind authorize, so a hit reaches only an allowed caller. A fresh entry answers a
@@ -219,15 +245,7 @@ async fn pipeline(gw: &Gateway, req: Request, seen: &mut Seen) -> Result<Respons
         // HEAD is fetched as GET, so the entry has the body that later GETs need.
         parts.method = Method::GET;
     }
-    let wants = budget_wants(
-        g,
-        caller.app,
-        &parts.method,
-        &target,
-        &class,
-        &ids,
-        &sub_calls,
-    );
+    let wants = budget_wants(g, caller.app, &parts.method, &target, &class, &sub_calls)?;
     if let Some((key, _)) = wants.first() {
         span.record("bucket", key.scope.label());
     }
@@ -235,7 +253,18 @@ async fn pipeline(gw: &Gateway, req: Request, seen: &mut Seen) -> Result<Respons
         .cache
         .serve(
             plan,
-            forward(g, &parts, &target, body, &caller, &class, wants),
+            forward(
+                g,
+                &parts,
+                &target,
+                body,
+                &caller,
+                Spend {
+                    class: &class,
+                    wants,
+                    token_root: token_root.as_deref(),
+                },
+            ),
         )
         .await?;
     // The cache dropped this object's entries here; other replicas drop theirs too.
@@ -248,6 +277,14 @@ async fn pipeline(gw: &Gateway, req: Request, seen: &mut Seen) -> Result<Respons
     Ok(resp)
 }
 
+/// What a call spends and with which token: worked out once, used by the limit and upstream steps.
+struct Spend<'a> {
+    class: &'a Class,
+    wants: Vec<(BucketKey, u32)>,
+    /// The object whose token the call is made with (a batch's, or the call's root).
+    token_root: Option<&'a str>,
+}
+
 /// limit -> upstream -> rewrite -> respond: what a cache miss, a write or an uncached read runs.
 async fn forward(
     g: &Inner,
@@ -255,9 +292,13 @@ async fn forward(
     target: &Target,
     body: ReqBody,
     caller: &Caller,
-    class: &Class,
-    wants: Vec<(BucketKey, u32)>,
+    spend: Spend<'_>,
 ) -> Result<Response, GatewayError> {
+    let Spend {
+        class,
+        wants,
+        token_root,
+    } = spend;
     let span = tracing::Span::current();
     // limit: a slot in every bucket the call spends, or a 429 (or a wait, in wait mode).
     let refused = |r: limits::Refusal| {
@@ -275,7 +316,7 @@ async fn forward(
         .map_err(&refused)?;
 
     // upstream: our token in, the caller's credentials out.
-    let token = g.directory.token_for(caller.app, target.root());
+    let token = g.directory.token_for(caller.app, token_root);
     let upstream_req = build_upstream_request(g, parts, target, body, caller, token)?;
     permit.sent();
     let sent_at = Instant::now();
@@ -310,47 +351,64 @@ async fn forward(
 }
 
 /// The buckets one call spends: one slot for the call, or one per id of `?ids=`, or one per
-/// sub-request of a batch (Meta counts each).
+/// sub-request (and per id of each) of a batch: Meta counts each.
 fn budget_wants(
     g: &Inner,
     app: usize,
     method: &Method,
     target: &Target,
     class: &Class,
-    ids: &[&str],
     sub_calls: &[(Method, Target)],
-) -> Vec<(BucketKey, u32)> {
+) -> Result<Vec<(BucketKey, u32)>, GatewayError> {
     let mut wants: Vec<(BucketKey, u32)> = Vec::new();
-    let mut add = |class: &Class| {
+    let mut add = |class: Class| {
         let key = BucketKey {
             app,
-            scope: Scope::from_class(class),
+            scope: Scope::from_class(&class),
         };
         match wants.iter_mut().find(|(k, _)| *k == key) {
             Some(w) => w.1 += 1,
             None => wants.push((key, 1)),
         }
     };
-    if !sub_calls.is_empty() {
-        for (m, t) in sub_calls {
-            add(&g.limiter.with_known(|k| classify::classify(m, t, k)));
-        }
-    } else if !ids.is_empty() {
-        let edge: String = target
-            .segments
-            .iter()
-            .skip(if target.root().is_some() { 1 } else { 0 })
-            .map(|s| format!("/{s}"))
-            .collect();
-        for id in ids {
-            if let Ok(t) = Target::parse(&format!("/{id}{edge}"), None) {
-                add(&g.limiter.with_known(|k| classify::classify(method, &t, k)));
-            }
+    if sub_calls.is_empty() {
+        if ids_of(target).is_empty() {
+            add(class.clone());
+        } else {
+            call_classes(g, method, target)?
+                .into_iter()
+                .for_each(&mut add);
         }
     } else {
-        add(class);
+        for (m, t) in sub_calls {
+            call_classes(g, m, t)?.into_iter().for_each(&mut add);
+        }
     }
-    wants
+    Ok(wants)
+}
+
+/// One class per object a call touches: each id of `?ids=` (with the call's edge), else the call.
+fn call_classes(g: &Inner, method: &Method, target: &Target) -> Result<Vec<Class>, GatewayError> {
+    let ids = ids_of(target);
+    if ids.is_empty() {
+        return Ok(vec![g
+            .limiter
+            .with_known(|k| classify::classify(method, target, k))]);
+    }
+    let edge: String = target
+        .segments
+        .iter()
+        .skip(usize::from(target.root().is_some()))
+        .map(|s| format!("/{s}"))
+        .collect();
+    ids.iter()
+        .map(|id| {
+            let t = Target::parse(&format!("/{id}{edge}"), None).map_err(|_| {
+                GatewayError::BadRequest(format!("`ids` holds an id that is not one: {id:.40}"))
+            })?;
+            Ok(g.limiter.with_known(|k| classify::classify(method, &t, k)))
+        })
+        .collect()
 }
 
 /// `X-Graphgate-Max-Wait: 5s` lets a caller wait less than `limits.max_wait`, never more.
@@ -466,6 +524,14 @@ impl ReqBody {
     }
 }
 
+/// No body at all: no length and no chunked transfer, or a zero length.
+fn has_no_body(headers: &HeaderMap) -> bool {
+    match headers.get(header::CONTENT_LENGTH) {
+        Some(v) => v.as_bytes() == b"0",
+        None => !headers.contains_key(header::TRANSFER_ENCODING),
+    }
+}
+
 fn content_type(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::CONTENT_TYPE)
@@ -528,25 +594,33 @@ fn strip_json_credentials(bytes: Bytes) -> Bytes {
     }
 }
 
+/// A batch's sub-calls, and the object whose token the batch is sent with.
+type BatchCalls = (Vec<(Method, Target)>, Option<String>);
+
 /// Checks and cleans each sub-request of a Graph batch (`batch=[{method, relative_url, body}]`):
-/// the caller's allowlists apply to every one, credentials are removed, and a sub-request on a
-/// WABA with its own token gets that token.
+/// the caller's allowlists apply to every one and credentials are removed. Returns the sub-calls
+/// and the object whose token the whole batch is sent with: a token never goes into a URL (Meta
+/// echoes query tokens into paging links inside the sub-responses), so every sub-request must be
+/// answerable with one token.
 fn sanitize_batch(
     g: &Inner,
     caller: &Caller,
     params: &mut [Param],
-) -> Result<Vec<(Method, Target)>, GatewayError> {
+) -> Result<BatchCalls, GatewayError> {
+    let bad = |m: &str| GatewayError::BadRequest(format!("batch: {m}"));
+    if params.iter().filter(|p| p.key == "batch").count() > 1 {
+        return Err(bad("send one `batch` parameter"));
+    }
     let Some(p) = params.iter_mut().find(|p| p.key == "batch") else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     };
     let mut calls = Vec::new();
-    let bad = |m: &str| GatewayError::BadRequest(format!("batch: {m}"));
     let mut items: Vec<serde_json::Value> =
         serde_json::from_str(&p.value).map_err(|_| bad("must be a JSON array"))?;
     if items.len() > MAX_BATCH {
         return Err(bad(&format!("at most {MAX_BATCH} requests per batch")));
     }
-    let app_token = g.directory.token_for(caller.app, None);
+    let mut token_root: Option<Option<String>> = None;
     for item in items.iter_mut() {
         let obj = item
             .as_object_mut()
@@ -562,6 +636,15 @@ fn sanitize_batch(
             .get("relative_url")
             .and_then(|u| u.as_str())
             .ok_or_else(|| bad("relative_url is required"))?;
+        // JSONPath references name objects only Meta can resolve: no allowlist can vouch for them.
+        let body_text = obj.get("body").and_then(|b| b.as_str()).unwrap_or("");
+        if g.directory.is_restricted(caller)
+            && (rel.contains("{result=") || body_text.contains("{result="))
+        {
+            return Err(bad(
+                "references between sub-requests ({result=...}) are not allowed for this client",
+            ));
+        }
         let (path, query) = match rel.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (rel, None),
@@ -572,19 +655,28 @@ fn sanitize_batch(
             format!("/{path}")
         };
         let t = Target::parse(&path, query)?;
-        let ids: Vec<&str> = t
-            .param("ids")
-            .map(|v| v.split(',').map(str::trim).collect())
-            .unwrap_or_default();
+        reject_duplicates(&t.query)?;
+        let ids = ids_of(&t);
         g.directory
             .authorize(caller, &method, t.root(), t.edge(), &ids)?;
-        let mut q = t.forward_query();
-        let token = g.directory.token_for(caller.app, t.root());
-        if token != app_token {
-            // Sub-requests name their own token in the URL; it goes to Meta only, over TLS.
-            append_pair(&mut q, &format!("access_token={}", encode(token.expose())));
-            append_proof(g, caller, token, &mut q);
+        let owner = g
+            .directory
+            .token_owner(caller.app, t.root())
+            .map(str::to_string);
+        match &token_root {
+            None => token_root = Some(owner.clone().or_else(|| t.root().map(str::to_string))),
+            Some(first) => {
+                let first_owner = first
+                    .as_deref()
+                    .and_then(|r| g.directory.token_owner(caller.app, Some(r)));
+                if first_owner.map(str::to_string) != owner {
+                    return Err(bad(
+                        "sub-requests on WABAs with different tokens cannot share one batch",
+                    ));
+                }
+            }
         }
+        let q = t.forward_query();
         let new_url = if q.is_empty() {
             path.clone()
         } else {
@@ -601,7 +693,32 @@ fn sanitize_batch(
     let json = serde_json::to_string(&items).map_err(|_| bad("cannot re-encode"))?;
     p.value = json;
     p.raw = format!("batch={}", encode(&p.value));
-    Ok(calls)
+    Ok((calls, token_root.flatten()))
+}
+
+/// Parameters whose second copy a server may read instead of the first: refused, so what
+/// graphgate checks is what Meta acts on.
+fn reject_duplicates(params: &[Param]) -> Result<(), GatewayError> {
+    for key in ["ids", "batch", "method", "fields", "access_token"] {
+        if params.iter().filter(|p| p.key == key).count() > 1 {
+            return Err(GatewayError::BadRequest(format!(
+                "the parameter `{key}` is given more than once"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The ids of a multi-id call (`?ids=a,b,c`).
+fn ids_of(t: &Target) -> Vec<&str> {
+    t.param("ids")
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn encode(s: &str) -> String {
@@ -682,7 +799,12 @@ async fn respond(
         header_str("x-app-usage"),
     );
     let limit = g.config.server.max_rewrite_body;
+    let encoded = rparts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes() != b"identity");
     let rewritable = parts.method != Method::HEAD
+        && !encoded
         && rewrite::is_json(content_type(&rparts.headers))
         && content_length(&rparts.headers)
             .ok()
@@ -695,8 +817,19 @@ async fn respond(
     // by the rest, unchanged.
     let mut body = body;
     let mut buf = BytesMut::new();
+    // The head came within request_timeout; the body gets as long again, so a stall mid-body
+    // cannot hold this caller (and those coalesced behind it) forever.
+    let deadline = tokio::time::Instant::now() + g.config.upstream.request_timeout;
     loop {
-        match body.frame().await {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(f) => f,
+            Err(_) => {
+                return Err(GatewayError::UpstreamTimeout(
+                    g.config.upstream.request_timeout,
+                ))
+            }
+        };
+        match frame {
             None => break,
             Some(Err(_)) => return Err(GatewayError::UpstreamUnreachable),
             Some(Ok(frame)) => {
@@ -723,6 +856,7 @@ async fn respond(
         public_base: &public,
     };
     let bytes = rw.paging(&bytes).unwrap_or(bytes);
+    let bytes = g.redactor.redact(bytes);
     set_length(&mut rparts.headers, bytes.len());
     Ok(Response::from_parts(rparts, Body::from(bytes)))
 }
@@ -775,8 +909,10 @@ fn learn(
             } else {
                 v.get("phone_numbers")
             };
-            if let Some(active) = listing.and_then(limits::registered_in) {
-                g.limiter.learn_active(app, waba, active);
+            // Only "active" is learned from traffic: an empty page (limit=0, a last cursor, a
+            // filter) says nothing about the numbers not listed. "Inactive" comes from the probe.
+            if listing.and_then(limits::registered_in) == Some(true) {
+                g.limiter.learn_active(app, waba, true);
             }
         }
         Class::Other => {}

@@ -71,10 +71,12 @@ impl Rewriter<'_> {
 
     /// The public form of one link, if it points at the upstream.
     fn link(&self, url: &str) -> Option<String> {
-        let rest = strip_prefix_ignore_case(url, self.upstream_origin)?;
-        if !(rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')) {
-            return None; // a different host that merely starts with the same characters
-        }
+        let Some(rest) = strip_prefix_ignore_case(url, self.upstream_origin)
+            .filter(|r| r.is_empty() || r.starts_with('/') || r.starts_with('?'))
+        else {
+            // Another host: leave it there, but never with credentials in it.
+            return strip_credentials(url);
+        };
         let rest = rest.strip_prefix(self.upstream_base_path).unwrap_or(rest);
         let (path, query) = match rest.split_once('?') {
             Some((p, q)) => (p, Some(q)),
@@ -94,6 +96,70 @@ impl Rewriter<'_> {
         }
         Some(out)
     }
+}
+
+/// Last line of defence: blanks out every configured token and app secret found in a buffered
+/// response body (Meta repeats query tokens in paging links, including those inside a batch's
+/// sub-response strings, which the paging rewrite does not parse).
+pub struct Redactor {
+    secrets: Vec<memchr::memmem::Finder<'static>>,
+}
+
+impl Redactor {
+    pub fn new(config: &crate::config::Config) -> Redactor {
+        let mut secrets: Vec<Vec<u8>> = Vec::new();
+        for app in &config.apps {
+            secrets.push(app.token.expose().as_bytes().to_vec());
+            if let Some(s) = &app.app_secret {
+                secrets.push(s.expose().as_bytes().to_vec());
+            }
+            for w in &app.wabas {
+                if let Some(t) = &w.token {
+                    secrets.push(t.expose().as_bytes().to_vec());
+                }
+            }
+        }
+        // Very short values would match ordinary text; real tokens and secrets are long.
+        secrets.retain(|s| s.len() >= 8);
+        secrets.sort();
+        secrets.dedup();
+        Redactor {
+            secrets: secrets
+                .into_iter()
+                .map(|s| memchr::memmem::Finder::new(&s).into_owned())
+                .collect(),
+        }
+    }
+
+    /// The body with every secret replaced by `[redacted]`; the same bytes when there is none.
+    pub fn redact(&self, body: Bytes) -> Bytes {
+        if !self.secrets.iter().any(|f| f.find(&body).is_some()) {
+            return body;
+        }
+        let mut out = body.to_vec();
+        for f in &self.secrets {
+            while let Some(i) = f.find(&out) {
+                out.splice(i..i + f.needle().len(), b"[redacted]".iter().copied());
+            }
+        }
+        tracing::warn!("a response from Meta contained a token or secret; it was redacted");
+        Bytes::from(out)
+    }
+}
+
+/// `url` without auth parameters, or `None` when it has none.
+fn strip_credentials(url: &str) -> Option<String> {
+    let (base, q) = url.split_once('?')?;
+    let params = parse_params(q).unwrap_or_default();
+    if !params.iter().any(|p| is_auth_param(&p.key)) {
+        return None;
+    }
+    let kept = join_raw(params.iter().filter(|p| !is_auth_param(&p.key)));
+    Some(if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{kept}")
+    })
 }
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {

@@ -298,16 +298,21 @@ impl Shared {
         format!("{}:app:{app}", self.prefix)
     }
 
-    /// Takes `n` slots in each `(bucket base, limit, n)` of app `app`, all or nothing.
+    /// A fresh id for one admission's slots.
+    pub fn new_member(&self) -> String {
+        format!("{}:{:016x}", self.replica, rand::random::<u64>())
+    }
+
+    /// Takes `n` slots in each `(bucket base, limit, n)` of app `app`, all or nothing, as `member`.
     pub async fn admit(
         &self,
         app: &str,
         buckets: &[(String, u32, u32)],
         window: Duration,
         lease: Duration,
+        member: &str,
     ) -> redis::RedisResult<Admission> {
         let mut conn = self.conn()?;
-        let member = format!("{}:{:016x}", self.replica, rand::random::<u64>());
         let mut inv = self.admit.prepare_invoke();
         for (base, _, _) in buckets {
             inv.key(format!("{base}:log"))
@@ -317,7 +322,7 @@ impl Shared {
         inv.key(format!("{}:blk", self.app_base(app)));
         inv.arg(window.as_micros() as u64)
             .arg(lease.as_micros() as u64)
-            .arg(&member)
+            .arg(member)
             .arg(buckets.len());
         for (_, limit, n) in buckets {
             inv.arg(*limit).arg(*n);
@@ -325,7 +330,7 @@ impl Shared {
         let out: Vec<i64> = self.call(inv.invoke_async(&mut conn)).await?;
         match out.first() {
             Some(1) => Ok(Admission::Taken {
-                member,
+                member: member.to_string(),
                 budgets: out[1..]
                     .chunks(2)
                     .map(|c| {

@@ -165,7 +165,8 @@ pub fn decode(s: &str, plus_is_space: bool) -> Result<String, String> {
 }
 
 pub(crate) fn is_version(s: &str) -> bool {
-    let Some(rest) = s.strip_prefix('v') else {
+    // `V19.0` is a version too: read as an id it would dodge the WABA's bucket.
+    let Some(rest) = s.strip_prefix('v').or_else(|| s.strip_prefix('V')) else {
         return false;
     };
     let Some((major, minor)) = rest.split_once('.') else {

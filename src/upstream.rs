@@ -185,7 +185,10 @@ pub fn outbound_headers(headers: &mut HeaderMap, token: &Secret) {
     }
     let names: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| n.as_str().starts_with("x-graphgate-"))
+        .filter(|n| {
+            n.as_str().starts_with("x-graphgate-")
+                || n.as_str().starts_with("x-http-method-override")
+        })
         .cloned()
         .collect();
     for n in names {
@@ -195,6 +198,12 @@ pub fn outbound_headers(headers: &mut HeaderMap, token: &Secret) {
         .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid"));
     v.set_sensitive(true);
     headers.insert(header::AUTHORIZATION, v);
+    // graphgate reads Meta's JSON (paging links, errors, usage) and caches it for every caller, so
+    // it asks for plain bytes whatever the caller accepts.
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
 }
 
 /// `appsecret_proof` (and `appsecret_time` for the time-stamped form) as query pairs to append.

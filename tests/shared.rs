@@ -249,8 +249,8 @@ async fn redis_going_away_falls_back_locally_and_recovers() {
         "a request waited {slowest:?} for a dead Redis"
     );
     assert_eq!(
-        ok, 20,
-        "the local fallback holds this replica's share: 40 / 2"
+        ok, 15,
+        "the fallback holds this replica's share (40 / 2), less the 5 it made through Redis"
     );
     redis.restart();
     let started = Instant::now();

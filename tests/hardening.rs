@@ -1,0 +1,163 @@
+//! Requests crafted to slip past the checks: batches, duplicated parameters, encodings, method
+//! overrides and unknown objects. Each is refused or made safe before anything reaches Meta.
+
+mod support;
+
+use serde_json::Value;
+use support::*;
+
+fn upstream_requests(sim: &SimServer) -> usize {
+    serde_json::to_value(sim.sim.stats()).unwrap()["requests"]
+        .as_array()
+        .map(|a| a.len())
+        .unwrap_or(0)
+}
+
+// A batch on a WABA with its own token goes out with that token in the header, never in a URL
+// (where Meta would echo it into paging links); a batch mixing tokens is refused.
+#[tokio::test]
+async fn batches_never_carry_a_token_in_a_url() {
+    let (sim, proxy) = start().await;
+    let c = client();
+    let batch = serde_json::json!([{"method": "GET", "relative_url": format!("v19.0/{OTHER_WABA}/message_templates?limit=1")}]).to_string();
+    let r = c
+        .post(format!("{}/__sim/echo", proxy.url))
+        .bearer_auth(CLIENT_KEY)
+        .form(&[("batch", &batch)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let echo: Value = r.json().await.unwrap();
+    assert!(!echo["body"].as_str().unwrap().contains("access_token"));
+    assert!(
+        echo["headers"].to_string().contains("[redacted]"),
+        "sent with the WABA's token in the header"
+    );
+    assert!(!echo.to_string().contains(WABA_TOKEN));
+    let mixed = serde_json::json!([
+        {"method": "GET", "relative_url": format!("v19.0/{OTHER_WABA}")},
+        {"method": "GET", "relative_url": format!("v19.0/{WABA}")},
+    ])
+    .to_string();
+    let r = c
+        .post(format!("{}/v19.0/", proxy.url))
+        .bearer_auth(CLIENT_KEY)
+        .form(&[("batch", &mixed)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        upstream_requests(&sim),
+        0,
+        "the refused batch never left (echo calls are not Graph calls)"
+    );
+}
+
+// The batch endpoint takes only url-encoded forms with one `batch`; duplicated `ids` are refused.
+#[tokio::test]
+async fn batches_in_other_encodings_and_duplicated_parameters_are_refused() {
+    let (sim, proxy) = start().await;
+    let c = client();
+    let batch =
+        serde_json::json!([{"method": "GET", "relative_url": format!("v19.0/{OTHER_WABA}")}])
+            .to_string();
+    let form = reqwest::multipart::Form::new().text("batch", batch.clone());
+    let r = c
+        .post(format!("{}/v19.0/", proxy.url))
+        .bearer_auth(CLIENT_KEY)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "multipart batch");
+    let r = c
+        .post(format!("{}/", proxy.url))
+        .bearer_auth(CLIENT_KEY)
+        .json(&serde_json::json!({"batch": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "JSON batch");
+    let body = format!("batch={}&batch={}", urlencode("[]"), urlencode(&batch));
+    let r = c
+        .post(format!("{}/", proxy.url))
+        .bearer_auth(CLIENT_KEY)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "two batch parameters");
+    let r = c
+        .get(format!("{}/v19.0/?ids={WABA}&ids={OTHER_WABA}", proxy.url))
+        .bearer_auth(LIMITED_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "two ids parameters");
+    assert_eq!(upstream_requests(&sim), 0);
+}
+
+fn urlencode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+// A restricted client reaches only objects graphgate can place under its WABAs, whatever the
+// spelling of the version, and cannot turn a GET into a DELETE with `method=`.
+#[tokio::test]
+async fn restricted_clients_are_denied_by_default() {
+    let (sim, proxy) = start().await;
+    let c = client();
+    for path in [
+        "/v19.0/1234567890",
+        &format!("/V19.0/{OTHER_WABA}/message_templates"),
+        "/v19.0/555/messages",
+    ] {
+        let r = c
+            .get(format!("{}{path}", proxy.url))
+            .bearer_auth(LIMITED_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+    }
+    let r = c
+        .get(format!(
+            "{}/v19.0/{WABA}/message_templates?method=delete&name=x",
+            proxy.url
+        ))
+        .bearer_auth(LIMITED_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .get(format!("{}/v19.0/{PHONE}", proxy.url))
+        .bearer_auth(LIMITED_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 403, "its WABA's listed phone number is fine");
+    assert_eq!(upstream_requests(&sim), 1);
+}
+
+// Whatever the caller accepts, graphgate asks Meta for plain bytes, so it can read and cache them.
+#[tokio::test]
+async fn upstream_is_asked_for_uncompressed_answers() {
+    let (_sim, proxy) = start().await;
+    let r = client()
+        .get(format!("{}/__sim/echo", proxy.url))
+        .bearer_auth(CLIENT_KEY)
+        .header("accept-encoding", "gzip, br")
+        .send()
+        .await
+        .unwrap();
+    let echo: Value = r.json().await.unwrap();
+    let headers = echo["headers"].to_string().to_ascii_lowercase();
+    assert!(
+        headers.contains("identity") && !headers.contains("gzip"),
+        "{headers}"
+    );
+}
