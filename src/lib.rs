@@ -16,6 +16,7 @@
 //! - [`probe`]: start-up and periodic checks of whether `active = "auto"` WABAs have a registered number.
 //! - [`proxy`]: the request pipeline, check -> authenticate -> classify -> authorize -> cache ->
 //!   limit -> upstream -> rewrite -> respond.
+//! - [`webhooks`]: Meta's webhooks: handshake, signatures, cache invalidation, durable fan-out.
 //! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2 settings, graceful shutdown.
 //! - [`telemetry`]: tracing setup (JSON lines or text).
 //! - [`sim`]: a local twin of the Graph API for tests, benchmarks and the demo.
@@ -37,6 +38,7 @@ pub mod sim;
 pub mod target;
 pub mod telemetry;
 pub mod upstream;
+pub mod webhooks;
 
 use std::future::Future;
 
@@ -49,7 +51,12 @@ pub use proxy::Gateway;
 /// The whole proxy as a router, for tests that call it in process.
 pub fn app(gw: Gateway) -> Router {
     // Every path is a Graph path, so there is no routing table: one fallback runs the pipeline.
-    Router::new().fallback(proxy::handle).with_state(gw)
+    // The one exception is Meta's webhook path (no client key: Meta must reach it).
+    let mut router = Router::new();
+    if let Some(hub) = &gw.inner().webhooks {
+        router = router.route(hub.path(), webhooks::routes());
+    }
+    router.fallback(proxy::handle).with_state(gw)
 }
 
 /// Serves the proxy on `listener` until `shutdown` resolves. Never binds its own socket.
@@ -104,6 +111,12 @@ pub async fn run_with(
         rules = c.rules.len(),
         "response cache"
     );
+    // Webhook deliveries left in queue_dir resume before anything else is spawned, so an unusable
+    // queue_dir stops start-up cleanly.
+    let hooks = gw.inner().webhooks.clone();
+    if let Some(h) = &hooks {
+        h.start()?;
+    }
     // Background work lives as long as the server: the probe and the periodic state save.
     let probe = tokio::spawn(probe::run(gw.clone()));
     let saver = config.limits.state_file.is_some().then(|| {
@@ -119,6 +132,9 @@ pub async fn run_with(
     });
     let result = server::serve(listener, app(gw), opts, shutdown).await;
     probe.abort();
+    if let Some(h) = &hooks {
+        h.stop();
+    }
     if let Some(s) = saver {
         s.abort();
     }

@@ -43,6 +43,8 @@ pub struct Inner {
     pub upstream: Upstream,
     pub limiter: Arc<Limiter>,
     pub cache: ResponseCache,
+    /// The webhook receiver, when `[webhooks]` is configured.
+    pub webhooks: Option<Arc<crate::webhooks::Hub>>,
     /// `server.public_url` without a trailing slash, when configured.
     public_base: Option<String>,
     /// Scheme callers use when `public_url` is not set.
@@ -65,6 +67,7 @@ impl Gateway {
         let directory = Directory::new(&config);
         let upstream = Upstream::new(&config.upstream);
         let limiter = Arc::new(Limiter::new(&config, clock));
+        let webhooks = crate::webhooks::Hub::new(&config);
         let public_base = config
             .server
             .public_url
@@ -81,6 +84,7 @@ impl Gateway {
             upstream,
             limiter,
             cache,
+            webhooks,
             public_base,
             public_scheme,
         }))
