@@ -47,6 +47,9 @@ pub const ACCOUNT_FIELDS: [&str; 3] = [
     "account_update",
 ];
 
+/// The only object whose entry ids are WABAs; other objects are fanned out but change nothing.
+const WABA_OBJECT: &str = "whatsapp_business_account";
+
 /// Longest `hub.challenge` echoed back; Meta sends a short integer.
 const MAX_CHALLENGE: usize = 128;
 
@@ -315,7 +318,9 @@ impl Hub {
                 changes_seen += 1;
                 tracing::info!(app = %app_name, waba = %waba, field, "webhook event");
                 *self.counters().events.entry(field.to_string()).or_default() += 1;
-                self.apply(gw, &waba, field, change.get("value"));
+                if object == WABA_OBJECT {
+                    self.apply(gw, &waba, field, change.get("value"));
+                }
             }
             self.fan_out(&object, entry, &waba, changes).await;
         }

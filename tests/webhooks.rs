@@ -492,7 +492,8 @@ async fn phone_and_account_events_invalidate_the_waba_and_its_numbers() {
     }
 }
 
-// A field graphgate does not act on (messages) changes nothing but is still counted and delivered.
+// A field graphgate does not act on (messages), or another object than a WABA, changes nothing
+// but is still counted and delivered.
 #[tokio::test]
 async fn unknown_fields_are_only_fanned_out() {
     let sink = start_sink().await;
@@ -508,6 +509,11 @@ async fn unknown_fields_are_only_fanned_out() {
     );
     assert_eq!(sink.got()[0].signature, None, "no secret: unsigned");
     assert_eq!(e.stats().events["messages"], 1);
+    // Another object's entries are not WABAs: even a template field acts on nothing.
+    let page = template_event(WABA, 3).replace("whatsapp_business_account", "page");
+    assert_eq!(e.post_event(&page).await.status(), 200);
+    assert_eq!(e.x_cache(&templates(WABA)).await, "HIT");
+    until("the page event is delivered", || sink.got().len() == 2).await;
 }
 
 // An `active = "auto"` WABA whose number is deregistered drops to 200 calls after an

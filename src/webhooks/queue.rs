@@ -152,6 +152,15 @@ impl Queue {
     /// when a subscriber's folder cannot be created or listed.
     pub fn start(self: &Arc<Self>) -> std::io::Result<usize> {
         let mut loaded = 0;
+        if let Some(root) = &self.dir {
+            std::fs::create_dir_all(root)?;
+            for e in std::fs::read_dir(root)? {
+                let name = e?.file_name().to_string_lossy().into_owned();
+                if !self.subs.iter().any(|s| s.cfg.name == name) {
+                    tracing::warn!(folder = %name, "queue_dir holds deliveries for a subscriber that is no longer configured; they are not sent");
+                }
+            }
+        }
         for i in 0..self.subs.len() {
             let Some(dir) = self.sub_dir(i) else { break };
             std::fs::create_dir_all(&dir)?;
