@@ -409,8 +409,7 @@ impl Hub {
     /// One delivery per matching subscriber: the entry alone in Meta's envelope, its `changes` cut
     /// down to the subscriber's `fields`. One entry names one WABA, which is the delivery's lane.
     async fn fan_out(&self, object: &Value, entry: &Value, waba: &str, changes: &[Value]) {
-        let subs: Vec<_> = self.queue.subscribers().cloned().enumerate().collect();
-        for (i, sub) in subs {
+        for (i, sub) in self.queue.subscribers().enumerate() {
             let entry = match &sub.fields {
                 None => entry.clone(),
                 Some(fields) => {

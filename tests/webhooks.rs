@@ -421,6 +421,16 @@ async fn oversized_and_malformed_bodies_get_a_clear_4xx() {
     assert_eq!(e.stats().bodies_refused, 6);
 }
 
+// A body near Meta's 3 MB limit passes under the default max_body (no hidden 2 MB limit).
+#[tokio::test]
+async fn a_body_near_metas_3_mb_limit_is_accepted() {
+    let e = start_hooks("").await;
+    let mut v: Value = serde_json::from_str(&template_event(WABA, 1)).unwrap();
+    v["pad"] = Value::String("x".repeat(2_900_000));
+    assert_eq!(e.post_event(&v.to_string()).await.status(), 200);
+    assert_eq!(e.stats().events["message_template_status_update"], 1);
+}
+
 // ---------------------------------------------------------------- invalidation
 
 // Each template field drops that WABA's template list and object views (and the template's own

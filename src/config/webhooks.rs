@@ -252,7 +252,74 @@ impl Validator<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::check_path;
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    const TEXT: &str = r#"
+[[app]]
+name = "main"
+id = "1234567890"
+token_env = "T"
+app_secret_env = "S"
+
+[[client]]
+name = "crm"
+key_env = "K"
+
+[webhooks]
+path = "/webhooks/meta"
+verify_token_file = "token.txt"
+queue_dir = "queue"
+
+[[webhooks.subscriber]]
+name = "crm"
+url = "https://crm.internal/hooks?key=abc"
+fields = ["account_update"]
+secret_env = "SUB"
+"#;
+
+    // Defaults follow Meta's delivery rules; relative paths resolve against the config's folder;
+    // secrets come from files or the environment and never show in a Debug dump.
+    #[test]
+    fn webhook_defaults_and_secret_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token.txt"), "verify-TOKEN-123\n").unwrap();
+        let env: HashMap<String, String> = [
+            ("T", "EAAtoken0123456789"),
+            ("S", "app-secret"),
+            ("K", "client-key-0123456789"),
+            ("SUB", "sub-SECRET-xyz"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let c = Config::from_toml(TEXT, "g.toml", dir.path(), &env).unwrap();
+        let w = c.webhooks.as_ref().unwrap();
+        assert_eq!(w.verify_token.expose(), "verify-TOKEN-123");
+        assert_eq!(w.max_body, 3 * 1024 * 1024);
+        assert_eq!(
+            w.queue_dir.as_deref(),
+            Some(dir.path().join("queue").as_path())
+        );
+        assert_eq!(w.max_queue, DEFAULT_WEBHOOK_MAX_QUEUE);
+        assert_eq!(w.retry_initial, Duration::from_secs(1));
+        assert_eq!(w.retry_max, Duration::from_secs(300));
+        assert_eq!(w.max_age, Duration::from_secs(86400));
+        let s = &w.subscribers[0];
+        assert_eq!(s.secret.as_ref().unwrap().expose(), "sub-SECRET-xyz");
+        assert!(s.fields.as_ref().unwrap().contains("account_update"));
+        let dump = format!("{c:?}");
+        assert!(!dump.contains("verify-TOKEN") && !dump.contains("sub-SECRET"));
+        // No [webhooks]: no receiver.
+        let plain = TEXT.split("[webhooks]").next().unwrap();
+        assert!(Config::from_toml(plain, "g.toml", Path::new("."), &env)
+            .unwrap()
+            .webhooks
+            .is_none());
+    }
 
     #[test]
     fn webhook_paths_that_could_hide_graph_calls_are_refused() {
