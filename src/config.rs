@@ -48,6 +48,10 @@ pub const DEFAULT_STATE_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_ACTIVE_REFRESH: Duration = Duration::from_secs(3600);
 /// A bucket Meta throttled without saying when access returns stays closed this long.
 pub const DEFAULT_THROTTLE_BLOCK: Duration = Duration::from_secs(60);
+/// The longest a request waits for Redis before the fallback applies. A LAN round trip takes well
+/// under a millisecond; the margin covers a busy host, since a timed-out admission may still have
+/// taken its slot in Redis and the fallback then counts it twice.
+pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_millis(500);
 
 const ENV_PREFIX: &str = "GRAPHGATE_";
 
@@ -84,6 +88,27 @@ pub struct Limits {
     pub active_refresh: Duration,
     pub throttle_block: Duration,
     pub allocation_configs: Vec<String>,
+    /// `None`: buckets live in this process. `Some`: shared by every replica through Redis.
+    pub redis: Option<RedisBackend>,
+}
+
+/// `limits.backend = "redis"`: where the shared buckets live and what to do when Redis is away.
+#[derive(Debug, Clone)]
+pub struct RedisBackend {
+    pub url: String,
+    pub prefix: String,
+    pub on_error: OnBackendError,
+    /// How many replicas share the budget; in `local` fallback each takes `limit / replicas`.
+    pub replicas: u32,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBackendError {
+    /// Fall back to an in-memory bucket holding this replica's share.
+    Local,
+    /// Answer 503 (transient) until Redis is back.
+    Reject,
 }
 
 /// Limits per window for one app's buckets; `other = None` leaves calls outside Meta's table
@@ -325,6 +350,12 @@ struct RawLimits {
     throttle_block: Option<Dur>,
     #[serde(default, deserialize_with = "id_list")]
     allocation_configs: Vec<String>,
+    backend: Option<String>,
+    redis_url: Option<String>,
+    redis_prefix: Option<String>,
+    on_backend_error: Option<String>,
+    replicas: Option<i64>,
+    backend_timeout: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -1060,7 +1091,96 @@ impl Validator<'_> {
                 DEFAULT_THROTTLE_BLOCK,
             ),
             allocation_configs: r.allocation_configs,
+            redis: self.redis_backend(
+                r.backend,
+                r.redis_url,
+                r.redis_prefix,
+                r.on_backend_error,
+                r.replicas,
+                r.backend_timeout,
+            ),
         }
+    }
+
+    fn redis_backend(
+        &mut self,
+        backend: Option<String>,
+        url: Option<String>,
+        prefix: Option<String>,
+        on_error: Option<String>,
+        replicas: Option<i64>,
+        timeout: Option<Dur>,
+    ) -> Option<RedisBackend> {
+        match backend.as_deref() {
+            None | Some("memory") => {
+                if url.is_some() {
+                    self.problem(
+                        "limits.redis_url",
+                        "is set, but limits.backend is not \"redis\"",
+                    );
+                }
+                return None;
+            }
+            Some("redis") => {}
+            Some(_) => {
+                self.problem("limits.backend", "must be \"memory\" or \"redis\"");
+                return None;
+            }
+        }
+        let url = match url {
+            Some(u)
+                if u.starts_with("redis://")
+                    || u.starts_with("redis+unix://")
+                    || u.starts_with("unix://") =>
+            {
+                u
+            }
+            Some(_) => {
+                self.problem(
+                    "limits.redis_url",
+                    "must start with redis:// (or unix:// for a socket)",
+                );
+                return None;
+            }
+            None => {
+                self.problem(
+                    "limits.redis_url",
+                    "is required with limits.backend = \"redis\"",
+                );
+                return None;
+            }
+        };
+        let on_error = match on_error.as_deref() {
+            None | Some("local") => OnBackendError::Local,
+            Some("reject") => OnBackendError::Reject,
+            Some(_) => {
+                self.problem("limits.on_backend_error", "must be \"local\" or \"reject\"");
+                OnBackendError::Local
+            }
+        };
+        let replicas = match replicas {
+            None => 1,
+            Some(n) if (1..=1000).contains(&n) => n as u32,
+            Some(_) => {
+                self.problem("limits.replicas", "must be between 1 and 1000");
+                1
+            }
+        };
+        let prefix = prefix.unwrap_or_else(|| "graphgate".to_string());
+        if prefix.is_empty() || prefix.contains(char::is_whitespace) {
+            self.problem("limits.redis_prefix", "must be a non-empty word");
+        }
+        Some(RedisBackend {
+            url,
+            prefix,
+            on_error,
+            replicas,
+            timeout: self.positive_duration(
+                "limits.backend_timeout",
+                timeout,
+                DEFAULT_BACKEND_TIMEOUT,
+            ),
+        })
     }
 
     fn app_limits(&mut self, at: &str, r: Option<RawAppLimits>) -> AppLimits {

@@ -59,6 +59,9 @@ fn describe_refusal(r: &Refusal) -> String {
             r.limit
         ),
         RefusalReason::Blocked => format!("Meta throttled {what}; calls resume in {secs} s"),
+        RefusalReason::Unavailable => {
+            format!("the shared rate-limit backend is unreachable, so no call on {what} can be admitted; retry in {secs} s")
+        }
         RefusalReason::ClientQuota => format!(
             "this client's request rate for app `{}` is exceeded; retry after {secs} s",
             r.app
@@ -174,6 +177,14 @@ impl GatewayError {
             // 80007 ("WABA rate limit") and 4 ("app rate limit") are the two codes that pywa maps to
             // its ThrottlingError and that the Meta Business SDK reports with is_transient; see
             // docs/limits.md.
+            // Not a spent budget: graphgate cannot tell, and refuses rather than risk Meta's limit.
+            RateLimited(r) if r.reason == RefusalReason::Unavailable => s(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "backend-unavailable",
+                2,
+                "OAuthException",
+                true,
+            ),
             RateLimited(r) => match r.scope {
                 Scope::Waba(_) => s(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -233,7 +244,10 @@ impl IntoResponse for GatewayError {
                 header::RETRY_AFTER,
                 HeaderValue::from(retry_after_secs(r.retry_after)),
             );
-            if r.reason != RefusalReason::ClientQuota {
+            if !matches!(
+                r.reason,
+                RefusalReason::ClientQuota | RefusalReason::Unavailable
+            ) {
                 let budget = Budget {
                     scope: r.scope.clone(),
                     limit: r.limit,

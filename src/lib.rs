@@ -16,6 +16,7 @@
 //! - [`probe`]: start-up and periodic checks of whether `active = "auto"` WABAs have a registered number.
 //! - [`proxy`]: the request pipeline, check -> authenticate -> classify -> authorize -> cache ->
 //!   limit -> upstream -> rewrite -> respond.
+//! - [`shared`]: buckets, learned facts and cache invalidations shared by replicas through Redis.
 //! - [`webhooks`]: Meta's webhooks: handshake, signatures, cache invalidation, durable fan-out.
 //! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2 settings, graceful shutdown.
 //! - [`telemetry`]: tracing setup (JSON lines or text).
@@ -34,6 +35,7 @@ pub mod probe;
 pub mod proxy;
 pub mod rewrite;
 pub mod server;
+pub mod shared;
 pub mod sim;
 pub mod target;
 pub mod telemetry;
@@ -117,7 +119,18 @@ pub async fn run_with(
     if let Some(h) = &hooks {
         h.start()?;
     }
-    // Background work lives as long as the server: the probe and the periodic state save.
+    // Background work lives as long as the server: the Redis link, the probe, the state save.
+    let shared = limiter.shared().cloned().map(|shared| {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let link = tokio::spawn(shared.run(tx));
+        let gw = gw.clone();
+        let events = tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                apply_shared_event(&gw, &event);
+            }
+        });
+        (link, events)
+    });
     let probe = tokio::spawn(probe::run(gw.clone()));
     let saver = config.limits.state_file.is_some().then(|| {
         let (limiter, every) = (limiter.clone(), config.limits.state_interval);
@@ -135,6 +148,10 @@ pub async fn run_with(
     if let Some(h) = &hooks {
         h.stop();
     }
+    if let Some((link, events)) = shared {
+        link.abort();
+        events.abort();
+    }
     if let Some(s) = saver {
         s.abort();
     }
@@ -142,4 +159,23 @@ pub async fn run_with(
         tracing::error!(error = %e, "could not save the limiter state at shutdown");
     }
     result
+}
+
+/// What another replica told us: a learned fact, or cache entries to drop. After a lost
+/// subscription the whole cache goes, since invalidations may have been missed meanwhile.
+fn apply_shared_event(gw: &Gateway, event: &shared::Event) {
+    let g = gw.inner();
+    if *event == shared::Event::Resubscribed {
+        for app in 0..g.config.apps.len() {
+            g.cache.purge(app, "/");
+        }
+        tracing::info!(
+            "subscribed to other replicas' events; cleared the cache in case any were missed"
+        );
+        return;
+    }
+    if let Some((app, prefix)) = g.limiter.apply_event(event) {
+        let dropped = g.cache.purge(app, &prefix);
+        tracing::debug!(app, prefix = %prefix, dropped, "purge from another replica");
+    }
 }

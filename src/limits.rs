@@ -20,7 +20,8 @@ use tokio::sync::Notify;
 
 use crate::classify::{Class, Known};
 use crate::clock::{micros, Micros, SharedClock};
-use crate::config::{Active, AppLimits, Config, OnLimit};
+use crate::config::{Active, AppLimits, Config, OnBackendError, OnLimit};
+use crate::shared::{Admission, Event, Shared};
 
 /// Which bucket a call spends.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -86,6 +87,8 @@ pub enum RefusalReason {
     Blocked,
     /// The client's `rate` quota.
     ClientQuota,
+    /// The shared backend (Redis) is unreachable and `on_backend_error = "reject"`.
+    Unavailable,
 }
 
 /// What the caller is told about a bucket it used (IETF RateLimit headers).
@@ -197,6 +200,13 @@ pub struct Limiter {
     app_reported: Mutex<Vec<Option<Reported>>>,
     quotas: Vec<Option<DefaultDirectRateLimiter>>,
     next_ticket: std::sync::atomic::AtomicU64,
+    /// Buckets shared with other replicas through Redis, when configured.
+    shared: Option<Arc<Shared>>,
+    on_backend_error: OnBackendError,
+    /// In local fallback, each replica spends `limit / replicas`.
+    replicas: u32,
+    /// How long a shared in-flight slot is held if its replica never settles it.
+    lease: Duration,
 }
 
 struct AppPolicy {
@@ -212,6 +222,8 @@ struct AppPolicy {
 pub struct Permit {
     limiter: Arc<Limiter>,
     slots: Vec<(SharedBucket, u32)>,
+    /// Slots taken in Redis: bucket bases with counts, and the admission's member id.
+    remote: Option<(Vec<(String, u32)>, String)>,
     sent: bool,
     settled: bool,
     pub budgets: Vec<Budget>,
@@ -248,6 +260,10 @@ impl Permit {
             return;
         }
         self.settled = true;
+        if let (Some((buckets, member)), Some(shared)) = (self.remote.take(), &self.limiter.shared)
+        {
+            shared.settle(buckets, member, self.sent);
+        }
         let now = self.limiter.clock.now();
         for (bucket, n) in &self.slots {
             let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
@@ -325,6 +341,23 @@ impl Limiter {
             known: RwLock::new(known),
             quotas,
             next_ticket: std::sync::atomic::AtomicU64::new(1),
+            shared: l.redis.as_ref().and_then(|r| {
+                match Shared::new(&r.url, &r.prefix, r.timeout) {
+                    Ok(s) => Some(Arc::new(s)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the Redis backend cannot be used");
+                        None
+                    }
+                }
+            }),
+            on_backend_error: l
+                .redis
+                .as_ref()
+                .map(|r| r.on_error)
+                .unwrap_or(OnBackendError::Local),
+            replicas: l.redis.as_ref().map(|r| r.replicas).unwrap_or(1),
+            // Longer than any call can take, so a live replica always settles first.
+            lease: config.upstream.request_timeout + Duration::from_secs(30),
         }
     }
 
@@ -429,6 +462,7 @@ impl Limiter {
         wants: &[(BucketKey, u32)],
         reserve: bool,
         ticket: Option<u64>,
+        share: u32,
     ) -> Result<Permit, (Refusal, SharedBucket)> {
         let now = self.clock.now();
         let mut picked: Vec<(BucketKey, SharedBucket, u32, u32)> = Vec::new();
@@ -436,6 +470,8 @@ impl Limiter {
             let Some(limit) = self.limit_of(key) else {
                 continue;
             };
+            // In local fallback from a shared backend, this replica spends only its share.
+            let limit = limit / share.max(1);
             match picked.iter_mut().find(|(k, ..)| k == key) {
                 Some(p) => p.2 += n,
                 None => picked.push((key.clone(), self.bucket(key, limit), *n, limit)),
@@ -518,6 +554,7 @@ impl Limiter {
         Ok(Permit {
             limiter: self.clone(),
             slots: picked.into_iter().map(|(_, b, n, _)| (b, n)).collect(),
+            remote: None,
             sent: false,
             settled: false,
             budgets,
@@ -530,17 +567,167 @@ impl Limiter {
         wants: &[(BucketKey, u32)],
         reserve: bool,
     ) -> Result<Permit, Refusal> {
-        self.try_take(wants, reserve, None).map_err(|(r, _)| r)
+        self.try_take(wants, reserve, None, 1).map_err(|(r, _)| r)
     }
 
-    /// Admits a call, waiting in FIFO order up to `max_wait` when the mode is `wait`.
+    /// Admits a call: through Redis when the buckets are shared, else (or when Redis is away and
+    /// the policy allows) in this process. Waits up to `max_wait` in `wait` mode.
     pub async fn admit(
         self: &Arc<Self>,
         wants: &[(BucketKey, u32)],
         reserve: bool,
         max_wait: Duration,
     ) -> Result<Permit, Refusal> {
-        let first = match self.try_take(wants, reserve, None) {
+        let Some(shared) = &self.shared else {
+            return self.admit_local(wants, reserve, max_wait, 1).await;
+        };
+        if shared.available() {
+            let deadline = tokio::time::Instant::now() + max_wait;
+            loop {
+                match self.admit_shared(shared, wants, reserve).await {
+                    Ok(Ok(p)) => return Ok(p),
+                    // Across replicas there is no shared queue: a waiter sleeps until the slot it
+                    // was told about frees, then asks again.
+                    Ok(Err(r)) => {
+                        if self.on_limit == OnLimit::Reject
+                            || tokio::time::Instant::now() + r.retry_after > deadline
+                        {
+                            return Err(r);
+                        }
+                        tokio::time::sleep(r.retry_after.max(Duration::from_millis(1))).await;
+                    }
+                    Err(()) => break,
+                }
+            }
+        }
+        match self.on_backend_error {
+            OnBackendError::Local => {
+                self.admit_local(wants, reserve, max_wait, self.replicas)
+                    .await
+            }
+            OnBackendError::Reject => Err(Refusal {
+                app: wants
+                    .first()
+                    .map(|(k, _)| self.app_name(k.app))
+                    .unwrap_or_default(),
+                scope: wants
+                    .first()
+                    .map(|(k, _)| k.scope.clone())
+                    .unwrap_or(Scope::Other),
+                limit: 0,
+                window: self.window(),
+                retry_after: Duration::from_secs(1),
+                reason: RefusalReason::Unavailable,
+            }),
+        }
+    }
+
+    /// One admission through Redis. `Err(())` when Redis failed or was too slow.
+    async fn admit_shared(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        wants: &[(BucketKey, u32)],
+        reserve: bool,
+    ) -> Result<Result<Permit, Refusal>, ()> {
+        let mut picked: Vec<(BucketKey, String, u32, u32)> = Vec::new();
+        for (key, n) in wants {
+            let Some(limit) = self.limit_of(key) else {
+                continue;
+            };
+            let usable = if reserve {
+                limit
+            } else {
+                limit - limit * self.reserve_percent / 100
+            };
+            match picked.iter_mut().find(|(k, ..)| k == key) {
+                Some(p) => p.3 += n,
+                None => picked.push((
+                    key.clone(),
+                    shared.bucket_base(&self.app_name(key.app), &key.scope.label()),
+                    usable,
+                    *n,
+                )),
+            }
+        }
+        let permit = |remote, budgets| Permit {
+            limiter: self.clone(),
+            slots: Vec::new(),
+            remote,
+            sent: false,
+            settled: false,
+            budgets,
+        };
+        if picked.is_empty() {
+            return Ok(Ok(permit(None, Vec::new())));
+        }
+        let args: Vec<(String, u32, u32)> = picked
+            .iter()
+            .map(|(_, base, limit, n)| (base.clone(), *limit, *n))
+            .collect();
+        let app = self.app_name(picked[0].0.app);
+        match shared.admit(&app, &args, self.window(), self.lease).await {
+            Ok(Admission::Taken { member, budgets }) => {
+                let budgets = picked
+                    .iter()
+                    .zip(budgets)
+                    .map(|((key, _, _, _), (remaining, reset_us))| Budget {
+                        scope: key.scope.clone(),
+                        limit: self.limit_of(key).unwrap_or(0),
+                        remaining,
+                        reset: Duration::from_micros(reset_us),
+                        window: self.window(),
+                    })
+                    .collect();
+                let remote = picked
+                    .iter()
+                    .map(|(_, base, _, n)| (base.clone(), *n))
+                    .collect();
+                Ok(Ok(permit(Some((remote, member)), budgets)))
+            }
+            Ok(Admission::Refused {
+                index,
+                retry_us,
+                blocked,
+            }) => {
+                let (key, _, _, _) = &picked[index.min(picked.len() - 1)];
+                Ok(Err(Refusal {
+                    app: self.app_name(key.app),
+                    scope: key.scope.clone(),
+                    limit: self.limit_of(key).unwrap_or(0),
+                    window: self.window(),
+                    retry_after: Duration::from_micros(retry_us),
+                    reason: if blocked {
+                        RefusalReason::Blocked
+                    } else {
+                        RefusalReason::Full
+                    },
+                }))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis admission failed; using the fallback");
+                Err(())
+            }
+        }
+    }
+
+    /// `"memory"`, or the state of the shared backend (`"up"`, `"down"`, `"connecting"`).
+    pub fn backend_state(&self) -> &'static str {
+        self.shared.as_ref().map(|s| s.state()).unwrap_or("memory")
+    }
+
+    pub fn shared(&self) -> Option<&Arc<Shared>> {
+        self.shared.as_ref()
+    }
+
+    /// Admits a call in this process, waiting in FIFO order up to `max_wait` in `wait` mode.
+    async fn admit_local(
+        self: &Arc<Self>,
+        wants: &[(BucketKey, u32)],
+        reserve: bool,
+        max_wait: Duration,
+        share: u32,
+    ) -> Result<Permit, Refusal> {
+        let first = match self.try_take(wants, reserve, None, share) {
             Ok(p) => return Ok(p),
             Err(e) => e,
         };
@@ -571,7 +758,7 @@ impl Limiter {
                 _ = tokio::time::sleep_until(wake) => {}
                 _ = notified => {}
             }
-            match self.try_take(wants, reserve, Some(ticket)) {
+            match self.try_take(wants, reserve, Some(ticket), share) {
                 Ok(p) => return Ok(p),
                 Err((r, _)) => {
                     if tokio::time::Instant::now() >= deadline {
@@ -660,12 +847,41 @@ impl Limiter {
         }
         // 100% with no regain time is a full bucket, not a throttled one: the raised log already
         // keeps the next call out until a slot frees.
+        let block = if throttled {
+            Duration::from_secs(rep.regain_minutes as u64 * 60)
+        } else {
+            Duration::ZERO
+        };
         if throttled {
-            b.blocked_until = b
-                .blocked_until
-                .max(now + rep.regain_minutes as u64 * 60_000_000);
+            b.blocked_until = b.blocked_until.max(now + micros(block));
         }
         b.reported = Some(rep);
+        drop(b);
+        self.share_raise(key, meta_count, block);
+    }
+
+    /// Applies a raised count or a block to the shared bucket too, so every replica stops.
+    fn share_raise(&self, key: &BucketKey, target: u32, block: Duration) {
+        let (Some(shared), Ok(handle)) =
+            (self.shared.clone(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        if !shared.available() || (target == 0 && block.is_zero()) {
+            return;
+        }
+        let base = match &key.scope {
+            // An app-wide block lives in the app's own key, checked by every admission.
+            Scope::Other if target == u32::MAX => shared.app_base(&self.app_name(key.app)),
+            scope => shared.bucket_base(&self.app_name(key.app), &scope.label()),
+        };
+        let target = if target == u32::MAX { 0 } else { target };
+        let window = self.window();
+        handle.spawn(async move {
+            if let Err(e) = shared.raise(&base, target, window, block).await {
+                tracing::warn!(error = %e, "could not share Meta's feedback through Redis");
+            }
+        });
     }
 
     /// Meta answered a throttling error for a call on `key`: stop calling it until regain time.
@@ -676,9 +892,18 @@ impl Limiter {
                 .map(micros)
                 .filter(|&m| m > 0)
                 .unwrap_or(self.throttle_block);
+        let block = Duration::from_micros(until - now);
         // Code 4 (and 17, the token's user) is app-wide; the others name the object's bucket.
         if code == 4 || code == 17 {
             self.block_app(key.app, until);
+            self.share_raise(
+                &BucketKey {
+                    app: key.app,
+                    scope: Scope::Other,
+                },
+                u32::MAX,
+                block,
+            );
             return;
         }
         let Some(limit) = self.limit_of(key) else {
@@ -687,6 +912,8 @@ impl Limiter {
         let bucket = self.bucket(key, limit);
         let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
         b.blocked_until = b.blocked_until.max(until);
+        drop(b);
+        self.share_raise(key, 0, block);
     }
 
     fn block_app(&self, app: usize, until: Micros) {
@@ -702,11 +929,63 @@ impl Limiter {
 
     /// Records whether an `active = "auto"` WABA has a registered phone number.
     pub fn learn_active(&self, app: usize, waba: &str, active: bool) {
-        let Some(policy) = self.apps.get(app) else {
+        if self.set_active(app, waba, active) {
+            self.share(Event::Active {
+                app: self.app_name(app),
+                waba: waba.to_string(),
+                active,
+            });
+        }
+    }
+
+    /// Publishes a learned fact to the other replicas, in the background.
+    fn share(&self, event: Event) {
+        let (Some(shared), Ok(handle)) =
+            (self.shared.clone(), tokio::runtime::Handle::try_current())
+        else {
             return;
         };
+        handle.spawn(async move {
+            if let Err(e) = shared.share(event).await {
+                tracing::warn!(error = %e, "could not share a learned fact through Redis");
+            }
+        });
+    }
+
+    /// Tells the other replicas to drop cached entries under `prefix` of `app`.
+    pub fn share_purge(&self, app: usize, prefix: &str) {
+        self.share(Event::Purge {
+            app: self.app_name(app),
+            prefix: prefix.to_string(),
+        });
+    }
+
+    /// Applies a fact another replica learned. Returns the cache purge it asks for, if any.
+    pub fn apply_event(&self, event: &Event) -> Option<(usize, String)> {
+        let app_index = |name: &str| self.apps.iter().position(|a| a.name == name);
+        match event {
+            Event::Active { app, waba, active } => {
+                if let Some(i) = app_index(app) {
+                    self.set_active(i, waba, *active);
+                }
+                None
+            }
+            Event::AllocationConfig { id } => {
+                self.add_allocation_config(id);
+                None
+            }
+            Event::Purge { app, prefix } => app_index(app).map(|i| (i, prefix.clone())),
+            Event::Resubscribed => None,
+        }
+    }
+
+    /// Records whether an auto WABA is active; true if that changed anything.
+    fn set_active(&self, app: usize, waba: &str, active: bool) -> bool {
+        let Some(policy) = self.apps.get(app) else {
+            return false;
+        };
         if !matches!(policy.wabas.get(waba), Some((Active::Auto, None))) {
-            return;
+            return false;
         }
         let changed = policy
             .learned_active
@@ -732,6 +1011,7 @@ impl Limiter {
                 b.notify.notify_waiters();
             }
         }
+        changed
     }
 
     /// WABAs of `active = "auto"` that a probe should look at, per app.
@@ -749,13 +1029,19 @@ impl Limiter {
     }
 
     pub fn learn_allocation_config(&self, id: &str) {
-        if crate::config::is_graph_id(id) {
-            self.known
+        if self.add_allocation_config(id) {
+            self.share(Event::AllocationConfig { id: id.to_string() });
+        }
+    }
+
+    fn add_allocation_config(&self, id: &str) -> bool {
+        crate::config::is_graph_id(id)
+            && self
+                .known
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .allocation_configs
-                .insert(id.to_string());
-        }
+                .insert(id.to_string())
     }
 
     // ------------------------------------------------------------ inspection
@@ -799,6 +1085,66 @@ impl Limiter {
             })
             .collect();
         out.sort_by(|a, b| (&a.app, &a.scope).cmp(&(&b.app, &b.scope)));
+        out
+    }
+
+    /// Every bucket as the admin view shows it: from Redis when the buckets are shared (so every
+    /// replica shows the same), else from this process.
+    pub async fn view(&self) -> Vec<BucketView> {
+        let local = self.snapshot();
+        let Some(shared) = self.shared.as_ref().filter(|s| s.available()) else {
+            return local;
+        };
+        let mut keys: Vec<BucketKey> = Vec::new();
+        for (i, a) in self.apps.iter().enumerate() {
+            keys.extend(a.wabas.keys().map(|w| BucketKey {
+                app: i,
+                scope: Scope::Waba(w.clone()),
+            }));
+            keys.push(BucketKey {
+                app: i,
+                scope: Scope::CreditLine,
+            });
+        }
+        for k in self
+            .buckets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+        {
+            if !keys.contains(k) {
+                keys.push(k.clone());
+            }
+        }
+        keys.sort();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(limit) = self.limit_of(&key) else {
+                continue;
+            };
+            let (app, scope) = (self.app_name(key.app), key.scope.label());
+            let Ok((done, in_flight, reset, blocked)) = shared
+                .peek(&shared.bucket_base(&app, &scope), self.window())
+                .await
+            else {
+                return local;
+            };
+            let prior = local.iter().find(|b| b.app == app && b.scope == scope);
+            let used = done + in_flight;
+            out.push(BucketView {
+                app,
+                scope,
+                limit,
+                used,
+                in_flight,
+                remaining: limit.saturating_sub(used),
+                reset_in_secs: reset.as_micros().div_ceil(1_000_000) as u64,
+                blocked_for_secs: blocked.as_micros().div_ceil(1_000_000) as u64,
+                waiting: prior.map(|b| b.waiting).unwrap_or(0),
+                rejected: prior.map(|b| b.rejected).unwrap_or(0),
+                reported: prior.and_then(|b| b.reported.clone()),
+            });
+        }
         out
     }
 

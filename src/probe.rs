@@ -53,7 +53,8 @@ async fn probe_one(gw: &Gateway, app: usize, waba: &str) -> Result<Option<bool>,
     };
     let mut permit = g
         .limiter
-        .try_admit(&[(key, 1)], false)
+        .admit(&[(key, 1)], false, Duration::ZERO)
+        .await
         .map_err(|_| "no budget left")?;
     let token = g.directory.token_for(app, Some(waba));
     let mut query = "fields=platform_type,status".to_string();

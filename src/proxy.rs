@@ -218,12 +218,21 @@ async fn pipeline(gw: &Gateway, req: Request) -> Result<Response, GatewayError> 
         &ids,
         &sub_calls,
     );
-    g.cache
+    let resp = g
+        .cache
         .serve(
             plan,
             forward(g, &parts, &target, body, &caller, &class, wants),
         )
-        .await
+        .await?;
+    // The cache dropped this object's entries here; other replicas drop theirs too.
+    let is_write = matches!(parts.method, Method::POST | Method::DELETE);
+    if let (true, true, Some(root)) = (is_write, resp.status().is_success(), target.root()) {
+        if g.limiter.shared().is_some() {
+            g.limiter.share_purge(caller.app, &format!("/{root}"));
+        }
+    }
+    Ok(resp)
 }
 
 /// limit -> upstream -> rewrite -> respond: what a cache miss, a write or an uncached read runs.

@@ -343,9 +343,9 @@ impl Hub {
                 .and_then(id_of)
                 .filter(|t| is_graph_id(t));
             for app in apps {
-                let mut n = gw.cache().purge(app, &format!("/{waba}"));
+                let mut n = purge(gw, app, &format!("/{waba}"));
                 if let Some(t) = &template {
-                    n += gw.cache().purge(app, &format!("/{t}"));
+                    n += purge(gw, app, &format!("/{t}"));
                 }
                 tracing::debug!(
                     app,
@@ -362,7 +362,7 @@ impl Hub {
                     prefixes.extend(w.phone_numbers.iter().map(|p| format!("/{p}")));
                     prefixes.extend(w.status_ids.iter().map(|p| format!("/{p}")));
                 }
-                let n: usize = prefixes.iter().map(|p| gw.cache().purge(app, p)).sum();
+                let n: usize = prefixes.iter().map(|p| purge(gw, app, p)).sum();
                 tracing::debug!(
                     app,
                     waba,
@@ -434,6 +434,16 @@ impl Hub {
             self.queue.enqueue(i, waba, Bytes::from(body)).await;
         }
     }
+}
+
+/// Drops cached entries under `prefix` here and, in shared mode, on every other replica (the
+/// re-probe's outcome is shared by `Limiter::learn_active` itself).
+fn purge(gw: &Gateway, app: usize, prefix: &str) -> usize {
+    let g = gw.inner();
+    if g.limiter.shared().is_some() {
+        g.limiter.share_purge(app, prefix);
+    }
+    g.cache.purge(app, prefix)
 }
 
 /// `sha256=<hex>` of HMAC-SHA256(key, body), as Meta sends and as subscribers receive.

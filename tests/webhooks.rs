@@ -590,6 +590,68 @@ async fn policy_with(url: String, want: &'static str) -> String {
     }
 }
 
+// In shared mode (Redis), a template event received by one replica drops the WABA's cached
+// views on the other replica too; the other WABA stays HIT there.
+#[tokio::test]
+async fn in_shared_mode_an_event_on_one_replica_invalidates_the_others() {
+    let redis = support::redis::RedisServer::start();
+    let sim = start_sim(sim_config()).await;
+    let limits = format!(
+        "\n[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_prefix = \"wh\"\n",
+        redis.url()
+    );
+    let text = format!("{}{}", config_text(&sim.url, &limits), webhooks_toml(""));
+    let mut reps = Vec::new();
+    for _ in 0..2 {
+        let cfg =
+            graphgate::Config::from_toml(&text, "t.toml", Path::new("."), &hook_env()).unwrap();
+        let (p, gw) = start_gateway(cfg).await;
+        let started = Instant::now();
+        while gw.inner().limiter.backend_state() != "up" {
+            assert!(started.elapsed() < Duration::from_secs(10), "no Redis");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        reps.push((p, gw));
+    }
+    // Let both replicas' event subscriptions settle.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let other_replica = &reps[1].0.url;
+    let x_cache = |path: String| async move {
+        let r = client()
+            .get(format!("{other_replica}{path}"))
+            .bearer_auth(CLIENT_KEY)
+            .send()
+            .await
+            .unwrap();
+        r.headers()["x-cache"].to_str().unwrap().to_string()
+    };
+    for p in [templates(WABA), templates(OTHER_WABA)] {
+        x_cache(p.clone()).await;
+        assert_eq!(x_cache(p).await, "HIT");
+    }
+    let body = template_event(WABA, 7);
+    let r = client()
+        .post(format!("{}{PATH}", reps[0].0.url))
+        .header(
+            "x-hub-signature-256",
+            format!("sha256={}", hmac_hex(APP_SECRET, body.as_bytes())),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let started = Instant::now();
+    while x_cache(templates(WABA)).await != "MISS" {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the other replica kept its entry"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(x_cache(templates(OTHER_WABA)).await, "HIT");
+}
+
 // ---------------------------------------------------------------- fan-out
 
 // Two subscribers get every event, each signed with its own secret. While B refuses WABA's

@@ -2,6 +2,8 @@
 //! helpers to scan everything a test saw for secrets.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -238,6 +240,27 @@ pub async fn start_proxy(config: Config) -> Proxy {
         _stop: Stop(Some(tx)),
         done,
     }
+}
+
+/// A proxy whose gateway the test keeps, to look at its limiter and cache.
+pub async fn start_gateway(config: Config) -> (Proxy, graphgate::Gateway) {
+    logs();
+    let gw = graphgate::Gateway::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let done = tokio::spawn(graphgate::run_with(listener, gw.clone(), async move {
+        let _ = rx.await;
+    }));
+    (
+        Proxy {
+            addr,
+            url: format!("http://{addr}"),
+            _stop: Stop(Some(tx)),
+            done,
+        },
+        gw,
+    )
 }
 
 /// The simulator plus a proxy in front of it, with the default test config.

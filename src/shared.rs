@@ -1,0 +1,536 @@
+//! Shared state for several replicas in Redis: the rolling-window buckets (one atomic Lua script per
+//! admission, time from Redis `TIME`), blocks learned from Meta, learned facts (active WABAs,
+//! allocation configs) and cache invalidations over pub/sub.
+//!
+//! It owns the Redis connections and the wire format of keys, scripts and events. It must never
+//! block a request longer than `limits.backend_timeout` (the caller enforces it and falls back),
+//! never panic when Redis is away, and never put a token or key into Redis.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// After a failure, requests skip Redis for this long instead of each waiting for the timeout.
+const COOLDOWN: Duration = Duration::from_secs(1);
+/// Timeouts in a row after which requests stop trying Redis for a `COOLDOWN`.
+const SLOW_LIMIT: u64 = 3;
+/// Delay between attempts to (re)connect.
+const RECONNECT: Duration = Duration::from_millis(500);
+
+/// Admission of `n` slots in each bucket, all or nothing; the last key is the app-wide block (Meta's
+/// code 4). A bucket is three keys: `:log` (sorted
+/// set of completion times), `:fl` (calls in flight, scored by their lease end) and `:blk` (blocked
+/// until, microseconds). Leases that ran out (a replica died mid-call) become log entries at their
+/// lease end: the latest moment Meta can have counted them.
+const ADMIT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[1])
+local lease = tonumber(ARGV[2])
+local member = ARGV[3]
+local nb = tonumber(ARGV[4])
+local ttl = math.floor((window + lease) / 1000) + 60000
+local ab = tonumber(redis.call('GET', KEYS[nb*3+1]) or '0')
+if ab > now then return {0, 0, ab - now, 1} end
+for i = 0, nb - 1 do
+  local log, fl, blk = KEYS[i*3+1], KEYS[i*3+2], KEYS[i*3+3]
+  local limit = tonumber(ARGV[5 + i*2])
+  local n = tonumber(ARGV[6 + i*2])
+  local exp = redis.call('ZRANGEBYSCORE', fl, '-inf', now, 'WITHSCORES')
+  for j = 1, #exp, 2 do redis.call('ZADD', log, exp[j+1], exp[j]) end
+  if #exp > 0 then redis.call('ZREMRANGEBYSCORE', fl, '-inf', now) end
+  redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
+  local b = tonumber(redis.call('GET', blk) or '0')
+  if b > now then return {0, i, b - now, 1} end
+  local used = redis.call('ZCARD', log) + redis.call('ZCARD', fl)
+  if used + n > limit then
+    local need = used + n - limit
+    local retry = window
+    local e = redis.call('ZRANGE', log, need - 1, need - 1, 'WITHSCORES')
+    if #e > 0 then retry = tonumber(e[2]) + window - now end
+    if retry < 0 then retry = 0 end
+    return {0, i, retry, 0}
+  end
+end
+local out = {1}
+for i = 0, nb - 1 do
+  local log, fl = KEYS[i*3+1], KEYS[i*3+2]
+  local limit = tonumber(ARGV[5 + i*2])
+  local n = tonumber(ARGV[6 + i*2])
+  for k = 1, n do redis.call('ZADD', fl, now + lease, member .. ':' .. i .. ':' .. k) end
+  local used = redis.call('ZCARD', log) + redis.call('ZCARD', fl)
+  local reset = window
+  local first = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
+  if #first > 0 then reset = tonumber(first[2]) + window - now end
+  if reset < 0 then reset = 0 end
+  redis.call('PEXPIRE', log, ttl)
+  redis.call('PEXPIRE', fl, ttl)
+  table.insert(out, limit - used)
+  table.insert(out, reset)
+end
+return out
+"#;
+
+/// Completion (ARGV[2] = "1": the call was sent, log it now) or release (not sent) of an admission.
+const SETTLE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local member = ARGV[1]
+local sent = ARGV[2] == '1'
+local nb = tonumber(ARGV[3])
+for i = 0, nb - 1 do
+  local log, fl = KEYS[i*2+1], KEYS[i*2+2]
+  local n = tonumber(ARGV[4 + i])
+  for k = 1, n do
+    local m = member .. ':' .. i .. ':' .. k
+    if redis.call('ZREM', fl, m) == 1 and sent then redis.call('ZADD', log, now, m) end
+  end
+end
+return 1
+"#;
+
+/// Meta reported more usage than the log holds: log the difference now. Optionally block.
+const RAISE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[1])
+local target = tonumber(ARGV[2])
+local block_for = tonumber(ARGV[3])
+local tag = ARGV[4]
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local used = redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+for k = used + 1, target do redis.call('ZADD', KEYS[1], now, tag .. ':' .. k) end
+if block_for > 0 then
+  local until_ = now + block_for
+  local b = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if until_ > b then redis.call('SET', KEYS[3], until_, 'PX', math.floor(block_for / 1000) + 1000) end
+end
+return used
+"#;
+
+/// State of one bucket for the admin view: used, in flight, microseconds until a slot frees,
+/// microseconds blocked.
+const PEEK: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local done = redis.call('ZCARD', KEYS[1])
+local fl = redis.call('ZCARD', KEYS[2])
+local reset = window
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #first > 0 then reset = tonumber(first[2]) + window - now end
+local b = tonumber(redis.call('GET', KEYS[3]) or '0') - now
+if b < 0 then b = 0 end
+return {done, fl, reset, b}
+"#;
+
+/// What replicas tell each other.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    Active {
+        app: String,
+        waba: String,
+        active: bool,
+    },
+    AllocationConfig {
+        id: String,
+    },
+    Purge {
+        app: String,
+        prefix: String,
+    },
+    /// The subscription was (re)established: invalidations may have been missed meanwhile.
+    Resubscribed,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    from: String,
+    event: Event,
+}
+
+/// The answer to one admission.
+#[derive(Debug)]
+pub enum Admission {
+    /// Slots taken under `member`; per bucket, (remaining, microseconds until a slot frees).
+    Taken {
+        member: String,
+        budgets: Vec<(u32, u64)>,
+    },
+    /// Bucket number `index` refused; retry after `retry_us`; `blocked` when Meta blocked it.
+    Refused {
+        index: usize,
+        retry_us: u64,
+        blocked: bool,
+    },
+}
+
+pub struct Shared {
+    client: redis::Client,
+    conn: RwLock<Option<ConnectionManager>>,
+    prefix: String,
+    replica: String,
+    timeout: Duration,
+    /// Process-relative milliseconds until which requests skip Redis.
+    down_until_ms: AtomicU64,
+    up: AtomicBool,
+    /// Timeouts in a row; a burst on a busy host can delay one answer without Redis being away.
+    slow: AtomicU64,
+    started: Instant,
+    admit: redis::Script,
+    settle: redis::Script,
+    raise: redis::Script,
+    peek: redis::Script,
+}
+
+impl Shared {
+    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Shared, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("limits.redis_url: {e}"))?;
+        Ok(Shared {
+            client,
+            conn: RwLock::new(None),
+            prefix: prefix.to_string(),
+            replica: format!("{:016x}", rand::random::<u64>()),
+            timeout,
+            down_until_ms: AtomicU64::new(0),
+            up: AtomicBool::new(false),
+            slow: AtomicU64::new(0),
+            started: Instant::now(),
+            admit: redis::Script::new(ADMIT),
+            settle: redis::Script::new(SETTLE),
+            raise: redis::Script::new(RAISE),
+            peek: redis::Script::new(PEEK),
+        })
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Connected, and not cooling down after a failure.
+    pub fn available(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+            && self.started.elapsed().as_millis() as u64
+                >= self.down_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// `"up"`, `"down"` or `"connecting"`, for readiness and metrics.
+    pub fn state(&self) -> &'static str {
+        if self.available() {
+            "up"
+        } else if self
+            .conn
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            "down"
+        } else {
+            "connecting"
+        }
+    }
+
+    /// Records a failed or slow call: requests use the fallback for a moment.
+    pub fn mark_down(&self) {
+        let until = self.started.elapsed() + COOLDOWN;
+        self.down_until_ms
+            .store(until.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn mark_up(&self) {
+        self.slow.store(0, Ordering::Relaxed);
+        self.down_until_ms.store(0, Ordering::Relaxed);
+    }
+
+    fn conn(&self) -> redis::RedisResult<ConnectionManager> {
+        self.conn
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                redis::RedisError::from((redis::ErrorKind::Io, "not connected to Redis"))
+            })
+    }
+
+    /// `<prefix>:b:<app>:<scope>` — the base of a bucket's keys. App names and scope labels come
+    /// from config and Graph ids, never from secrets.
+    pub fn bucket_base(&self, app: &str, scope: &str) -> String {
+        format!("{}:b:{app}:{scope}", self.prefix)
+    }
+
+    /// Runs `f` against Redis within the timeout; a failure marks the backend down.
+    async fn call<T>(
+        &self,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> redis::RedisResult<T> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(Ok(v)) => {
+                self.mark_up();
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                self.mark_down();
+                Err(e)
+            }
+            Err(_) => {
+                // A hung Redis times out every call: after a few in a row, stop waiting for it.
+                if self.slow.fetch_add(1, Ordering::Relaxed) + 1 >= SLOW_LIMIT {
+                    self.mark_down();
+                }
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "Redis did not answer in time",
+                )))
+            }
+        }
+    }
+
+    /// `<prefix>:app:<app>` — the base of an app's own keys (its app-wide block).
+    pub fn app_base(&self, app: &str) -> String {
+        format!("{}:app:{app}", self.prefix)
+    }
+
+    /// Takes `n` slots in each `(bucket base, limit, n)` of app `app`, all or nothing.
+    pub async fn admit(
+        &self,
+        app: &str,
+        buckets: &[(String, u32, u32)],
+        window: Duration,
+        lease: Duration,
+    ) -> redis::RedisResult<Admission> {
+        let mut conn = self.conn()?;
+        let member = format!("{}:{:016x}", self.replica, rand::random::<u64>());
+        let mut inv = self.admit.prepare_invoke();
+        for (base, _, _) in buckets {
+            inv.key(format!("{base}:log"))
+                .key(format!("{base}:fl"))
+                .key(format!("{base}:blk"));
+        }
+        inv.key(format!("{}:blk", self.app_base(app)));
+        inv.arg(window.as_micros() as u64)
+            .arg(lease.as_micros() as u64)
+            .arg(&member)
+            .arg(buckets.len());
+        for (_, limit, n) in buckets {
+            inv.arg(*limit).arg(*n);
+        }
+        let out: Vec<i64> = self.call(inv.invoke_async(&mut conn)).await?;
+        match out.first() {
+            Some(1) => Ok(Admission::Taken {
+                member,
+                budgets: out[1..]
+                    .chunks(2)
+                    .map(|c| {
+                        (
+                            c[0].max(0) as u32,
+                            c.get(1).copied().unwrap_or(0).max(0) as u64,
+                        )
+                    })
+                    .collect(),
+            }),
+            _ => Ok(Admission::Refused {
+                index: out.get(1).copied().unwrap_or(0).max(0) as usize,
+                retry_us: out.get(2).copied().unwrap_or(0).max(0) as u64,
+                blocked: out.get(3).copied() == Some(1),
+            }),
+        }
+    }
+
+    /// Completes (`sent`) or releases an admission, in the background. If Redis is away, the lease
+    /// runs out and the calls count from their lease end: late, never lost.
+    pub fn settle(self: &Arc<Self>, buckets: Vec<(String, u32)>, member: String, sent: bool) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let me = self.clone();
+        handle.spawn(async move {
+            let Ok(mut conn) = me.conn() else { return };
+            let mut inv = me.settle.prepare_invoke();
+            for (base, _) in &buckets {
+                inv.key(format!("{base}:log")).key(format!("{base}:fl"));
+            }
+            inv.arg(&member).arg(if sent { "1" } else { "0" }).arg(buckets.len());
+            for (_, n) in &buckets {
+                inv.arg(*n);
+            }
+            if let Err(e) = me.call(inv.invoke_async::<i64>(&mut conn)).await {
+                tracing::warn!(error = %e, "could not settle a shared admission; its lease will expire");
+            }
+        });
+    }
+
+    /// Raises a bucket's log to `target` calls and blocks it for `block` if non-zero.
+    pub async fn raise(
+        &self,
+        base: &str,
+        target: u32,
+        window: Duration,
+        block: Duration,
+    ) -> redis::RedisResult<()> {
+        let mut conn = self.conn()?;
+        let mut inv = self.raise.prepare_invoke();
+        inv.key(format!("{base}:log"))
+            .key(format!("{base}:fl"))
+            .key(format!("{base}:blk"));
+        inv.arg(window.as_micros() as u64)
+            .arg(target)
+            .arg(block.as_micros() as u64)
+            .arg(format!(
+                "raise:{}:{:08x}",
+                self.replica,
+                rand::random::<u32>()
+            ));
+        self.call(inv.invoke_async::<i64>(&mut conn))
+            .await
+            .map(|_| ())
+    }
+
+    /// (used, in flight, until a slot frees, blocked for) of one bucket.
+    pub async fn peek(
+        &self,
+        base: &str,
+        window: Duration,
+    ) -> redis::RedisResult<(u32, u32, Duration, Duration)> {
+        let mut conn = self.conn()?;
+        let mut inv = self.peek.prepare_invoke();
+        inv.key(format!("{base}:log"))
+            .key(format!("{base}:fl"))
+            .key(format!("{base}:blk"));
+        inv.arg(window.as_micros() as u64);
+        let v: Vec<i64> = self.call(inv.invoke_async(&mut conn)).await?;
+        let g = |i: usize| v.get(i).copied().unwrap_or(0).max(0) as u64;
+        Ok((
+            g(0) as u32,
+            g(1) as u32,
+            Duration::from_micros(g(2)),
+            Duration::from_micros(g(3)),
+        ))
+    }
+
+    /// Stores a learned fact and tells the other replicas.
+    pub async fn share(&self, event: Event) -> redis::RedisResult<()> {
+        let mut conn = self.conn()?;
+        let mut pipe = redis::pipe();
+        match &event {
+            Event::Active { app, waba, active } => {
+                pipe.hset(
+                    format!("{}:active", self.prefix),
+                    format!("{app}|{waba}"),
+                    u8::from(*active),
+                )
+                .ignore();
+            }
+            Event::AllocationConfig { id } => {
+                pipe.sadd(format!("{}:alloc", self.prefix), id).ignore();
+            }
+            Event::Purge { .. } | Event::Resubscribed => {}
+        }
+        let msg = serde_json::to_string(&Envelope {
+            from: self.replica.clone(),
+            event,
+        })
+        .unwrap_or_default();
+        pipe.publish(format!("{}:events", self.prefix), msg)
+            .ignore();
+        self.call(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Facts other replicas learned before this one started.
+    pub async fn learned(&self) -> redis::RedisResult<Vec<Event>> {
+        let mut conn = self.conn()?;
+        let (active, alloc): (HashMap<String, u8>, Vec<String>) = self
+            .call(
+                redis::pipe()
+                    .hgetall(format!("{}:active", self.prefix))
+                    .smembers(format!("{}:alloc", self.prefix))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let mut out = Vec::new();
+        for (k, v) in active {
+            if let Some((app, waba)) = k.split_once('|') {
+                out.push(Event::Active {
+                    app: app.into(),
+                    waba: waba.into(),
+                    active: v == 1,
+                });
+            }
+        }
+        out.extend(alloc.into_iter().map(|id| Event::AllocationConfig { id }));
+        Ok(out)
+    }
+
+    /// Keeps a command connection and an event subscription open for the life of the process,
+    /// reconnecting as needed, and hands events from other replicas to `events`.
+    pub async fn run(self: Arc<Self>, events: mpsc::UnboundedSender<Event>) {
+        loop {
+            if self
+                .conn
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none()
+            {
+                let cfg = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
+                    // Our own timeout (in `call`) fires first and is counted as slowness; this one
+                    // only frees a connection that never answers.
+                    .set_response_timeout(Some(self.timeout * 4))
+                    .set_number_of_retries(1);
+                match self.client.get_connection_manager_with_config(cfg).await {
+                    Ok(c) => {
+                        *self.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(c);
+                        self.up.store(true, Ordering::Relaxed);
+                        tracing::info!("connected to Redis: buckets are shared");
+                        if let Ok(facts) = self.learned().await {
+                            for f in facts {
+                                let _ = events.send(f);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot reach Redis; retrying");
+                        tokio::time::sleep(RECONNECT).await;
+                        continue;
+                    }
+                }
+            }
+            match self.client.get_async_pubsub().await {
+                Ok(mut ps) => {
+                    if ps
+                        .subscribe(format!("{}:events", self.prefix))
+                        .await
+                        .is_ok()
+                    {
+                        let _ = events.send(Event::Resubscribed);
+                        let mut stream = ps.into_on_message();
+                        while let Some(msg) = stream.next().await {
+                            let Ok(env) =
+                                serde_json::from_slice::<Envelope>(msg.get_payload_bytes())
+                            else {
+                                continue;
+                            };
+                            if env.from != self.replica {
+                                let _ = events.send(env.event);
+                            }
+                        }
+                        tracing::warn!("Redis subscription lost; reconnecting");
+                        self.mark_down();
+                    }
+                }
+                Err(e) => {
+                    self.mark_down();
+                    tracing::debug!(error = %e, "Redis subscription failed");
+                }
+            }
+            tokio::time::sleep(RECONNECT).await;
+        }
+    }
+}

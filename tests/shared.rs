@@ -1,0 +1,328 @@
+//! Several replicas, one budget: proxies sharing buckets, Meta's feedback and cache invalidations
+//! through a real redis-server, and what they do when Redis goes away and comes back.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use graphgate::sim::SimConfig;
+use serde_json::Value;
+use support::redis::RedisServer;
+use support::*;
+
+fn stats(sim: &SimServer) -> Value {
+    serde_json::to_value(sim.sim.stats()).unwrap()
+}
+
+fn bucket(st: &Value, waba: &str) -> Value {
+    st["buckets"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.ends_with(waba))
+        .map(|(_, v)| v.clone())
+        .unwrap_or(Value::Null)
+}
+
+fn shared_config(
+    sim_url: &str,
+    redis_url: &str,
+    prefix: &str,
+    limits: &str,
+    cache: bool,
+) -> graphgate::Config {
+    let extra = format!(
+        "\n[cache]\nenabled = {cache}\n[limits]\nbackend = \"redis\"\nredis_url = \"{redis_url}\"\nredis_prefix = \"{prefix}\"\n{limits}\n"
+    );
+    config(sim_url, &extra)
+}
+
+async fn wait_up(gw: &graphgate::Gateway) {
+    let started = Instant::now();
+    while gw.inner().limiter.backend_state() != "up" {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never connected to Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn replicas(
+    n: usize,
+    sim_url: &str,
+    redis: &RedisServer,
+    prefix: &str,
+    limits: &str,
+    cache: bool,
+) -> Vec<(Proxy, graphgate::Gateway)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let (p, gw) =
+            start_gateway(shared_config(sim_url, &redis.url(), prefix, limits, cache)).await;
+        wait_up(&gw).await;
+        out.push((p, gw));
+    }
+    // Let every replica's event subscription settle before the test starts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    out
+}
+
+async fn get(url: &str) -> reqwest::Response {
+    client()
+        .get(url)
+        .bearer_auth(CLIENT_KEY)
+        .send()
+        .await
+        .unwrap()
+}
+
+// Three proxies on one Redis and 1,000 concurrent calls across them: exactly N are admitted, and
+// Meta never sees more than N in a window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_admit_exactly_n_across_all_of_them() {
+    let redis = RedisServer::start();
+    let sim = start_sim(SimConfig {
+        active_waba_limit: 5000,
+        ..sim_config()
+    })
+    .await;
+    // A burst of 1,000 on this 2-core box can hold an answer for longer than the default timeout;
+    // a timed-out admission would fall back, which is not what this test is about.
+    let limits = "waba_active = 100\nreplicas = 3\nbackend_timeout = \"10s\"";
+    let reps = replicas(3, &sim.url, &redis, "t1", limits, false).await;
+    let c = client();
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| {
+            let url = format!("{}/v19.0/{WABA}", reps[i % 3].0.url);
+            let c = c.clone();
+            tokio::spawn(async move {
+                c.get(&url)
+                    .bearer_auth(CLIENT_KEY)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => ok += 1,
+            429 => {}
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert_eq!(ok, 100);
+    let b = bucket(&stats(&sim), WABA);
+    assert_eq!(b["calls"], 100);
+    assert_eq!(b["throttled"], 0);
+    assert!(b["max_in_window"].as_u64().unwrap() <= 100);
+    // The admin view of any replica reads the shared bucket.
+    let view = reps[2].1.inner().limiter.view().await;
+    let w = view
+        .iter()
+        .find(|v| v.scope == format!("waba:{WABA}"))
+        .unwrap();
+    assert_eq!(w.used, 100);
+}
+
+// A throttling error seen by one replica blocks the bucket for all of them.
+#[tokio::test]
+async fn a_block_learned_on_one_replica_stops_the_others() {
+    let redis = RedisServer::start();
+    let sim = start_sim(SimConfig {
+        window: Duration::from_secs(3600),
+        waba_limit: 2,
+        active_waba_limit: 2,
+        ..sim_config()
+    })
+    .await;
+    let reps = replicas(
+        2,
+        &sim.url,
+        &redis,
+        "t2",
+        "waba_active = 50\nthrottle_block = \"1m\"",
+        false,
+    )
+    .await;
+    // Someone else spends Meta's budget behind graphgate's back.
+    let proof = graphgate::sim::appsecret_proof(APP_SECRET, SYSTEM_TOKEN, None);
+    for _ in 0..2 {
+        client()
+            .get(format!("{}/v19.0/{WABA}?appsecret_proof={proof}", sim.url))
+            .bearer_auth(SYSTEM_TOKEN)
+            .send()
+            .await
+            .unwrap();
+    }
+    let r = get(&format!("{}/v19.0/{WABA}/phone_numbers", reps[0].0.url)).await;
+    assert_eq!(r.status(), 400, "Meta's 80008 reaches the first caller");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = get(&format!("{}/v19.0/{WABA}/phone_numbers", reps[1].0.url)).await;
+    assert_eq!(r.status(), 429);
+    assert!(
+        r.headers().contains_key("x-graphgate-error"),
+        "the other replica answered locally"
+    );
+    assert_eq!(bucket(&stats(&sim), WABA)["throttled"], 1);
+}
+
+// A write through one replica drops the cached entries of every replica.
+#[tokio::test]
+async fn cache_invalidation_reaches_the_other_replicas() {
+    let redis = RedisServer::start();
+    let sim = start_sim(sim_config()).await;
+    let reps = replicas(2, &sim.url, &redis, "t3", "", true).await;
+    let path = format!("/v19.0/{WABA}/message_templates?limit=5");
+    for (p, _) in &reps {
+        assert_eq!(
+            get(&format!("{}{path}", p.url)).await.headers()["x-cache"],
+            "MISS"
+        );
+        assert_eq!(
+            get(&format!("{}{path}", p.url)).await.headers()["x-cache"],
+            "HIT"
+        );
+    }
+    let r = client()
+        .post(format!("{}/v19.0/{WABA}/message_templates", reps[0].0.url))
+        .bearer_auth(CLIENT_KEY)
+        .form(&[
+            ("name", "shared_inval"),
+            ("language", "en_US"),
+            ("category", "UTILITY"),
+            ("components", r#"[{"type":"BODY","text":"hi"}]"#),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let started = Instant::now();
+    loop {
+        let r = get(&format!("{}{path}", reps[1].0.url)).await;
+        if r.headers()["x-cache"] == "MISS" {
+            let v: Value = r.json().await.unwrap();
+            assert!(v.to_string().contains("shared_inval") || v["paging"]["next"].is_string());
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the other replica kept serving its old entry"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// Redis dies mid-run: with `local`, calls go on within the replica's share and with bounded latency;
+// Redis comes back: admissions are shared again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_away_falls_back_locally_and_recovers() {
+    let mut redis = RedisServer::start();
+    let sim = start_sim(sim_config()).await;
+    let limits =
+        "waba_active = 40\nreplicas = 2\non_backend_error = \"local\"\nbackend_timeout = \"100ms\"";
+    let reps = replicas(1, &sim.url, &redis, "t4", limits, false).await;
+    let (proxy, gw) = &reps[0];
+    let url = format!("{}/v19.0/{WABA}", proxy.url);
+    for _ in 0..5 {
+        assert_eq!(get(&url).await.status(), 200);
+    }
+    redis.stop();
+    let mut ok = 0;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..30 {
+        let t = Instant::now();
+        let r = get(&url).await;
+        slowest = slowest.max(t.elapsed());
+        if r.status() == 200 {
+            ok += 1;
+        } else {
+            assert_eq!(r.status(), 429);
+        }
+    }
+    assert!(
+        slowest < Duration::from_millis(800),
+        "a request waited {slowest:?} for a dead Redis"
+    );
+    assert_eq!(
+        ok, 20,
+        "the local fallback holds this replica's share: 40 / 2"
+    );
+    redis.restart();
+    let started = Instant::now();
+    loop {
+        let r = get(&url).await;
+        if r.status() == 200 && gw.inner().limiter.backend_state() == "up" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "did not recover: {}",
+            gw.inner().limiter.backend_state()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Back on Redis: the shared bucket counts again.
+    let view = gw.inner().limiter.view().await;
+    assert!(
+        view.iter()
+            .any(|v| v.scope == format!("waba:{WABA}") && v.used >= 1),
+        "{view:?}"
+    );
+}
+
+// With `reject`, a dead Redis means a fast, Graph-shaped, transient 503.
+#[tokio::test]
+async fn redis_going_away_with_reject_answers_503() {
+    let mut redis = RedisServer::start();
+    let sim = start_sim(sim_config()).await;
+    let reps = replicas(
+        1,
+        &sim.url,
+        &redis,
+        "t5",
+        "on_backend_error = \"reject\"\nbackend_timeout = \"100ms\"",
+        false,
+    )
+    .await;
+    let url = format!("{}/v19.0/{WABA}", reps[0].0.url);
+    assert_eq!(get(&url).await.status(), 200);
+    redis.stop();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let r = get(&url).await;
+        assert!(t.elapsed() < Duration::from_millis(800));
+        assert_eq!(r.status(), 503);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(graph_error(&v)["is_transient"], true);
+    }
+}
+
+// The shared window outlives a proxy: a restarted replica still refuses a spent bucket.
+#[tokio::test]
+async fn shared_state_survives_a_proxy_restart() {
+    let redis = RedisServer::start();
+    let sim = start_sim(sim_config()).await;
+    let mut reps = replicas(1, &sim.url, &redis, "t6", "waba_active = 3", false).await;
+    for _ in 0..3 {
+        assert_eq!(
+            get(&format!("{}/v19.0/{WABA}", reps[0].0.url))
+                .await
+                .status(),
+            200
+        );
+    }
+    let (p, _) = reps.pop().unwrap();
+    p.shutdown().await;
+    let reps = replicas(1, &sim.url, &redis, "t6", "waba_active = 3", false).await;
+    assert_eq!(
+        get(&format!("{}/v19.0/{WABA}", reps[0].0.url))
+            .await
+            .status(),
+        429
+    );
+}
