@@ -1046,16 +1046,20 @@ impl Limiter {
 
     // ------------------------------------------------------------ inspection
 
-    /// A snapshot of every bucket that has been used.
-    pub fn snapshot(&self) -> Vec<BucketView> {
-        let now = self.clock.now();
-        let buckets: Vec<(BucketKey, SharedBucket)> = self
-            .buckets
+    /// Every bucket used so far, copied out so no map lock is held while they are read.
+    fn all_buckets(&self) -> Vec<(BucketKey, SharedBucket)> {
+        self.buckets
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|(k, b)| (k.clone(), b.clone()))
-            .collect();
+            .collect()
+    }
+
+    /// A snapshot of every bucket that has been used.
+    pub fn snapshot(&self) -> Vec<BucketView> {
+        let now = self.clock.now();
+        let buckets = self.all_buckets();
         let app_blocks = self
             .app_blocked_until
             .lock()
@@ -1169,13 +1173,7 @@ impl Limiter {
             return Ok(());
         };
         let now = self.clock.now();
-        let buckets: Vec<(BucketKey, SharedBucket)> = self
-            .buckets
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, b)| (k.clone(), b.clone()))
-            .collect();
+        let buckets = self.all_buckets();
         let mut state = State {
             version: 1,
             saved_at: now,

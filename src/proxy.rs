@@ -201,9 +201,7 @@ async fn pipeline(gw: &Gateway, req: Request) -> Result<Response, GatewayError> 
         token_owner: g.directory.token_owner(caller.app, target.root()),
         token: g.directory.token_for(caller.app, target.root()),
         link_host: link_host(g, &parts),
-        allow_no_cache: caller
-            .client
-            .is_none_or(|i| g.config.clients[i].allow_no_cache),
+        allow_no_cache: caller.allow_no_cache,
     });
     if plan.is_read() {
         // HEAD is fetched as GET, so the entry has the body that later GETs need.

@@ -306,11 +306,19 @@ fn compose_mounts_the_config_where_the_image_reads_it() {
 // Redis is wired for the shared-state mode only as a comment: the key does not exist yet, and an
 // unknown key would stop graphgate from starting.
 #[test]
-fn compose_wires_redis_only_as_a_comment_until_the_key_exists() {
-    let text = read(&deploy().join("docker-compose.yml"));
-    assert!(text.contains("# - GRAPHGATE_LIMITS__REDIS_URL=redis://redis:6379"));
-    let env = environment(service(&compose(), "graphgate"));
-    assert!(env.iter().all(|(k, _)| k != "GRAPHGATE_LIMITS__REDIS_URL"));
+fn compose_wires_graphgate_to_the_redis_service() {
+    let c = compose();
+    let env = environment(service(&c, "graphgate"));
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    assert_eq!(get("GRAPHGATE_LIMITS__BACKEND").as_deref(), Some("redis"));
+    assert_eq!(
+        get("GRAPHGATE_LIMITS__REDIS_URL").as_deref(),
+        Some("redis://redis:6379")
+    );
+    assert!(
+        c["services"]["redis"].is_mapping(),
+        "the redis service exists"
+    );
 }
 
 // Prometheus scrapes /metrics on graphgate's admin port over the compose network, from the config

@@ -10,16 +10,10 @@ pub(crate) const PROOF_MAX_AGE_SECS: u64 = 300;
 
 /// The token from `Authorization: Bearer ...` (or Graph's older `OAuth ...`), if any.
 pub(crate) fn header_token(headers: &HeaderMap) -> Option<String> {
-    let v = headers
-        .get(http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .trim();
-    let (scheme, rest) = v.split_once(' ')?;
-    let token = rest.trim();
-    (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("oauth"))
-        .then(|| token.to_string())
+    // The same header syntax graphgate accepts from its callers.
+    crate::auth::key_from_header(headers)
         .filter(|t| !t.is_empty())
+        .map(str::to_string)
 }
 
 /// Checks `appsecret_proof` (and `appsecret_time`, when present) for `token` against `secret`.
