@@ -19,6 +19,8 @@ use sha2::{Digest, Sha256};
 /// Where Meta's Graph API lives.
 pub const DEFAULT_UPSTREAM: &str = "https://graph.facebook.com";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// The admin listener (/metrics, /healthz, /readyz, /admin): loopback only unless configured.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 /// TCP connect to Meta; a slow connect usually means a network problem, not load.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Until Meta's response head arrives; template creation can take a few seconds.
@@ -150,6 +152,10 @@ pub struct Server {
     pub shutdown_grace: Duration,
     pub tls: Option<TlsFiles>,
     pub access_log: bool,
+    /// Where the admin listener binds; `None` when `admin_listen = "off"` (or empty).
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token every admin path but `/healthz` requires, when set.
+    pub admin_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -383,6 +389,11 @@ struct RawServer {
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
     access_log: Option<bool>,
+    admin_listen: Option<String>,
+    /// Present only so that an inline token gets a clear refusal; its value is never read or shown.
+    admin_token: Option<de::IgnoredAny>,
+    admin_token_env: Option<String>,
+    admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -1016,8 +1027,42 @@ impl Validator<'_> {
                 .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
             tls,
             access_log: r.access_log.unwrap_or(true),
+            admin_listen: self.admin_listen(r.admin_listen.as_deref(), listen),
+            admin_token: self.secret(
+                "server.admin_token",
+                r.admin_token.is_some(),
+                r.admin_token_env,
+                r.admin_token_file,
+                false,
+            ),
         };
         (server, auth)
+    }
+
+    /// `server.admin_listen`: an address, or `"off"`/empty for no admin listener. It may not share
+    /// the proxy's address (the proxy port never serves admin paths).
+    fn admin_listen(&mut self, raw: Option<&str>, listen: SocketAddr) -> Option<SocketAddr> {
+        let raw = raw.unwrap_or(DEFAULT_ADMIN_LISTEN).trim();
+        if raw.is_empty() || raw.eq_ignore_ascii_case("off") {
+            return None;
+        }
+        match raw.parse::<SocketAddr>() {
+            Ok(a) if a == listen && a.port() != 0 => {
+                self.problem(
+                    "server.admin_listen",
+                    "must differ from server.listen: admin paths are never served on the proxy port",
+                );
+                None
+            }
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(
+                    "server.admin_listen",
+                    "must be an address like 127.0.0.1:9090, or \"off\"",
+                );
+                None
+            }
+        }
     }
 
     /// A bucket limit: at least 1, at most a million calls per window.

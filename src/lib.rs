@@ -20,9 +20,12 @@
 //! - [`webhooks`]: Meta's webhooks: handshake, signatures, cache invalidation, durable fan-out.
 //! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2 settings, graceful shutdown.
 //! - [`telemetry`]: tracing setup (JSON lines or text).
+//! - [`metrics`]: the Prometheus registry of one gateway; labels only from config or fixed sets.
+//! - [`admin`]: the admin listener: health, readiness, `/metrics`, limits and cache JSON, status page.
 //! - [`sim`]: a local twin of the Graph API for tests, benchmarks and the demo.
 //! - [`demo`]: the simulator and the proxy in one process, ready for curl.
 
+pub mod admin;
 pub mod auth;
 pub mod cache;
 pub mod classify;
@@ -31,6 +34,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod limits;
+pub mod metrics;
 pub mod probe;
 pub mod proxy;
 pub mod rewrite;
@@ -73,6 +77,17 @@ pub async fn run(
 /// Like [`run`], with a gateway built by the caller (tests inject a manual clock this way).
 pub async fn run_with(
     listener: TcpListener,
+    gw: Gateway,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    run_with_admin(listener, None, gw, shutdown).await
+}
+
+/// Like [`run_with`], plus the admin listener ([`admin::router`]) on `admin` when given. The binary
+/// binds `server.admin_listen`; tests pass `127.0.0.1:0`. Both stop on the same `shutdown`.
+pub async fn run_with_admin(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
     gw: Gateway,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
@@ -143,7 +158,41 @@ pub async fn run_with(
             }
         })
     });
-    let result = server::serve(listener, app(gw), opts, shutdown).await;
+    let admin_opts = server::ServeOptions {
+        tls: None,
+        grace: config.server.shutdown_grace,
+        max_headers: config.server.max_headers * 2,
+        max_head_bytes: (config.server.max_uri + config.server.max_header_bytes) as usize * 2,
+    };
+    if let Some(l) = &admin {
+        tracing::info!(
+            admin = %l.local_addr()?,
+            token = config.server.admin_token.is_some(),
+            "admin listener (/metrics, /healthz, /readyz, /admin)"
+        );
+    }
+    // One shutdown signal fans out to both servers.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let proxy = server::serve(listener, app(gw.clone()), opts, stopped(stop_rx.clone()));
+    let admin = async {
+        match admin {
+            Some(l) => server::serve(l, admin::router(gw), admin_opts, stopped(stop_rx)).await,
+            None => Ok(()),
+        }
+    };
+    let servers = async { tokio::join!(proxy, admin) };
+    tokio::pin!(servers);
+    let (result, admin_result) = tokio::select! {
+        r = &mut servers => r,
+        _ = shutdown => {
+            let _ = stop_tx.send(true);
+            (&mut servers).await
+        }
+    };
+    let result = result.and(admin_result);
     probe.abort();
     if let Some(h) = &hooks {
         h.stop();

@@ -1092,6 +1092,20 @@ impl Limiter {
         out
     }
 
+    /// Meta's latest app-wide usage (`X-App-Usage`) per app name, for the admin view and metrics.
+    pub fn app_usage(&self) -> Vec<(String, Option<Reported>)> {
+        let reported = self
+            .app_reported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.apps
+            .iter()
+            .zip(reported)
+            .map(|(a, r)| (a.name.clone(), r))
+            .collect()
+    }
+
     /// Every bucket as the admin view shows it: from Redis when the buckets are shared (so every
     /// replica shows the same), else from this process.
     pub async fn view(&self) -> Vec<BucketView> {

@@ -116,7 +116,23 @@ fn main() -> ExitCode {
                     shutdown_grace = ?config.server.shutdown_grace,
                     "graphgate listening"
                 );
-                match graphgate::run(listener, config, graphgate::server::signal()).await {
+                // The admin listener is bound here too, so a taken port fails start-up at once.
+                let admin = match config.server.admin_listen {
+                    None => None,
+                    Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                        Ok(l) => Some(l),
+                        Err(e) => {
+                            eprintln!(
+                                "graphgate: cannot listen on {addr} (server.admin_listen): {e}"
+                            );
+                            return ExitCode::FAILURE;
+                        }
+                    },
+                };
+                let gw = graphgate::Gateway::new(config);
+                match graphgate::run_with_admin(listener, admin, gw, graphgate::server::signal())
+                    .await
+                {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("graphgate: {e}");

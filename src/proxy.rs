@@ -26,6 +26,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, Secret};
 use crate::error::GatewayError;
 use crate::limits::{self, BucketKey, Limiter, Scope};
+use crate::metrics::{CacheResult, Metrics, Seen};
 use crate::rewrite::{self, Rewriter};
 use crate::target::{self, is_auth_param, join_raw, Param, Target};
 use crate::upstream::{self, Upstream};
@@ -43,6 +44,7 @@ pub struct Inner {
     pub upstream: Upstream,
     pub limiter: Arc<Limiter>,
     pub cache: ResponseCache,
+    pub metrics: Metrics,
     /// The webhook receiver, when `[webhooks]` is configured.
     pub webhooks: Option<Arc<crate::webhooks::Hub>>,
     /// `server.public_url` without a trailing slash, when configured.
@@ -67,6 +69,7 @@ impl Gateway {
         let directory = Directory::new(&config);
         let upstream = Upstream::new(&config.upstream);
         let limiter = Arc::new(Limiter::new(&config, clock));
+        let metrics = Metrics::new(&config);
         let webhooks = crate::webhooks::Hub::new(&config);
         let public_base = config
             .server
@@ -84,6 +87,7 @@ impl Gateway {
             upstream,
             limiter,
             cache,
+            metrics,
             webhooks,
             public_base,
             public_scheme,
@@ -114,10 +118,13 @@ pub async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
         client = field::Empty,
         app = field::Empty,
         class = field::Empty,
+        bucket = field::Empty,
+        cache = field::Empty,
         upstream_status = field::Empty,
     );
     let method = req.method().clone();
-    let mut resp = match pipeline(&gw, req).instrument(span.clone()).await {
+    let mut seen = Seen::default();
+    let mut resp = match pipeline(&gw, req, &mut seen).instrument(span.clone()).await {
         Ok(r) => r,
         Err(e) => {
             let _g = span.enter();
@@ -129,7 +136,13 @@ pub async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
             e.into_response()
         }
     };
+    // Only the cache step sets X-Cache; a read refused before it is labelled BYPASS below.
+    let reached_cache = resp.headers().contains_key(cache::X_CACHE);
     cache::label_bypass(&method, &mut resp);
+    let cache_result = CacheResult::from_header(resp.headers().get(cache::X_CACHE));
+    span.record("cache", cache_result.label());
+    gw.0.metrics
+        .record_request(&seen, &method, resp.status(), cache_result, reached_cache);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -145,7 +158,7 @@ pub async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
     resp
 }
 
-async fn pipeline(gw: &Gateway, req: Request) -> Result<Response, GatewayError> {
+async fn pipeline(gw: &Gateway, req: Request, seen: &mut Seen) -> Result<Response, GatewayError> {
     let g = &gw.0;
     let (mut parts, body) = req.into_parts();
 
@@ -161,12 +174,15 @@ async fn pipeline(gw: &Gateway, req: Request) -> Result<Response, GatewayError> 
     let span = tracing::Span::current();
     span.record("client", &*caller.name);
     span.record("app", g.config.apps[caller.app].name.as_str());
+    seen.app = Some(caller.app);
+    seen.client = Some(caller.name.clone());
 
     // classify: which of Meta's budgets this call spends.
     let class = g
         .limiter
         .with_known(|k| classify::classify(&parts.method, &target, k));
     span.record("class", class.label());
+    seen.class = Some(class.label());
 
     // authorize: the client's method and WABA allowlists, for the call and each sub-call of a batch.
     let ids: Vec<&str> = target
@@ -216,6 +232,9 @@ async fn pipeline(gw: &Gateway, req: Request) -> Result<Response, GatewayError> 
         &ids,
         &sub_calls,
     );
+    if let Some((key, _)) = wants.first() {
+        span.record("bucket", key.scope.label());
+    }
     let resp = g
         .cache
         .serve(
@@ -245,21 +264,33 @@ async fn forward(
 ) -> Result<Response, GatewayError> {
     let span = tracing::Span::current();
     // limit: a slot in every bucket the call spends, or a 429 (or a wait, in wait mode).
+    let refused = |r: limits::Refusal| {
+        g.metrics.record_rejection(caller.app, &r);
+        GatewayError::RateLimited(Box::new(r))
+    };
     g.limiter
         .check_client_quota(caller.client, caller.app)
-        .map_err(|r| GatewayError::RateLimited(Box::new(r)))?;
+        .map_err(&refused)?;
     let max_wait = requested_max_wait(&parts.headers, g.limiter.max_wait());
     let mut permit = g
         .limiter
         .admit(&wants, caller.reserve, max_wait)
         .await
-        .map_err(|r| GatewayError::RateLimited(Box::new(r)))?;
+        .map_err(&refused)?;
 
     // upstream: our token in, the caller's credentials out.
     let token = g.directory.token_for(caller.app, target.root());
     let upstream_req = build_upstream_request(g, parts, target, body, caller, token)?;
     permit.sent();
-    let resp = match g.upstream.send(upstream_req).await {
+    let sent_at = Instant::now();
+    let result = g.upstream.send(upstream_req).await;
+    g.metrics.record_upstream(
+        caller.app,
+        class.label(),
+        result.as_ref().map(|r| r.status()).map_err(|e| &e.error),
+        sent_at.elapsed(),
+    );
+    let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
             if !e.reached {
@@ -726,6 +757,7 @@ fn learn(
             if limits::is_throttling_code(code) {
                 tracing::warn!(code, bucket = %key.scope.label(), "Meta throttled a call; blocking the bucket");
                 g.limiter.observe_throttle(key, code, None);
+                g.metrics.record_throttle(app, code);
             }
         }
         return;

@@ -11,6 +11,8 @@ use std::process::Command;
 use serde_json::Value as Json;
 use serde_norway::Value as Yaml;
 
+mod support;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Counter,
@@ -29,10 +31,9 @@ const fn m(name: &'static str, kind: Kind, labels: &'static [&'static str]) -> M
 }
 
 /// Every metric the admin listener's `/metrics` serves, with its labels, as issue #5 names them.
-/// The dashboard may query only these. The metrics endpoint does not exist yet: the test that comes
-/// with it must check this list against real `/metrics` output after scripted traffic, and keep the
-/// two equal. The histogram's labels are not fixed by the issue, so the dashboard aggregates it by
-/// `le` only.
+/// The dashboard may query only these. `metrics_list_equals_real_metrics_output_after_scripted_traffic`
+/// keeps this list and real `/metrics` output equal. The histogram has no labels of its own, so the
+/// dashboard aggregates it by `le` only.
 const METRICS: &[Metric] = &[
     m(
         "graphgate_requests_total",
@@ -690,6 +691,96 @@ fn dashboard_query_scanner_finds_metrics_and_labels() {
     assert!(metric("graphgate_upstream_request_duration_seconds_bucket").is_some());
     assert!(metric("graphgate_requests_total_count").is_none());
     assert!(metric("graphgate_request_total").is_none());
+}
+
+// ---------------------------------------------------------------- real /metrics output
+
+// Scripted traffic that touches every metric (a miss and a hit, Meta's usage headers, a throttling
+// error from Meta, a local refusal) against the real proxy and simulator: every metric in METRICS
+// has a sample with exactly its labels and its type, and /metrics serves nothing METRICS lacks.
+#[tokio::test]
+async fn metrics_list_equals_real_metrics_output_after_scripted_traffic() {
+    use support::{CLIENT_KEY, WABA};
+    let sim = support::start_sim(graphgate::sim::SimConfig {
+        waba_limit: 3,
+        active_waba_limit: 3,
+        ..support::sim_config()
+    })
+    .await;
+    let gw = graphgate::Gateway::new(support::config(&sim.url, ""));
+    let (proxy, admin) = support::start_proxy_with_admin(gw).await;
+    let c = support::client();
+    let get = |path: String| {
+        c.get(format!("{}{path}", proxy.url))
+            .bearer_auth(CLIENT_KEY)
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(get(format!("/v19.0/{WABA}")).await.unwrap().status(), 200);
+    }
+    // Another consumer of the app spends the rest of Meta's budget; Meta then throttles us (80008)
+    // and graphgate refuses the next call itself.
+    let proof = graphgate::sim::appsecret_proof(support::APP_SECRET, support::SYSTEM_TOKEN, None);
+    for _ in 0..2 {
+        let r = c
+            .get(format!("{}/v19.0/{WABA}?appsecret_proof={proof}", sim.url))
+            .bearer_auth(support::SYSTEM_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = get(format!("/v19.0/{WABA}/message_templates"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "Meta's throttling error is relayed");
+    let r = get(format!("/v19.0/{WABA}/phone_numbers")).await.unwrap();
+    assert_eq!(r.status(), 429);
+
+    let text = support::admin_get(&admin, "/metrics", None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let samples = support::parse_metrics(&text);
+    let mut types: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect();
+    types.sort();
+    let mut want: Vec<(String, String)> = METRICS
+        .iter()
+        .map(|m| {
+            let t = match m.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+                Kind::Histogram => "histogram",
+            };
+            (m.name.to_string(), t.to_string())
+        })
+        .collect();
+    want.sort();
+    assert_eq!(types, want, "METRICS and /metrics disagree:\n{text}");
+    for m in METRICS {
+        let series = match m.kind {
+            Kind::Histogram => format!("{}_bucket", m.name),
+            _ => m.name.to_string(),
+        };
+        let mut labels: BTreeSet<&str> = m.labels.iter().copied().collect();
+        if m.kind == Kind::Histogram {
+            labels.insert("le");
+        }
+        let found = samples.iter().any(|s| {
+            s.name == series
+                && s.labels.keys().map(String::as_str).collect::<BTreeSet<_>>() == labels
+        });
+        assert!(
+            found,
+            "no `{series}` sample with labels {labels:?} in:\n{text}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- Dockerfile
