@@ -57,6 +57,9 @@ pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_millis(500);
 
 const ENV_PREFIX: &str = "GRAPHGATE_";
 
+mod webhooks;
+pub use self::webhooks::{Subscriber, Webhooks};
+
 // ---------------------------------------------------------------- typed config
 
 /// The validated configuration. Every field holds a usable value; no further checks are needed.
@@ -69,6 +72,8 @@ pub struct Config {
     pub clients: Vec<Client>,
     pub limits: Limits,
     pub cache: Cache,
+    /// `[webhooks]`, when Meta's webhooks are received here (`docs/webhooks.md`).
+    pub webhooks: Option<Webhooks>,
 }
 
 /// `[limits]`: the rolling-window budgets and what callers see when one is spent.
@@ -343,6 +348,7 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     cache: RawCache,
+    webhooks: Option<webhooks::RawWebhooks>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -893,6 +899,7 @@ impl Validator<'_> {
         let limits = self.limits(raw.limits);
         self.limit_defaults = limits.defaults;
         let cache = self.cache(raw.cache);
+        let hooks = raw.webhooks.and_then(|w| self.webhooks(w));
         let auth = server.1;
         // Names and counts come from the file, not from the entries that validated, so one bad
         // [[app]] or [[client]] does not also cause "unknown app" or "none configured" problems.
@@ -919,6 +926,12 @@ impl Validator<'_> {
         if app_names.is_empty() {
             self.problem("app", "at least one [[app]] is required");
         }
+        if hooks.is_some() && !apps.is_empty() && apps.iter().all(|a| a.app_secret.is_none()) {
+            self.problem(
+                "webhooks",
+                "Meta signs webhooks with the app secret: set app_secret_env or app_secret_file on the subscribed [[app]]",
+            );
+        }
         match auth {
             AuthMode::Keys if client_count == 0 && !app_names.is_empty() => {
                 self.problem("client", "at least one [[client]] is required (or set server.auth = \"none\" on a trusted network)")
@@ -937,6 +950,7 @@ impl Validator<'_> {
                 clients,
                 limits,
                 cache,
+                webhooks: hooks,
             })
         } else {
             Err(ConfigError {

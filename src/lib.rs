@@ -17,6 +17,7 @@
 //! - [`proxy`]: the request pipeline, check -> authenticate -> classify -> authorize -> cache ->
 //!   limit -> upstream -> rewrite -> respond.
 //! - [`shared`]: buckets, learned facts and cache invalidations shared by replicas through Redis.
+//! - [`webhooks`]: Meta's webhooks: handshake, signatures, cache invalidation, durable fan-out.
 //! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2 settings, graceful shutdown.
 //! - [`telemetry`]: tracing setup (JSON lines or text).
 //! - [`metrics`]: the Prometheus registry of one gateway; labels only from config or fixed sets.
@@ -43,6 +44,7 @@ pub mod sim;
 pub mod target;
 pub mod telemetry;
 pub mod upstream;
+pub mod webhooks;
 
 use std::future::Future;
 
@@ -55,7 +57,12 @@ pub use proxy::Gateway;
 /// The whole proxy as a router, for tests that call it in process.
 pub fn app(gw: Gateway) -> Router {
     // Every path is a Graph path, so there is no routing table: one fallback runs the pipeline.
-    Router::new().fallback(proxy::handle).with_state(gw)
+    // The one exception is Meta's webhook path (no client key: Meta must reach it).
+    let mut router = Router::new();
+    if let Some(hub) = &gw.inner().webhooks {
+        router = router.route(hub.path(), webhooks::routes());
+    }
+    router.fallback(proxy::handle).with_state(gw)
 }
 
 /// Serves the proxy on `listener` until `shutdown` resolves. Never binds its own socket.
@@ -121,6 +128,12 @@ pub async fn run_with_admin(
         rules = c.rules.len(),
         "response cache"
     );
+    // Webhook deliveries left in queue_dir resume before anything else is spawned, so an unusable
+    // queue_dir stops start-up cleanly.
+    let hooks = gw.inner().webhooks.clone();
+    if let Some(h) = &hooks {
+        h.start()?;
+    }
     // Background work lives as long as the server: the Redis link, the probe, the state save.
     let shared = limiter.shared().cloned().map(|shared| {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -181,6 +194,9 @@ pub async fn run_with_admin(
     };
     let result = result.and(admin_result);
     probe.abort();
+    if let Some(h) = &hooks {
+        h.stop();
+    }
     if let Some((link, events)) = shared {
         link.abort();
         events.abort();

@@ -26,6 +26,25 @@ pub async fn probe_all(gw: &Gateway) {
     }
 }
 
+/// Probes one WABA of `app` now and records what it learned (webhooks call this after a phone
+/// number or account event). A no-op for WABAs that are not `active = "auto"`.
+pub async fn probe_waba(gw: &Gateway, app: usize, waba: &str) {
+    let g = gw.inner();
+    if !g
+        .limiter
+        .auto_wabas()
+        .iter()
+        .any(|(a, w)| *a == app && w == waba)
+    {
+        return;
+    }
+    match probe_one(gw, app, waba).await {
+        Ok(Some(active)) => g.limiter.learn_active(app, waba, active),
+        Ok(None) => tracing::debug!(waba = %waba, "probe: the listing did not say"),
+        Err(reason) => tracing::warn!(waba = %waba, reason, "probe of WABA activity skipped"),
+    }
+}
+
 async fn probe_one(gw: &Gateway, app: usize, waba: &str) -> Result<Option<bool>, &'static str> {
     let g = gw.inner();
     let key = BucketKey {

@@ -46,6 +46,8 @@ pub struct Inner {
     pub cache: ResponseCache,
     pub metrics: Metrics,
     redactor: rewrite::Redactor,
+    /// The webhook receiver, when `[webhooks]` is configured.
+    pub webhooks: Option<Arc<crate::webhooks::Hub>>,
     /// `server.public_url` without a trailing slash, when configured.
     public_base: Option<String>,
     /// Scheme callers use when `public_url` is not set.
@@ -69,6 +71,7 @@ impl Gateway {
         let upstream = Upstream::new(&config.upstream);
         let limiter = Arc::new(Limiter::new(&config, clock));
         let metrics = Metrics::new(&config);
+        let webhooks = crate::webhooks::Hub::new(&config);
         let public_base = config
             .server
             .public_url
@@ -88,6 +91,7 @@ impl Gateway {
             limiter,
             cache,
             metrics,
+            webhooks,
             public_base,
             public_scheme,
         }))

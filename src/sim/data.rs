@@ -428,6 +428,17 @@ impl Data {
             .any(|p| p.waba_id == waba && p.registered())
     }
 
+    /// Registers or deregisters a number, as Meta's register/deregister calls would.
+    pub(crate) fn set_platform_type(&mut self, phone: &str, platform_type: &str) -> bool {
+        match self.phones.get_mut(phone) {
+            Some(p) => {
+                p.platform_type = platform_type.to_string();
+                true
+            }
+            None => false,
+        }
+    }
+
     pub(crate) fn waba_ids(&self) -> Vec<String> {
         self.wabas.keys().cloned().collect()
     }

@@ -132,6 +132,12 @@ impl Sim {
         s
     }
 
+    /// Sets a phone number's `platform_type` (`CLOUD_API` registers it, `NOT_APPLICABLE` does not),
+    /// for tests of WABAs becoming active or inactive. False when the number is unknown.
+    pub fn set_platform_type(&self, phone: &str, platform_type: &str) -> bool {
+        lock(&self.inner.data).set_platform_type(phone, platform_type)
+    }
+
     pub fn set_faults(&self, f: Faults) {
         *lock(&self.inner.faults) = f;
     }

@@ -1,0 +1,565 @@
+//! Meta's webhooks (the `whatsapp_business_account` object) received on the public listener: the
+//! verification handshake, `X-Hub-Signature-256` checks, cache invalidation and WABA re-probes per
+//! event, and the hand-off of each verified event to the fan-out [`queue`]. See `docs/webhooks.md`.
+//!
+//! It owns the `[webhooks]` route and what an event changes. It must never parse, act on or
+//! forward a body before its signature has verified against a configured app secret, never make
+//! Meta wait on a subscriber, and never log or echo a secret, signature or event body.
+
+pub mod queue;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{RawQuery, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, MethodRouter};
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http::header::{self, HeaderValue};
+use http::StatusCode;
+use http_body_util::{BodyExt, Limited};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::{is_graph_id, Config, Secret, Webhooks};
+use crate::error::graph_error;
+use crate::proxy::Gateway;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Fields whose events change a WABA's templates: its cached template views are dropped.
+pub const TEMPLATE_FIELDS: [&str; 4] = [
+    "message_template_status_update",
+    "message_template_quality_update",
+    "message_template_components_update",
+    "template_category_update",
+];
+
+/// Fields whose events change a WABA's numbers or standing: its cached WABA and number views are
+/// dropped and, for `active = "auto"` WABAs, whether it is active is probed again.
+pub const ACCOUNT_FIELDS: [&str; 3] = [
+    "phone_number_quality_update",
+    "phone_number_name_update",
+    "account_update",
+];
+
+/// The only object whose entry ids are WABAs; other objects are fanned out but change nothing.
+const WABA_OBJECT: &str = "whatsapp_business_account";
+
+/// Longest `hub.challenge` echoed back; Meta sends a short integer.
+const MAX_CHALLENGE: usize = 128;
+
+/// The receiver's failures, each mapped once to a Graph-shaped response.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("hub.mode is not subscribe or hub.verify_token does not match")]
+    VerifyRefused,
+    #[error("hub.challenge is missing or is not a short token")]
+    BadChallenge,
+    #[error("X-Hub-Signature-256 is missing")]
+    MissingSignature,
+    #[error("X-Hub-Signature-256 does not match the body for any configured app secret")]
+    BadSignature,
+    #[error("the body is larger than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("the body could not be read")]
+    BodyFailed,
+    #[error("the body is not a webhook envelope ({0})")]
+    Malformed(String),
+}
+
+impl WebhookError {
+    fn shape(&self) -> (StatusCode, &'static str, u32) {
+        match self {
+            WebhookError::VerifyRefused => (StatusCode::FORBIDDEN, "webhook-verify", 10),
+            WebhookError::BadChallenge => (StatusCode::BAD_REQUEST, "webhook-verify", 100),
+            WebhookError::MissingSignature | WebhookError::BadSignature => {
+                (StatusCode::FORBIDDEN, "webhook-signature", 10)
+            }
+            WebhookError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", 100),
+            WebhookError::BodyFailed => (StatusCode::BAD_REQUEST, "bad-request", 100),
+            WebhookError::Malformed(_) => (StatusCode::BAD_REQUEST, "webhook-malformed", 100),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.shape().0
+    }
+}
+
+impl IntoResponse for WebhookError {
+    fn into_response(self) -> Response {
+        let (status, kind, code) = self.shape();
+        let typ = if code == 10 {
+            "OAuthException"
+        } else {
+            "GraphMethodException"
+        };
+        graph_error(
+            status,
+            kind,
+            code,
+            typ,
+            false,
+            &format!("(#{code}) graphgate: {self}"),
+        )
+    }
+}
+
+/// Counters for the metrics endpoint (`webhooks::stats`). Monotonic except `queue_depth`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebhookStats {
+    /// Verified changes received, by `field` (unknown fields included).
+    pub events: BTreeMap<String, u64>,
+    pub signature_failures: u64,
+    pub handshakes_ok: u64,
+    pub handshakes_refused: u64,
+    /// Bodies refused after the signature check or for size: malformed JSON, over `max_body`.
+    pub bodies_refused: u64,
+    pub subscribers: BTreeMap<String, SubscriberStats>,
+}
+
+/// Deliveries of one subscriber, by outcome, and what waits now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscriberStats {
+    pub delivered: u64,
+    /// Attempts that failed (each retry counts).
+    pub failed_attempts: u64,
+    /// Given up after `max_attempts`.
+    pub gave_up: u64,
+    /// Given up after `max_age`.
+    pub expired: u64,
+    /// Refused because `max_queue` deliveries were already waiting.
+    pub queue_full: u64,
+    /// Kept in memory only because the file could not be written.
+    pub persist_failures: u64,
+    pub queue_depth: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    events: BTreeMap<String, u64>,
+    signature_failures: u64,
+    handshakes_ok: u64,
+    handshakes_refused: u64,
+    bodies_refused: u64,
+}
+
+/// The receiver's state; one per [`Gateway`] when `[webhooks]` is configured.
+pub struct Hub {
+    cfg: Webhooks,
+    /// sha256 of the verify token, so the compare is constant-time whatever the lengths.
+    verify_digest: [u8; 32],
+    /// (app index, app secret) of every app that has one: any of them may have signed.
+    secrets: Vec<(usize, Secret)>,
+    queue: Arc<queue::Queue>,
+    /// Plain counters; a mutex is simplest and webhook rates are low. Never held across `.await`.
+    counters: Mutex<Counters>,
+    /// Probes started by events, per (app, WABA): `true` means "run once more when done", so a
+    /// burst of events costs at most two probes.
+    probing: Mutex<HashMap<(usize, String), bool>>,
+}
+
+impl Hub {
+    /// `None` when `[webhooks]` is not configured.
+    pub fn new(config: &Config) -> Option<Arc<Hub>> {
+        let w = config.webhooks.as_ref()?;
+        Some(Arc::new(Hub {
+            cfg: w.clone(),
+            verify_digest: Sha256::digest(w.verify_token.expose().as_bytes()).into(),
+            secrets: config
+                .apps
+                .iter()
+                .enumerate()
+                .filter_map(|(i, a)| a.app_secret.clone().map(|s| (i, s)))
+                .collect(),
+            queue: Arc::new(queue::Queue::new(w)),
+            counters: Mutex::default(),
+            probing: Mutex::default(),
+        }))
+    }
+
+    pub fn path(&self) -> &str {
+        &self.cfg.path
+    }
+
+    /// Loads pending deliveries from `queue_dir` and starts sending them (called by `run_with`).
+    pub fn start(&self) -> std::io::Result<()> {
+        let c = &self.cfg;
+        tracing::info!(
+            path = %c.path,
+            max_body = c.max_body,
+            queue_dir = ?c.queue_dir,
+            max_queue = c.max_queue,
+            retry_initial = ?c.retry_initial,
+            retry_max = ?c.retry_max,
+            max_attempts = c.max_attempts,
+            max_age = ?c.max_age,
+            delivery_timeout = ?c.delivery_timeout,
+            subscribers = c.subscribers.len(),
+            apps_with_secret = self.secrets.len(),
+            "webhook receiver"
+        );
+        if c.queue_dir.is_none() && !c.subscribers.is_empty() {
+            tracing::warn!("webhooks.queue_dir is not set: deliveries waiting for a subscriber are lost on restart");
+        }
+        let n = self.queue.start()?;
+        if n > 0 {
+            tracing::info!(deliveries = n, "resumed webhook deliveries from queue_dir");
+        }
+        Ok(())
+    }
+
+    /// Stops the delivery tasks; what waits stays in `queue_dir` for the next run.
+    pub fn stop(&self) {
+        self.queue.stop();
+    }
+
+    pub fn stats(&self) -> WebhookStats {
+        let c = self.counters();
+        WebhookStats {
+            events: c.events.clone(),
+            signature_failures: c.signature_failures,
+            handshakes_ok: c.handshakes_ok,
+            handshakes_refused: c.handshakes_refused,
+            bodies_refused: c.bodies_refused,
+            subscribers: self.queue.stats().into_iter().collect(),
+        }
+    }
+
+    fn counters(&self) -> std::sync::MutexGuard<'_, Counters> {
+        self.counters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn handshake(&self, query: &str) -> Result<String, WebhookError> {
+        let (mut mode, mut token, mut challenge) = (None, None, None);
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match &*k {
+                "hub.mode" => mode = Some(v),
+                "hub.verify_token" => token = Some(v),
+                "hub.challenge" => challenge = Some(v),
+                _ => {}
+            }
+        }
+        let given: [u8; 32] = Sha256::digest(token.unwrap_or_default().as_bytes()).into();
+        let token_ok: bool = given.ct_eq(&self.verify_digest).into();
+        if mode.as_deref() != Some("subscribe") || !token_ok {
+            return Err(WebhookError::VerifyRefused);
+        }
+        // Echoed as text/plain; only a short visible token, so nothing else can be reflected.
+        match challenge {
+            Some(c)
+                if !c.is_empty()
+                    && c.len() <= MAX_CHALLENGE
+                    && c.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                Ok(c.into_owned())
+            }
+            _ => Err(WebhookError::BadChallenge),
+        }
+    }
+
+    /// Reads and verifies the body, applies each change, queues the fan-out. Returns the number of
+    /// changes seen.
+    async fn receive(&self, gw: &Gateway, req: Request) -> Result<usize, WebhookError> {
+        let (parts, body) = req.into_parts();
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let limit = self.cfg.max_body;
+        if declared.is_some_and(|n| n > limit) {
+            return Err(WebhookError::TooLarge { limit });
+        }
+        let body = Limited::new(body, limit as usize)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    WebhookError::TooLarge { limit }
+                } else {
+                    WebhookError::BodyFailed
+                }
+            })?
+            .to_bytes();
+        let app = verify(
+            &self.secrets,
+            parts.headers.get("x-hub-signature-256"),
+            &body,
+        )?;
+        let envelope: Value = serde_json::from_slice(&body).map_err(|e| {
+            // serde's position only: its message could quote the payload.
+            WebhookError::Malformed(format!(
+                "invalid JSON at line {} column {}",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        let entries = envelope
+            .get("entry")
+            .and_then(Value::as_array)
+            .ok_or_else(|| WebhookError::Malformed("no `entry` list".into()))?;
+        let object = envelope.get("object").cloned().unwrap_or(Value::Null);
+        let app_name = &gw.config().apps[app].name;
+        let mut changes_seen = 0;
+        for entry in entries {
+            let waba = entry_id(entry);
+            let changes: &[Value] = entry
+                .get("changes")
+                .and_then(Value::as_array)
+                .map_or(&[], Vec::as_slice);
+            for change in changes {
+                let field = change.get("field").and_then(Value::as_str).unwrap_or("");
+                changes_seen += 1;
+                tracing::info!(app = %app_name, waba = %waba, field, "webhook event");
+                *self.counters().events.entry(field.to_string()).or_default() += 1;
+                if object == WABA_OBJECT {
+                    self.apply(gw, &waba, field, change.get("value"));
+                }
+            }
+            self.fan_out(&object, entry, &waba, changes).await;
+        }
+        Ok(changes_seen)
+    }
+
+    /// What one change does to graphgate's own state. Ids come from a verified body, yet they only
+    /// ever name cache prefixes after passing `is_graph_id`.
+    fn apply(&self, gw: &Gateway, waba: &str, field: &str, value: Option<&Value>) {
+        if !is_graph_id(waba) {
+            return;
+        }
+        let config = gw.config();
+        let apps = 0..config.apps.len();
+        if TEMPLATE_FIELDS.contains(&field) {
+            // `/{waba}` covers `/{waba}/message_templates` and the WABA object views (the cache's
+            // per-object invalidation drops every entry under `/{waba}` anyway).
+            let template = value
+                .and_then(|v| v.get("message_template_id"))
+                .and_then(id_of)
+                .filter(|t| is_graph_id(t));
+            for app in apps {
+                let mut n = purge(gw, app, &format!("/{waba}"));
+                if let Some(t) = &template {
+                    n += purge(gw, app, &format!("/{t}"));
+                }
+                tracing::debug!(
+                    app,
+                    waba,
+                    dropped = n,
+                    "template event: cache entries dropped"
+                );
+            }
+        } else if ACCOUNT_FIELDS.contains(&field) {
+            for app in apps {
+                let mut prefixes: BTreeSet<String> = BTreeSet::from([format!("/{waba}")]);
+                let configured = config.apps[app].wabas.iter().find(|w| w.id == waba);
+                if let Some(w) = configured {
+                    prefixes.extend(w.phone_numbers.iter().map(|p| format!("/{p}")));
+                    prefixes.extend(w.status_ids.iter().map(|p| format!("/{p}")));
+                }
+                let n: usize = prefixes.iter().map(|p| purge(gw, app, p)).sum();
+                tracing::debug!(
+                    app,
+                    waba,
+                    dropped = n,
+                    "account event: cache entries dropped"
+                );
+                if configured.is_some() {
+                    self.reprobe(gw, app, waba);
+                }
+            }
+        }
+    }
+
+    /// Re-evaluates in the background whether `waba` is active; coalesces bursts (see `probing`).
+    fn reprobe(&self, gw: &Gateway, app: usize, waba: &str) {
+        let key = (app, waba.to_string());
+        {
+            let mut p = self.probing.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(again) = p.get_mut(&key) {
+                *again = true;
+                return;
+            }
+            p.insert(key.clone(), false);
+        }
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            loop {
+                crate::probe::probe_waba(&gw, key.0, &key.1).await;
+                let Some(hub) = gw.inner().webhooks.as_ref() else {
+                    return;
+                };
+                let mut p = hub.probing.lock().unwrap_or_else(|e| e.into_inner());
+                match p.get_mut(&key) {
+                    Some(again) if *again => *again = false,
+                    _ => {
+                        p.remove(&key);
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// One delivery per matching subscriber: the entry alone in Meta's envelope, its `changes` cut
+    /// down to the subscriber's `fields`. One entry names one WABA, which is the delivery's lane.
+    async fn fan_out(&self, object: &Value, entry: &Value, waba: &str, changes: &[Value]) {
+        for (i, sub) in self.queue.subscribers().enumerate() {
+            let entry = match &sub.fields {
+                None => entry.clone(),
+                Some(fields) => {
+                    let kept: Vec<Value> = changes
+                        .iter()
+                        .filter(|c| {
+                            c.get("field")
+                                .and_then(Value::as_str)
+                                .is_some_and(|f| fields.contains(f))
+                        })
+                        .cloned()
+                        .collect();
+                    if kept.is_empty() {
+                        continue;
+                    }
+                    let mut e = entry.clone();
+                    e["changes"] = Value::Array(kept);
+                    e
+                }
+            };
+            let body = serde_json::json!({ "object": object, "entry": [entry] }).to_string();
+            self.queue.enqueue(i, waba, Bytes::from(body)).await;
+        }
+    }
+}
+
+/// Drops cached entries under `prefix` here and, in shared mode, on every other replica (the
+/// re-probe's outcome is shared by `Limiter::learn_active` itself).
+fn purge(gw: &Gateway, app: usize, prefix: &str) -> usize {
+    let g = gw.inner();
+    if g.limiter.shared().is_some() {
+        g.limiter.share_purge(app, prefix);
+    }
+    g.cache.purge(app, prefix)
+}
+
+/// `sha256=<hex>` of HMAC-SHA256(key, body), as Meta sends and as subscribers receive.
+pub fn signature(key: &[u8], body: &[u8]) -> String {
+    // HMAC takes keys of any length, so this cannot fail.
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC accepts any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The app whose secret signed `body`, comparing in constant time (`verify_slice`).
+fn verify(
+    secrets: &[(usize, Secret)],
+    header: Option<&HeaderValue>,
+    body: &[u8],
+) -> Result<usize, WebhookError> {
+    let header = header.ok_or(WebhookError::MissingSignature)?;
+    let hex_sig = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.trim().strip_prefix("sha256="))
+        .ok_or(WebhookError::BadSignature)?;
+    let sig = hex::decode(hex_sig).map_err(|_| WebhookError::BadSignature)?;
+    if sig.len() != 32 {
+        return Err(WebhookError::BadSignature);
+    }
+    for (app, secret) in secrets {
+        let Ok(mut mac) = HmacSha256::new_from_slice(secret.expose().as_bytes()) else {
+            continue;
+        };
+        mac.update(body);
+        if mac.verify_slice(&sig).is_ok() {
+            return Ok(*app);
+        }
+    }
+    Err(WebhookError::BadSignature)
+}
+
+/// Graph ids arrive as strings, sometimes as numbers.
+fn id_of(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The entry's WABA id, or `_` when it has none (such entries still fan out, in one lane).
+fn entry_id(entry: &Value) -> String {
+    entry
+        .get("id")
+        .and_then(id_of)
+        .filter(|s| !s.is_empty() && s.len() <= 64)
+        .unwrap_or_else(|| "_".to_string())
+}
+
+/// The `[webhooks] path` route: GET for the handshake, POST for events.
+pub fn routes() -> MethodRouter<Gateway> {
+    get(handshake).post(receive)
+}
+
+/// The numbers for metrics; `None` when webhooks are not configured.
+pub fn stats(gw: &Gateway) -> Option<WebhookStats> {
+    gw.inner().webhooks.as_ref().map(|h| h.stats())
+}
+
+async fn handshake(State(gw): State<Gateway>, RawQuery(query): RawQuery) -> Response {
+    let Some(hub) = gw.inner().webhooks.as_ref() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    match hub.handshake(query.as_deref().unwrap_or("")) {
+        Ok(challenge) => {
+            hub.counters().handshakes_ok += 1;
+            tracing::info!("webhook verification handshake answered");
+            let mut resp = challenge.into_response();
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            h.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }
+        Err(e) => {
+            hub.counters().handshakes_refused += 1;
+            tracing::warn!(error = %e, "webhook verification handshake refused");
+            e.into_response()
+        }
+    }
+}
+
+async fn receive(State(gw): State<Gateway>, req: Request) -> Response {
+    let Some(hub) = gw.inner().webhooks.clone() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    match hub.receive(&gw, req).await {
+        Ok(changes) => {
+            tracing::debug!(changes, "webhook accepted");
+            StatusCode::OK.into_response()
+        }
+        Err(e) => {
+            {
+                let mut c = hub.counters();
+                match &e {
+                    WebhookError::MissingSignature | WebhookError::BadSignature => {
+                        c.signature_failures += 1
+                    }
+                    _ => c.bodies_refused += 1,
+                }
+            }
+            tracing::warn!(error = %e, "webhook refused");
+            e.into_response()
+        }
+    }
+}
