@@ -190,7 +190,9 @@ async fn metrics_text(State(gw): State<Gateway>) -> Response {
     let g = gw.inner();
     // From Redis when the buckets are shared, so every replica reports the same budget.
     let buckets = g.limiter.view().await;
-    let body = g.metrics.render(buckets, &g.limiter, &g.cache);
+    let body = g
+        .metrics
+        .render(buckets, &g.limiter, &g.cache, crate::webhooks::stats(&gw));
     (
         [(
             header::CONTENT_TYPE,

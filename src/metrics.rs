@@ -85,6 +85,52 @@ struct ThrottleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FieldLabels {
+    field: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    subscriber: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubscriberLabels {
+    subscriber: String,
+}
+
+/// Webhook figures, registered only when `[webhooks]` is configured. They mirror the hub's own
+/// counters at scrape time; field labels outside the known WABA fields collapse to `other`.
+struct WebhookMetrics {
+    events: Family<FieldLabels, Counter>,
+    signature_failures: Counter,
+    deliveries: Family<DeliveryLabels, Counter>,
+    queue_depth: Family<SubscriberLabels, Gauge>,
+}
+
+/// Field names that get a series of their own (the webhook fields graphgate acts on, and messages).
+const KNOWN_FIELDS: [&str; 9] = [
+    "message_template_status_update",
+    "message_template_quality_update",
+    "message_template_components_update",
+    "template_category_update",
+    "phone_number_quality_update",
+    "phone_number_name_update",
+    "account_update",
+    "business_capability_update",
+    "messages",
+];
+
+/// Raises a counter to `value` (the hub counts; the registry only shows).
+fn catch_up(c: &Counter, value: u64) {
+    let cur = c.get();
+    if value > cur {
+        c.inc_by(value - cur);
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
     result: &'static str,
 }
@@ -185,6 +231,7 @@ pub struct Metrics {
     recent: Mutex<VecDeque<Rejection>>,
     /// Serializes scrapes: each refreshes the gauge families (clear, then set) before encoding.
     scrape: Mutex<()>,
+    webhooks: Option<WebhookMetrics>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -210,6 +257,27 @@ impl Metrics {
         let backend_up = Gauge::default();
         let cache_requests = Family::<CacheLabels, Counter>::default();
         let build_info = Family::<VersionLabels, Gauge>::default();
+        let webhooks = config.webhooks.as_ref().map(|_| {
+            let w = WebhookMetrics {
+                events: Family::default(),
+                signature_failures: Counter::default(),
+                deliveries: Family::default(),
+                queue_depth: Family::default(),
+            };
+            registry.register("graphgate_webhook_events", "Verified webhook changes received, by field", w.events.clone());
+            registry.register(
+                "graphgate_webhook_signature_failures",
+                "Webhook POSTs refused for a missing or wrong X-Hub-Signature-256",
+                w.signature_failures.clone(),
+            );
+            registry.register(
+                "graphgate_webhook_deliveries",
+                "Fan-out deliveries by subscriber and outcome (delivered, failed_attempt, gave_up, expired, queue_full)",
+                w.deliveries.clone(),
+            );
+            registry.register("graphgate_webhook_queue_depth", "Deliveries waiting, by subscriber", w.queue_depth.clone());
+            w
+        });
         build_info
             .get_or_create(&VersionLabels {
                 version: env!("CARGO_PKG_VERSION"),
@@ -316,6 +384,7 @@ impl Metrics {
             upstream: Mutex::new(None),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_REJECTIONS)),
             scrape: Mutex::new(()),
+            webhooks,
         }
     }
 
@@ -498,8 +567,40 @@ impl Metrics {
         buckets: Vec<BucketView>,
         limiter: &Limiter,
         cache: &ResponseCache,
+        webhooks: Option<crate::webhooks::WebhookStats>,
     ) -> String {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some(w), Some(stats)) = (&self.webhooks, webhooks) {
+            for (field, n) in &stats.events {
+                let field = if KNOWN_FIELDS.contains(&field.as_str()) {
+                    field.clone()
+                } else {
+                    "other".into()
+                };
+                catch_up(&w.events.get_or_create(&FieldLabels { field }), *n);
+            }
+            catch_up(&w.signature_failures, stats.signature_failures);
+            for (name, sub) in &stats.subscribers {
+                for (outcome, n) in [
+                    ("delivered", sub.delivered),
+                    ("failed_attempt", sub.failed_attempts),
+                    ("gave_up", sub.gave_up),
+                    ("expired", sub.expired),
+                    ("queue_full", sub.queue_full),
+                ] {
+                    let labels = DeliveryLabels {
+                        subscriber: name.clone(),
+                        outcome,
+                    };
+                    catch_up(&w.deliveries.get_or_create(&labels), n);
+                }
+                w.queue_depth
+                    .get_or_create(&SubscriberLabels {
+                        subscriber: name.clone(),
+                    })
+                    .set(clamp_i64(sub.queue_depth));
+            }
+        }
 
         // Buckets: unconfigured WABAs share `waba:other`, which shows the fullest of them.
         let views = buckets;

@@ -377,6 +377,28 @@ async fn only_a_valid_signature_lets_an_event_act() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(sink.got().len(), 1, "refused events were delivered");
     assert_eq!(e.stats().events["message_template_status_update"], 1);
+    // The same figures on /metrics.
+    let resp = tower::ServiceExt::oneshot(
+        graphgate::admin::router(e.gw.clone()),
+        http::Request::get("/metrics")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    for line in [
+        "graphgate_webhook_signature_failures_total 4",
+        "graphgate_webhook_events_total{field=\"message_template_status_update\"} 1",
+        "graphgate_webhook_deliveries_total{subscriber=\"a\",outcome=\"delivered\"} 1",
+        "graphgate_webhook_queue_depth{subscriber=\"a\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
 }
 
 // A body over max_body is a 413 (declared or streamed), invalid JSON or a non-envelope after a
