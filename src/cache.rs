@@ -858,7 +858,7 @@ impl ResponseCache {
             return false;
         }
         let t = token.expose().as_bytes();
-        t.is_empty() || !s.body.windows(t.len()).any(|w| w == t)
+        t.is_empty() || memchr::memmem::find(&s.body, t).is_none()
     }
 
     /// Drops every entry of `app` whose path (version ignored) starts with `path_prefix` segment by

@@ -198,6 +198,8 @@ pub struct Limiter {
     /// App-wide blocks (Meta's code 4 and X-App-Usage at 100%), per app index.
     app_blocked_until: Mutex<Vec<Micros>>,
     app_reported: Mutex<Vec<Option<Reported>>>,
+    /// The usage headers last parsed, per app.
+    last_usage: Mutex<Vec<(Option<String>, Option<String>)>>,
     quotas: Vec<Option<DefaultDirectRateLimiter>>,
     next_ticket: std::sync::atomic::AtomicU64,
     /// Buckets shared with other replicas through Redis, when configured.
@@ -364,6 +366,7 @@ impl Limiter {
             state_file: l.state_file.clone(),
             app_blocked_until: Mutex::new(vec![0; config.apps.len()]),
             app_reported: Mutex::new(vec![None; config.apps.len()]),
+            last_usage: Mutex::new(vec![(None, None); config.apps.len()]),
             apps,
             buckets: RwLock::new(HashMap::new()),
             known: RwLock::new(known),
@@ -880,6 +883,21 @@ impl Limiter {
     /// Reads Meta's usage headers from a response to a call on `key` and adjusts local state:
     /// a higher count than ours raises ours; 100% blocks until the regain time.
     pub fn observe_usage(&self, app: usize, bucket_usage: Option<&str>, app_usage: Option<&str>) {
+        // Meta repeats the same figures across many answers; parse only when they change.
+        {
+            let mut last = self.last_usage.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(slot) = last.get_mut(app) else {
+                return;
+            };
+            let same = slot.0.as_deref() == bucket_usage && slot.1.as_deref() == app_usage;
+            if same {
+                return;
+            }
+            *slot = (
+                bucket_usage.map(str::to_string),
+                app_usage.map(str::to_string),
+            );
+        }
         let now = self.clock.now();
         if let Some(raw) = bucket_usage {
             if let Ok(map) = serde_json::from_str::<HashMap<String, Vec<serde_json::Value>>>(raw) {

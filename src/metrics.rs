@@ -182,6 +182,9 @@ pub struct Seen {
     /// The client's configured name (`anonymous` with `auth = "none"`).
     pub client: Option<Arc<str>>,
     pub class: Option<&'static str>,
+    /// The first bucket the call spends (`waba:<id>`, `credit_line`, `other`), for the access log.
+    pub bucket: Option<String>,
+    pub upstream_status: Option<u16>,
 }
 
 /// The outcome of the latest call to Meta, at the transport level.
