@@ -164,6 +164,8 @@ pub struct Server {
     pub shutdown_grace: Duration,
     pub tls: Option<TlsFiles>,
     pub access_log: bool,
+    /// Runtime threads; `None`: one per core available to the process.
+    pub worker_threads: Option<usize>,
     /// Where the admin listener binds; `None` when `admin_listen = "off"` (or empty).
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token every admin path but `/healthz` requires, when set.
@@ -401,6 +403,7 @@ struct RawServer {
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
     access_log: Option<bool>,
+    worker_threads: Option<i64>,
     admin_listen: Option<String>,
     /// Present only so that an inline token gets a clear refusal; its value is never read or shown.
     admin_token: Option<de::IgnoredAny>,
@@ -1039,6 +1042,14 @@ impl Validator<'_> {
                 .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
             tls,
             access_log: r.access_log.unwrap_or(true),
+            worker_threads: match r.worker_threads {
+                None => None,
+                Some(n) if (1..=1024).contains(&n) => Some(n as usize),
+                Some(_) => {
+                    self.problem("server.worker_threads", "must be between 1 and 1024");
+                    None
+                }
+            },
             admin_listen: self.admin_listen(r.admin_listen.as_deref(), listen),
             admin_token: self.secret(
                 "server.admin_token",

@@ -61,17 +61,22 @@ fn main() -> ExitCode {
         LogFormat::Json => Format::Json,
         LogFormat::Text => Format::Text,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let command = cli.command.unwrap_or(Command::Serve);
+    // Serving reads its thread count from config; the other commands use every core.
+    let workers = match &command {
+        Command::Serve => Config::load(&cli.config, &ProcessEnv)
+            .ok()
+            .and_then(|c| c.server.worker_threads),
+        _ => None,
+    };
+    let runtime = match build_runtime(workers) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("graphgate: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match cli.command.unwrap_or(Command::Serve) {
+    match command {
         Command::CheckConfig => match Config::load(&cli.config, &ProcessEnv) {
             Ok(c) => {
                 println!(
@@ -191,5 +196,22 @@ fn main() -> ExitCode {
                 }
             })
         }
+    }
+}
+
+/// One worker thread runs tokio's single-threaded scheduler: on one core it serves more requests
+/// than the work-stealing one and keeps the tail short with a thousand connections (measured in
+/// docs/benchmarks.md). More threads use the multi-threaded scheduler.
+fn build_runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let n = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if n <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()
     }
 }
