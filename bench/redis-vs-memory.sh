@@ -18,6 +18,7 @@ trap cleanup EXIT
 # Upstream: nginx serving the fixed Graph JSON on :18081, pinned to CPU 0 like the servers below.
 mkdir -p "$run/html" "$run/tmp"
 cp "$shared/message_templates.json" "$run/html/"
+chmod -R a+rX "$run"  # nginx workers run unprivileged
 sed 's/^worker_processes auto;/worker_processes 1;/' "$shared/nginx-upstream.conf" > "$run/nginx.conf"
 taskset -c 0 nginx -p "$run" -c "$run/nginx.conf" >/dev/null 2>&1 & pids+=($!)
 taskset -c 0 redis-server --port 16379 --bind 127.0.0.1 --save "" --appendonly no >/dev/null & pids+=($!)
