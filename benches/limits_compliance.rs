@@ -133,7 +133,7 @@ async fn start_proxy(upstream: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<String>();
     let text = format!(
-        "[server]\naccess_log = false\n[upstream]\nurl = \"{upstream}\"\n[limits]\nwindow = \"{}ms\"\nwaba_active = {N}\n\
+        "[server]\naccess_log = false\nadmin_listen = \"off\"\n[cache]\nenabled = false\n[upstream]\nurl = \"{upstream}\"\n[limits]\nwindow = \"{}ms\"\nwaba_active = {N}\n\
          [[app]]\nname = \"a\"\nid = \"1000000000000001\"\ntoken_env = \"T\"\n[[app.waba]]\nid = \"{WABA}\"\nactive = true\n\
          [[client]]\nname = \"bench\"\nkey_sha256 = \"{key}\"\n",
         WINDOW.as_millis()
