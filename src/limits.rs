@@ -951,11 +951,12 @@ impl Limiter {
         let bucket = self.bucket(key, limit);
         let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
         b.prune(now, self.window);
-        // Meta's percentage is rounded down, so the most calls it can stand for is the top of
-        // its 1% step. Another consumer of the same app may have made them: count them as ours.
-        let mut meta_count = (((rep.call_count as u64 + 1) * limit as u64).div_ceil(100))
-            .saturating_sub(1)
-            .min(limit as u64) as u32;
+        // Meta's percentage is rounded down, so `p%` means at least `ceil(p * N / 100)` calls. When
+        // that is more than we counted, another consumer of the same app made them: count them as
+        // ours. The least count keeps graphgate from ever holding back budget Meta did not spend
+        // (reading 0% as "up to 1%" would lock away 1% of every bucket for an hour).
+        let mut meta_count =
+            ((rep.call_count as u64 * limit as u64).div_ceil(100)).min(limit as u64) as u32;
         let throttled = rep.call_count >= 100 && rep.regain_minutes > 0;
         if throttled {
             // The block below holds calls until Meta's regain time; after it Meta has room for at

@@ -284,8 +284,8 @@ fn metas_usage_report_raises_the_count_and_100_percent_blocks() {
     l.observe_usage(0, Some(&hdr(50, 0)), None);
     assert_eq!(
         l.snapshot()[0].used,
-        101,
-        "50% may stand for up to 101 calls"
+        100,
+        "50% of 200 is at least 100 calls"
     );
     l.observe_usage(0, Some(&hdr(100, 3)), None);
     let r = l.try_admit(&waba("100"), false).unwrap_err();
