@@ -10,6 +10,15 @@ fn graphgate() -> Command {
     c
 }
 
+/// `graphgate check-config --config <path>` with the test secrets in the environment.
+fn check_config(path: &std::path::Path) -> Command {
+    let mut c = graphgate();
+    c.args(["check-config", "--config"])
+        .arg(path)
+        .envs(support::env());
+    c
+}
+
 fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
     let p = dir.path().join(name);
     std::fs::write(&p, text).unwrap();
@@ -25,12 +34,7 @@ fn check_config_accepts_a_valid_file() {
         "ok.toml",
         &support::config_text("http://127.0.0.1:9", ""),
     );
-    let out = graphgate()
-        .args(["check-config", "--config"])
-        .arg(&p)
-        .envs(support::env())
-        .output()
-        .unwrap();
+    let out = check_config(&p).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -46,12 +50,7 @@ fn check_config_names_file_key_and_line_and_never_echoes_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let text = support::config_text("http://127.0.0.1:9", "listen_addr = \"x\"");
     let p = write(&dir, "typo.toml", &text);
-    let out = graphgate()
-        .args(["check-config", "--config"])
-        .arg(&p)
-        .envs(support::env())
-        .output()
-        .unwrap();
+    let out = check_config(&p).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     let line = text
@@ -71,12 +70,7 @@ fn check_config_names_file_key_and_line_and_never_echoes_secrets() {
         "token = \"EAAGinlineSECRETtoken\"",
     );
     let p = write(&dir, "inline.toml", &text);
-    let out = graphgate()
-        .args(["check-config", "--config"])
-        .arg(&p)
-        .envs(support::env())
-        .output()
-        .unwrap();
+    let out = check_config(&p).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -135,10 +129,7 @@ fn environment_overrides_are_applied() {
         "ok.toml",
         &support::config_text("http://127.0.0.1:9", ""),
     );
-    let out = graphgate()
-        .args(["check-config", "--config"])
-        .arg(&p)
-        .envs(support::env())
+    let out = check_config(&p)
         .env("GRAPHGATE_UPSTREAM__URL", "http://127.0.0.1:4321")
         .output()
         .unwrap();

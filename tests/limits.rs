@@ -39,15 +39,6 @@ async fn start_limited(sim_window: Duration, sim_limit: u32, limits: &str) -> (S
     (sim, proxy)
 }
 
-async fn get(url: &str) -> reqwest::Response {
-    client()
-        .get(url)
-        .bearer_auth(CLIENT_KEY)
-        .send()
-        .await
-        .unwrap()
-}
-
 // 1,000 concurrent callers on a bucket of 100: exactly 100 reach Meta, the rest get a
 // Graph-shaped 429 that SDKs read as throttling, and Meta never throttles us.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

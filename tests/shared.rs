@@ -68,15 +68,6 @@ async fn replicas(
     out
 }
 
-async fn get(url: &str) -> reqwest::Response {
-    client()
-        .get(url)
-        .bearer_auth(CLIENT_KEY)
-        .send()
-        .await
-        .unwrap()
-}
-
 // Three proxies on one Redis and 1,000 concurrent calls across them: exactly N are admitted, and
 // Meta never sees more than N in a window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

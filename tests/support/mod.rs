@@ -274,6 +274,16 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
+/// A GET with the full-rights client key.
+pub async fn get(url: &str) -> reqwest::Response {
+    client()
+        .get(url)
+        .bearer_auth(CLIENT_KEY)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Sends raw bytes on a fresh connection and returns the whole response text.
 pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
