@@ -147,6 +147,15 @@ pub async fn run_with_admin(
         (link, events)
     });
     let probe = tokio::spawn(probe::run(gw.clone()));
+    let sweeper = {
+        let limiter = limiter.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                limiter.sweep();
+            }
+        })
+    };
     let saver = config.limits.state_file.is_some().then(|| {
         let (limiter, every) = (limiter.clone(), config.limits.state_interval);
         tokio::spawn(async move {
@@ -194,6 +203,7 @@ pub async fn run_with_admin(
     };
     let result = result.and(admin_result);
     probe.abort();
+    sweeper.abort();
     if let Some(h) = &hooks {
         h.stop();
     }

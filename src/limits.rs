@@ -1170,6 +1170,20 @@ impl Limiter {
 
     // ------------------------------------------------------------ inspection
 
+    /// Forgets buckets with nothing in their window, nothing in flight, no block and no waiters, so
+    /// a caller naming ever new objects cannot grow the map without bound. Returns how many went.
+    pub fn sweep(&self) -> usize {
+        let now = self.clock.now();
+        let mut map = self.buckets.write().unwrap_or_else(|e| e.into_inner());
+        let before = map.len();
+        map.retain(|_, b| {
+            let mut b = b.lock().unwrap_or_else(|e| e.into_inner());
+            b.prune(now, self.window);
+            !(b.done.is_empty() && b.inflight == 0 && b.blocked_until <= now && b.queue.is_empty())
+        });
+        before - map.len()
+    }
+
     /// Every bucket used so far, copied out so no map lock is held while they are read.
     fn all_buckets(&self) -> Vec<(BucketKey, SharedBucket)> {
         self.buckets

@@ -477,3 +477,26 @@ fn throttling_codes_are_recognised() {
         assert!(!is_throttling_code(c));
     }
 }
+
+// Buckets that hold nothing are forgotten; busy, blocked or in-flight ones stay.
+#[test]
+fn sweeping_forgets_only_idle_buckets() {
+    let (l, clock) = limiter("window = \"10s\"");
+    for i in 0..100 {
+        let mut p = l.try_admit(&waba(&format!("{}", 1000 + i)), false).unwrap();
+        p.sent();
+        p.finish();
+    }
+    let mut held = l.try_admit(&waba("100"), false).unwrap();
+    held.sent();
+    l.observe_throttle(&waba("200")[0].0, 80008, Some(Duration::from_secs(60)));
+    assert_eq!(l.sweep(), 0, "everything is still in its window");
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(l.sweep(), 100, "the 100 idle buckets go");
+    assert_eq!(
+        l.snapshot().len(),
+        2,
+        "the in-flight and the blocked bucket stay"
+    );
+    held.finish();
+}
