@@ -49,8 +49,9 @@ const NONE: &str = "none";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    app: String,
-    client: String,
+    // Shared strings: counting a request allocates nothing for these labels.
+    app: Arc<str>,
+    client: Arc<str>,
     class: &'static str,
     method: &'static str,
     status: &'static str,
@@ -209,6 +210,7 @@ pub struct Rejection {
 /// Per-app label material from config.
 struct AppLabelSet {
     name: String,
+    shared_name: Arc<str>,
     wabas: HashSet<String>,
 }
 
@@ -229,6 +231,7 @@ pub struct Metrics {
     backend_up: Gauge,
     cache_requests: Family<CacheLabels, Counter>,
     apps: Vec<AppLabelSet>,
+    none: Arc<str>,
     // The three locks below are held only to copy or replace a small value, never across an await.
     upstream: Mutex<Option<UpstreamOutcome>>,
     recent: Mutex<VecDeque<Rejection>>,
@@ -365,6 +368,7 @@ impl Metrics {
             .iter()
             .map(|a| AppLabelSet {
                 name: a.name.clone(),
+                shared_name: Arc::from(a.name.as_str()),
                 wabas: a.wabas.iter().map(|w| w.id.clone()).collect(),
             })
             .collect();
@@ -384,6 +388,7 @@ impl Metrics {
             backend_up,
             cache_requests,
             apps,
+            none: Arc::from(NONE),
             upstream: Mutex::new(None),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_REJECTIONS)),
             scrape: Mutex::new(()),
@@ -435,8 +440,11 @@ impl Metrics {
     ) {
         self.requests
             .get_or_create(&RequestLabels {
-                app: self.app_label(seen.app),
-                client: seen.client.as_deref().unwrap_or(NONE).to_string(),
+                app: seen
+                    .app
+                    .and_then(|i| self.apps.get(i))
+                    .map_or_else(|| self.none.clone(), |a| a.shared_name.clone()),
+                client: seen.client.clone().unwrap_or_else(|| self.none.clone()),
                 class: seen.class.unwrap_or(NONE),
                 method: method_label(method),
                 status: status_label(status.as_u16()),

@@ -246,8 +246,9 @@ async fn pipeline(gw: &Gateway, req: Request, seen: &mut Seen) -> Result<Respons
         // HEAD is fetched as GET, so the entry has the body that later GETs need.
         parts.method = Method::GET;
     }
-    let wants = budget_wants(g, caller.app, &parts.method, &target, &class, &sub_calls)?;
-    seen.bucket = wants.first().map(|(key, _)| key.scope.label());
+    if g.config.server.access_log {
+        seen.bucket = Some(Scope::from_class(&class).label());
+    }
     let upstream_status = std::sync::atomic::AtomicU16::new(0);
     let resp = g
         .cache
@@ -261,7 +262,7 @@ async fn pipeline(gw: &Gateway, req: Request, seen: &mut Seen) -> Result<Respons
                 &caller,
                 Spend {
                     class: &class,
-                    wants,
+                    sub_calls: &sub_calls,
                     token_root: token_root.as_deref(),
                     upstream_status: &upstream_status,
                 },
@@ -284,7 +285,8 @@ async fn pipeline(gw: &Gateway, req: Request, seen: &mut Seen) -> Result<Respons
 /// What a call spends and with which token: worked out once, used by the limit and upstream steps.
 struct Spend<'a> {
     class: &'a Class,
-    wants: Vec<(BucketKey, u32)>,
+    /// A batch's sub-calls (each spends its own bucket); empty for a plain call.
+    sub_calls: &'a [(Method, Target)],
     /// The object whose token the call is made with (a batch's, or the call's root).
     token_root: Option<&'a str>,
     /// Set to Meta's status when this caller's own call reaches Meta (for the access log).
@@ -302,10 +304,12 @@ async fn forward(
 ) -> Result<Response, GatewayError> {
     let Spend {
         class,
-        wants,
+        sub_calls,
         token_root,
         upstream_status,
     } = spend;
+    // Worked out here, not before the cache step: a hit spends nothing.
+    let wants = budget_wants(g, caller.app, &parts.method, target, class, sub_calls)?;
     // limit: a slot in every bucket the call spends, or a 429 (or a wait, in wait mode).
     let refused = |r: limits::Refusal| {
         g.metrics.record_rejection(caller.app, &r);
