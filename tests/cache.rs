@@ -13,8 +13,6 @@ use graphgate::target::Target;
 use graphgate::Gateway;
 use serde_json::Value;
 use support::*;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 const SECOND_APP_ID: &str = "1000000000000002";
 const SECOND_TOKEN: &str = "EAAGsecondAPPtokenTESTm3Qv8";
@@ -26,7 +24,7 @@ struct Env {
     url: String,
     gw: Gateway,
     clock: Arc<ManualClock>,
-    _stop: oneshot::Sender<()>,
+    _proxy: Proxy,
 }
 
 impl Env {
@@ -85,18 +83,13 @@ async fn launch(sim: SimServer, text: &str, env: std::collections::HashMap<Strin
         graphgate::Config::from_toml(text, "test.toml", std::path::Path::new("."), &env).unwrap();
     let clock = ManualClock::new(1_000_000_000);
     let gw = Gateway::with_clock(config, clock.clone());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(graphgate::run_with(listener, gw.clone(), async move {
-        let _ = rx.await;
-    }));
+    let proxy = serve_gateway(gw.clone()).await;
     Env {
         sim,
-        url,
+        url: proxy.url.clone(),
         gw,
         clock,
-        _stop: tx,
+        _proxy: proxy,
     }
 }
 

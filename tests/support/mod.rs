@@ -227,11 +227,21 @@ pub fn config(upstream: &str, extra_server: &str) -> Config {
 }
 
 pub async fn start_proxy(config: Config) -> Proxy {
+    serve_gateway(graphgate::Gateway::new(config)).await
+}
+
+/// Serves `gw` on a free loopback port until the returned handle is dropped or shut down.
+pub async fn serve_gateway(gw: graphgate::Gateway) -> Proxy {
+    serve(gw, None).await
+}
+
+/// The proxy on a free port, plus the admin listener on `admin` when given.
+async fn serve(gw: graphgate::Gateway, admin: Option<TcpListener>) -> Proxy {
     logs();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
-    let done = tokio::spawn(graphgate::run(listener, config, async move {
+    let done = tokio::spawn(graphgate::run_with_admin(listener, admin, gw, async move {
         let _ = rx.await;
     }));
     Proxy {
@@ -244,23 +254,8 @@ pub async fn start_proxy(config: Config) -> Proxy {
 
 /// A proxy whose gateway the test keeps, to look at its limiter and cache.
 pub async fn start_gateway(config: Config) -> (Proxy, graphgate::Gateway) {
-    logs();
     let gw = graphgate::Gateway::new(config);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let done = tokio::spawn(graphgate::run_with(listener, gw.clone(), async move {
-        let _ = rx.await;
-    }));
-    (
-        Proxy {
-            addr,
-            url: format!("http://{addr}"),
-            _stop: Stop(Some(tx)),
-            done,
-        },
-        gw,
-    )
+    (serve_gateway(gw.clone()).await, gw)
 }
 
 /// The simulator plus a proxy in front of it, with the default test config.
@@ -322,27 +317,9 @@ pub fn graph_error(v: &serde_json::Value) -> &serde_json::Value {
 
 /// A proxy with its admin listener, both on `127.0.0.1:0`; returns the proxy and the admin base URL.
 pub async fn start_proxy_with_admin(gw: graphgate::Gateway) -> (Proxy, String) {
-    logs();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let admin_url = format!("http://{}", admin.local_addr().unwrap());
-    let (tx, rx) = oneshot::channel::<()>();
-    let done = tokio::spawn(graphgate::run_with_admin(
-        listener,
-        Some(admin),
-        gw,
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    let proxy = Proxy {
-        addr,
-        url: format!("http://{addr}"),
-        _stop: Stop(Some(tx)),
-        done,
-    };
-    (proxy, admin_url)
+    (serve(gw, Some(admin)).await, admin_url)
 }
 
 /// One sample line of Prometheus text output.
