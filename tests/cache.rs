@@ -354,19 +354,7 @@ async fn concurrent_misses_share_the_upstream_error() {
     });
     let url = format!("{}/v19.0/{WABA}/phone_numbers", e.url);
     let tasks: Vec<_> = (0..20)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                client()
-                    .get(url)
-                    .bearer_auth(CLIENT_KEY)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
-        })
+        .map(|_| tokio::spawn(get_status(url.clone())))
         .collect();
     for t in tasks {
         assert_eq!(t.await.unwrap(), 503);

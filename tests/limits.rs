@@ -115,10 +115,6 @@ async fn steady_demand_over_several_windows_never_trips_meta() {
     assert!(ok >= 60, "only {ok} calls admitted");
 }
 
-async fn get_status(url: String) -> u16 {
-    get(&url).await.status().as_u16()
-}
-
 // When Meta reports 100% (another consumer spent the budget), graphgate stops calling until the
 // regain time and answers locally.
 #[tokio::test]

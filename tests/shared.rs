@@ -82,21 +82,8 @@ async fn three_replicas_admit_exactly_n_across_all_of_them() {
     // a timed-out admission would fall back, which is not what this test is about.
     let limits = "waba_active = 100\nreplicas = 3\nbackend_timeout = \"10s\"";
     let reps = replicas(3, &sim.url, &redis, "t1", limits, false).await;
-    let c = client();
     let tasks: Vec<_> = (0..1000)
-        .map(|i| {
-            let url = format!("{}/v19.0/{WABA}", reps[i % 3].0.url);
-            let c = c.clone();
-            tokio::spawn(async move {
-                c.get(&url)
-                    .bearer_auth(CLIENT_KEY)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
-        })
+        .map(|i| tokio::spawn(get_status(format!("{}/v19.0/{WABA}", reps[i % 3].0.url))))
         .collect();
     let mut ok = 0;
     for t in tasks {

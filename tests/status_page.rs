@@ -147,19 +147,7 @@ async fn status_page_renders_budget_bars_in_headless_chromium() {
         .replacen("active = false\n", "active = false\nlimit = 2\n", 1);
     let cfg = Config::from_toml(&text, "test.toml", Path::new("."), &env()).unwrap();
     let (proxy, admin) = start_proxy_with_admin(Gateway::new(cfg)).await;
-    let get = |path: String| {
-        let url = format!("{}{path}", proxy.url);
-        async move {
-            client()
-                .get(url)
-                .bearer_auth(CLIENT_KEY)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
+    let get = |path: String| get_status(format!("{}{path}", proxy.url));
     let fields = [
         "id",
         "name",

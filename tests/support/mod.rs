@@ -279,6 +279,11 @@ pub async fn get(url: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// The status of a keyed GET (owned URL, so it can run in a spawned task).
+pub async fn get_status(url: String) -> u16 {
+    get(&url).await.status().as_u16()
+}
+
 /// Sends raw bytes on a fresh connection and returns the whole response text.
 pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
