@@ -1007,14 +1007,9 @@ impl Validator<'_> {
                 None
             }
         };
-        let max_headers = match r.max_headers {
-            None => DEFAULT_MAX_HEADERS,
-            Some(n) if (1..=10_000).contains(&n) => n as usize,
-            Some(_) => {
-                self.problem("server.max_headers", "must be between 1 and 10000");
-                DEFAULT_MAX_HEADERS
-            }
-        };
+        let max_headers = self
+            .int_in("server.max_headers", r.max_headers, 1, 10_000)
+            .map_or(DEFAULT_MAX_HEADERS, |n| n as usize);
         let server = Server {
             listen,
             public_url,
@@ -1042,14 +1037,9 @@ impl Validator<'_> {
                 .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
             tls,
             access_log: r.access_log.unwrap_or(true),
-            worker_threads: match r.worker_threads {
-                None => None,
-                Some(n) if (1..=1024).contains(&n) => Some(n as usize),
-                Some(_) => {
-                    self.problem("server.worker_threads", "must be between 1 and 1024");
-                    None
-                }
-            },
+            worker_threads: self
+                .int_in("server.worker_threads", r.worker_threads, 1, 1024)
+                .map(|n| n as usize),
             admin_listen: self.admin_listen(r.admin_listen.as_deref(), listen),
             admin_token: self.secret(
                 "server.admin_token",
@@ -1088,6 +1078,17 @@ impl Validator<'_> {
         }
     }
 
+    /// An optional whole number within `lo..=hi`; outside it is a problem naming `key`.
+    fn int_in(&mut self, key: &str, v: Option<i64>, lo: i64, hi: i64) -> Option<i64> {
+        let n = v?;
+        if (lo..=hi).contains(&n) {
+            Some(n)
+        } else {
+            self.problem(key, format!("must be between {lo} and {hi}"));
+            None
+        }
+    }
+
     /// A bucket limit: at least 1, at most a million calls per window.
     fn limit_value(&mut self, key: &str, n: i64) -> Option<u32> {
         if (1..=1_000_000).contains(&n) {
@@ -1120,14 +1121,9 @@ impl Validator<'_> {
                 OnLimit::Reject
             }
         };
-        let reserve_percent = match r.reserve_percent {
-            None => 0,
-            Some(n) if (0..=90).contains(&n) => n as u32,
-            Some(_) => {
-                self.problem("limits.reserve_percent", "must be between 0 and 90");
-                0
-            }
-        };
+        let reserve_percent = self
+            .int_in("limits.reserve_percent", r.reserve_percent, 0, 90)
+            .map_or(0, |n| n as u32);
         for id in &r.allocation_configs {
             if !is_graph_id(id) {
                 self.problem(
@@ -1226,14 +1222,9 @@ impl Validator<'_> {
                 OnBackendError::Local
             }
         };
-        let replicas = match replicas {
-            None => 1,
-            Some(n) if (1..=1000).contains(&n) => n as u32,
-            Some(_) => {
-                self.problem("limits.replicas", "must be between 1 and 1000");
-                1
-            }
-        };
+        let replicas = self
+            .int_in("limits.replicas", replicas, 1, 1000)
+            .map_or(1, |n| n as u32);
         let prefix = prefix.unwrap_or_else(|| "graphgate".to_string());
         if prefix.is_empty() || prefix.contains(char::is_whitespace) {
             self.problem("limits.redis_prefix", "must be a non-empty word");
@@ -1299,17 +1290,14 @@ impl Validator<'_> {
                 DEFAULT_UPSTREAM.parse().expect("default upstream parses")
             }
         };
-        let pool_max_idle_per_host = match r.pool_max_idle_per_host {
-            None => DEFAULT_POOL_MAX_IDLE,
-            Some(n) if (0..=100_000).contains(&n) => n as usize,
-            Some(_) => {
-                self.problem(
-                    "upstream.pool_max_idle_per_host",
-                    "must be between 0 and 100000",
-                );
-                DEFAULT_POOL_MAX_IDLE
-            }
-        };
+        let pool_max_idle_per_host = self
+            .int_in(
+                "upstream.pool_max_idle_per_host",
+                r.pool_max_idle_per_host,
+                0,
+                100_000,
+            )
+            .map_or(DEFAULT_POOL_MAX_IDLE, |n| n as usize);
         Upstream {
             url,
             connect_timeout: self.positive_duration(

@@ -127,22 +127,12 @@ impl Validator<'_> {
             r.verify_token_file,
             true,
         );
-        let max_queue = match r.max_queue {
-            None => DEFAULT_WEBHOOK_MAX_QUEUE,
-            Some(n) if (1..=10_000_000).contains(&n) => n as usize,
-            Some(_) => {
-                self.problem("webhooks.max_queue", "must be between 1 and 10000000");
-                DEFAULT_WEBHOOK_MAX_QUEUE
-            }
-        };
-        let max_attempts = match r.max_attempts {
-            None => DEFAULT_WEBHOOK_MAX_ATTEMPTS,
-            Some(n) if (1..=1_000_000).contains(&n) => n as u32,
-            Some(_) => {
-                self.problem("webhooks.max_attempts", "must be between 1 and 1000000");
-                DEFAULT_WEBHOOK_MAX_ATTEMPTS
-            }
-        };
+        let max_queue = self
+            .int_in("webhooks.max_queue", r.max_queue, 1, 10_000_000)
+            .map_or(DEFAULT_WEBHOOK_MAX_QUEUE, |n| n as usize);
+        let max_attempts = self
+            .int_in("webhooks.max_attempts", r.max_attempts, 1, 1_000_000)
+            .map_or(DEFAULT_WEBHOOK_MAX_ATTEMPTS, |n| n as u32);
         let retry_initial = self.positive_duration(
             "webhooks.retry_initial",
             r.retry_initial,

@@ -106,15 +106,7 @@ fn now_ms() -> u64 {
 
 impl Queue {
     pub fn new(cfg: &Webhooks) -> Queue {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(cfg.delivery_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .expect("the ring provider supports the default TLS versions")
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let https = crate::upstream::https_connector(cfg.delivery_timeout);
         let client = Client::builder(TokioExecutor::new()).build(https);
         Queue {
             subs: cfg
