@@ -529,19 +529,21 @@ impl ResponseCache {
     }
 
     /// Runs the cache step: answers from the cache, or runs `fetch` (limit -> upstream -> rewrite)
-    /// once for every identical caller, stores what may be stored, and labels the answer.
-    pub async fn serve<F>(&self, plan: Plan<'_>, fetch: F) -> Result<Response, GatewayError>
+    /// once for every identical caller, stores what may be stored, and labels the answer. `fetch`
+    /// makes the future only when a call is needed, so a hit never builds (or moves) it.
+    pub async fn serve<M, F>(&self, plan: Plan<'_>, fetch: M) -> Result<Response, GatewayError>
     where
+        M: FnOnce() -> F,
         F: Future<Output = Result<Response, GatewayError>>,
     {
         match plan.0 {
             PlanKind::Bypass => {
-                let mut resp = fetch.await?;
+                let mut resp = fetch().await?;
                 resp.headers_mut().insert(X_CACHE, BYPASS);
                 Ok(resp)
             }
             PlanKind::Write { app, slot } => {
-                let resp = fetch.await?;
+                let resp = fetch().await?;
                 if resp.status().is_success() {
                     if let Some(slot) = slot {
                         self.slots[slot].fetch_add(1, Ordering::AcqRel);
@@ -567,8 +569,9 @@ impl ResponseCache {
         }
     }
 
-    async fn read<F>(&self, r: Read<'_>, fetch: F) -> Result<Response, GatewayError>
+    async fn read<M, F>(&self, r: Read<'_>, fetch: M) -> Result<Response, GatewayError>
     where
+        M: FnOnce() -> F,
         F: Future<Output = Result<Response, GatewayError>>,
     {
         let d = r.directives;
@@ -674,8 +677,9 @@ impl ResponseCache {
     }
 
     /// Joins the fetch in progress for the key, or makes it.
-    async fn fetch_once<F>(&self, r: &Read<'_>, fetch: F) -> (Shared, Role)
+    async fn fetch_once<M, F>(&self, r: &Read<'_>, fetch: M) -> (Shared, Role)
     where
+        M: FnOnce() -> F,
         F: Future<Output = Result<Response, GatewayError>>,
     {
         let mut fetch = Some(fetch);
@@ -684,7 +688,7 @@ impl ResponseCache {
                 Join::Hit(e) => return (Shared::Stored(e), Role::Waited),
                 Join::Lead(tx) => {
                     return match fetch.take() {
-                        Some(fetch) => self.lead(r, fetch, tx).await,
+                        Some(fetch) => self.lead(r, fetch(), tx).await,
                         // Not reached: only leading takes the fetch, and leading returns.
                         None => (
                             Shared::Failed(GatewayError::UpstreamUnreachable),

@@ -252,9 +252,10 @@ async fn pipeline(gw: &Gateway, req: Request, seen: &mut Seen) -> Result<Respons
     let upstream_status = std::sync::atomic::AtomicU16::new(0);
     let resp = g
         .cache
-        .serve(
-            plan,
-            forward(
+        .serve(plan, || {
+            // Boxed: the forward future is many kilobytes, and every future that held it inline
+            // would be copied whole on each move, hits included.
+            Box::pin(forward(
                 g,
                 &parts,
                 &target,
@@ -266,8 +267,8 @@ async fn pipeline(gw: &Gateway, req: Request, seen: &mut Seen) -> Result<Respons
                     token_root: token_root.as_deref(),
                     upstream_status: &upstream_status,
                 },
-            ),
-        )
+            ))
+        })
         .await;
     let status = upstream_status.load(std::sync::atomic::Ordering::Relaxed);
     seen.upstream_status = (status != 0).then_some(status);

@@ -683,7 +683,7 @@ async fn a_flood_of_distinct_urls_stays_within_max_bytes() {
         });
         let body = body.clone();
         let resp = cache
-            .serve(plan, async move {
+            .serve(plan, || async move {
                 Ok(http::Response::builder()
                     .status(200)
                     .header("content-type", "text/plain")
