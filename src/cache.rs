@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -237,6 +237,8 @@ struct Stored {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
+    /// The body's length, rendered once for every answer made from it.
+    length: HeaderValue,
 }
 
 /// One cached 200 answer. Holds only the kept headers and the body (paging links already rewritten
@@ -587,7 +589,9 @@ impl ResponseCache {
             return Err(GatewayError::NotCached);
         }
         let label = if d.no_cache { BYPASS } else { MISS };
-        let (shared, role) = self.fetch_once(&r, fetch).await;
+        // Boxed for the same reason as the fetch itself: a hit should not carry (and copy) the
+        // state of a miss.
+        let (shared, role) = Box::pin(self.fetch_once(&r, fetch)).await;
         match shared {
             Shared::Stored(e) => Ok(match role {
                 // The caller that fetched gets every header Meta sent, not just the kept ones.
@@ -667,7 +671,7 @@ impl ResponseCache {
         let age = e.age(now);
         let mut resp = answer(&e.resp, head, label);
         let h = resp.headers_mut();
-        h.insert(header::AGE, HeaderValue::from(age));
+        h.insert(header::AGE, age_value(age));
         let left = e
             .ttl
             .saturating_sub(now.saturating_sub(e.stored_at))
@@ -764,8 +768,7 @@ impl ResponseCache {
                     if self.storable(&stored, r.token) {
                         let label = if r.directives.no_cache { BYPASS } else { MISS };
                         let mut own = answer(&stored, r.head, label);
-                        own.headers_mut()
-                            .insert(header::AGE, HeaderValue::from(0u64));
+                        own.headers_mut().insert(header::AGE, age_value(0));
                         own.headers_mut()
                             .insert(header::CACHE_CONTROL, cache_control(r.ttl.as_secs()));
                         let e = Arc::new(CachedResponse {
@@ -844,6 +847,7 @@ impl ResponseCache {
         Ok(Buffered::Whole(Stored {
             status: parts.status,
             headers: parts.headers,
+            length: HeaderValue::from(body.len()),
             body,
         }))
     }
@@ -960,6 +964,7 @@ fn keep_headers(s: &Stored) -> Stored {
         status: s.status,
         headers,
         body: s.body.clone(),
+        length: s.length.clone(),
     }
 }
 
@@ -970,17 +975,45 @@ fn answer(s: &Stored, head: bool, label: HeaderValue) -> Response {
     } else {
         Body::from(s.body.clone())
     };
-    let mut resp = (s.status, body).into_response();
-    let h = resp.headers_mut();
-    h.extend(s.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(s.body.len()));
-    h.insert(X_CACHE, label);
+    // Sized once for the stored headers and the ones the cache and pipeline add (length, label,
+    // age, cache-control, request id, warning), so no insert below reallocates.
+    let mut headers = HeaderMap::with_capacity(s.headers.len() + 6);
+    for (k, v) in &s.headers {
+        headers.append(k.clone(), v.clone());
+    }
+    headers.insert(header::CONTENT_LENGTH, s.length.clone());
+    headers.insert(X_CACHE, label);
+    let mut resp = Response::new(body);
+    *resp.status_mut() = s.status;
+    *resp.headers_mut() = headers;
     resp
 }
 
+/// `Age` and `Cache-Control` values for the first hour of an entry's life, rendered once: every
+/// hit sends both, and formatting them was a tenth of a hit. Later seconds are rendered on use.
+const RENDERED_SECONDS: u64 = 3600;
+
+static SECOND_VALUES: LazyLock<Vec<(HeaderValue, HeaderValue)>> = LazyLock::new(|| {
+    // Leaked once per process (about 100 KiB): static values are cloned without a reference count.
+    let leak = |s: String| HeaderValue::from_static(Box::leak(s.into_boxed_str()));
+    (0..=RENDERED_SECONDS)
+        .map(|n| (leak(n.to_string()), leak(format!("private, max-age={n}"))))
+        .collect()
+});
+
+fn age_value(age: u64) -> HeaderValue {
+    match SECOND_VALUES.get(age as usize) {
+        Some((v, _)) => v.clone(),
+        None => HeaderValue::from(age),
+    }
+}
+
 fn cache_control(max_age: u64) -> HeaderValue {
-    HeaderValue::try_from(format!("private, max-age={max_age}"))
-        .unwrap_or(HeaderValue::from_static("private, max-age=0"))
+    match SECOND_VALUES.get(max_age as usize) {
+        Some((_, v)) => v.clone(),
+        None => HeaderValue::try_from(format!("private, max-age={max_age}"))
+            .unwrap_or(HeaderValue::from_static("private, max-age=0")),
+    }
 }
 
 /// Whether a JSON body is a Graph error (`{"error": {...}}` at the top level).

@@ -1,7 +1,7 @@
 //! Listening: the accept loop (plain TCP or rustls), HTTP/1.1 and HTTP/2 connection settings, and
 //! graceful shutdown (stop accepting, let in-flight requests finish within a grace period).
 //!
-//! It owns no request logic: every connection is served by the router it is given. It never binds
+//! It owns no request logic: every connection is served by the service it is given. It never binds
 //! a socket itself, so tests hand it `127.0.0.1:0` listeners.
 
 use std::future::Future;
@@ -10,11 +10,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -32,12 +32,24 @@ pub struct ServeOptions {
 
 /// Serves `router` on `listener` until `shutdown` resolves, then drains connections for up to
 /// `opts.grace`.
-pub async fn serve(
+pub async fn serve<S, B>(
     listener: TcpListener,
-    router: Router,
+    service: S,
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -65,7 +77,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let svc = TowerToHyperService::new(router.clone());
+        let svc = service.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = opts.tls.clone();

@@ -63,6 +63,7 @@ pub fn logs() -> LogBuffer {
         let _ = tracing_subscriber::fmt()
             .json()
             .with_current_span(true)
+            .fmt_fields(graphgate::telemetry::JsonSpanFields)
             .with_env_filter("debug,hyper=info,h2=info,rustls=info,hyper_util=info")
             .with_writer(buf.clone())
             .try_init();
