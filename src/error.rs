@@ -264,21 +264,34 @@ impl IntoResponse for GatewayError {
 
 /// IETF `RateLimit-Policy` / `RateLimit` (draft-ietf-httpapi-ratelimit-headers) for one bucket.
 pub fn insert_ratelimit_headers(h: &mut http::HeaderMap, b: &Budget) {
-    let name = b.scope.label();
-    let policy = format!("\"{name}\";q={};w={}", b.limit, b.window.as_secs());
-    let state = format!(
-        "\"{name}\";r={};t={}",
+    use std::fmt::Write as _;
+    // Both values rendered into one buffer and shared by the two headers: this runs on every
+    // call that reaches the limiter.
+    let mut text = String::with_capacity(96);
+    text.push('"');
+    b.scope.write_label(&mut text);
+    let _ = write!(text, "\";q={};w={}", b.limit, b.window.as_secs());
+    let policy_end = text.len();
+    text.push('"');
+    b.scope.write_label(&mut text);
+    let _ = write!(
+        text,
+        "\";r={};t={}",
         b.remaining,
         b.reset.as_micros().div_ceil(1_000_000)
     );
+    let text = bytes::Bytes::from(text);
     if let (Ok(p), Ok(s)) = (
-        HeaderValue::from_str(&policy),
-        HeaderValue::from_str(&state),
+        HeaderValue::from_maybe_shared(text.slice(..policy_end)),
+        HeaderValue::from_maybe_shared(text.slice(policy_end..)),
     ) {
-        h.insert("ratelimit-policy", p);
-        h.insert("ratelimit", s);
+        h.insert(RATELIMIT_POLICY, p);
+        h.insert(RATELIMIT, s);
     }
 }
+
+const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
 
 /// A Graph-shaped error response; also used by other modules for errors with their own codes.
 pub fn graph_error(

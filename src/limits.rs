@@ -48,10 +48,20 @@ impl Scope {
 
     /// `waba:<id>`, `credit_line` or `other`: for labels, logs and the state file.
     pub fn label(&self) -> String {
+        let mut s = String::new();
+        self.write_label(&mut s);
+        s
+    }
+
+    /// Appends [`Self::label`] to `out` without a buffer of its own.
+    pub fn write_label(&self, out: &mut String) {
         match self {
-            Scope::Waba(id) => format!("waba:{id}"),
-            Scope::CreditLine => "credit_line".into(),
-            Scope::Other => "other".into(),
+            Scope::Waba(id) => {
+                out.push_str("waba:");
+                out.push_str(id);
+            }
+            Scope::CreditLine => out.push_str("credit_line"),
+            Scope::Other => out.push_str("other"),
         }
     }
 

@@ -32,7 +32,7 @@ pub fn is_json(content_type: Option<&str>) -> bool {
 impl Rewriter<'_> {
     /// Returns the rewritten body, or `None` when nothing needed to change.
     pub fn paging(&self, body: &[u8]) -> Option<Bytes> {
-        memfind(body, b"\"paging\"")?;
+        FIXED_NEEDLES[0].find(body)?;
         // Parsing is the expensive part: only when a link can point at the upstream (its host
         // appears, escaped slashes or not) or carries credentials.
         let host = self
@@ -41,8 +41,8 @@ impl Rewriter<'_> {
             .nth(1)
             .unwrap_or(self.upstream_origin);
         if memfind(body, host.as_bytes()).is_none()
-            && memfind(body, b"access_token").is_none()
-            && memfind(body, b"appsecret_").is_none()
+            && FIXED_NEEDLES[1].find(body).is_none()
+            && FIXED_NEEDLES[2].find(body).is_none()
         {
             return None;
         }
@@ -185,6 +185,12 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
         None
     }
 }
+
+/// Built once: making a SIMD searcher costs more than running it over a small body.
+static FIXED_NEEDLES: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 3]> =
+    std::sync::LazyLock::new(|| {
+        [&b"\"paging\""[..], b"access_token", b"appsecret_"].map(memchr::memmem::Finder::new)
+    });
 
 fn memfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(hay, needle)
