@@ -79,9 +79,17 @@ impl<'w> FormatFields<'w> for JsonSpanFields {
 }
 
 /// Builds one JSON object from recorded fields (later duplicates win when the text is read).
-#[derive(Default)]
 struct JsonObject {
     out: String,
+}
+
+impl Default for JsonObject {
+    fn default() -> Self {
+        // Room for a request span's fields without growing.
+        JsonObject {
+            out: String::with_capacity(96),
+        }
+    }
 }
 
 impl JsonObject {
@@ -132,6 +140,15 @@ impl Visit for JsonObject {
 /// Appends `s` as a JSON string literal.
 fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
+    // Request ids and names never need escaping: copy them whole.
+    if !s
+        .bytes()
+        .any(|b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f)
+    {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
         let escaped = match b {
@@ -165,6 +182,9 @@ mod tests {
         push_json_str(&mut out, "a\"b\\c\nd\u{1}e\u{7f}é");
         let back: String = serde_json::from_str(&out).unwrap();
         assert_eq!(back, "a\"b\\c\nd\u{1}e\u{7f}é");
+        let mut plain = String::new();
+        push_json_str(&mut plain, "0af3-request:id");
+        assert_eq!(plain, "\"0af3-request:id\"");
     }
 
     #[test]
