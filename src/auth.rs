@@ -6,7 +6,7 @@
 //! must never log, echo or forward a key, and never hand out a token for an app other than the
 //! caller's.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use http::{HeaderMap, Method};
@@ -48,7 +48,7 @@ struct ClientEntry {
 struct AppEntry {
     token: Secret,
     /// WABA id or phone-number id -> (WABA id, its own token if it has one).
-    objects: HashMap<String, (String, Option<Secret>)>,
+    objects: foldhash::HashMap<String, (String, Option<Secret>)>,
 }
 
 impl Directory {
@@ -70,7 +70,7 @@ impl Directory {
             .apps
             .iter()
             .map(|a| {
-                let mut objects = HashMap::new();
+                let mut objects = foldhash::HashMap::default();
                 for w in &a.wabas {
                     objects.insert(w.id.clone(), (w.id.clone(), w.token.clone()));
                     for p in w.phone_numbers.iter().chain(&w.status_ids) {

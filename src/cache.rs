@@ -7,7 +7,6 @@
 //! apps or tokens, and never store an error, a non-200, a token or a client key: entries hold only a
 //! 200 body and a short list of Meta's headers, and the key holds a WABA id, never a token.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -439,10 +438,10 @@ pub fn serves_stale(e: &GatewayError) -> bool {
 /// The process-wide response cache; shared through the gateway state.
 pub struct ResponseCache {
     cfg: config::Cache,
-    store: moka::sync::Cache<CacheKey, Arc<CachedResponse>>,
+    store: moka::sync::Cache<CacheKey, Arc<CachedResponse>, foldhash::fast::RandomState>,
     /// Fetches in progress, so identical misses wait for one. The lock is held only to look up,
     /// insert or remove, never across an await.
-    inflight: Mutex<HashMap<CacheKey, watch::Receiver<Option<Shared>>>>,
+    inflight: Mutex<foldhash::HashMap<CacheKey, watch::Receiver<Option<Shared>>>>,
     slots: Box<[AtomicU64]>,
     /// Bumped by a whole-app purge.
     epochs: Box<[AtomicU64]>,
@@ -463,13 +462,14 @@ impl ResponseCache {
             .max_capacity(cfg.max_bytes)
             .weigher(|k: &CacheKey, v: &Arc<CachedResponse>| v.weight(k))
             .expire_after(KeepFor)
-            .build();
+            // Seeded per process; see Cargo.toml for why not SipHash.
+            .build_with_hasher(foldhash::fast::RandomState::default());
         // An entry larger than a quarter of the cache would only push out everything else.
         let max_entry = max_body.min(cfg.max_bytes / 4).min(u32::MAX as u64 / 2) as usize;
         ResponseCache {
             cfg: cfg.clone(),
             store,
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(foldhash::HashMap::default()),
             slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             epochs: (0..apps.max(1)).map(|_| AtomicU64::new(0)).collect(),
             clock,

@@ -202,7 +202,7 @@ pub struct Limiter {
     state_file: Option<PathBuf>,
     apps: Vec<AppPolicy>,
     // The map lock is held only to find or insert a bucket; each bucket has its own lock.
-    buckets: RwLock<HashMap<BucketKey, SharedBucket>>,
+    buckets: RwLock<foldhash::HashMap<BucketKey, SharedBucket>>,
     /// Learned and configured object kinds, read by classification on every request.
     known: RwLock<Known>,
     /// App-wide blocks (Meta's code 4 and X-App-Usage at 100%), per app index.
@@ -225,9 +225,9 @@ struct AppPolicy {
     name: String,
     limits: AppLimits,
     /// WABA id -> (configured active state, fixed limit).
-    wabas: HashMap<String, (Active, Option<u32>)>,
+    wabas: foldhash::HashMap<String, (Active, Option<u32>)>,
     /// Learned state of `active = "auto"` WABAs.
-    learned_active: Mutex<HashMap<String, bool>>,
+    learned_active: Mutex<foldhash::HashMap<String, bool>>,
 }
 
 /// A slot in one or more buckets, held from admission until the call's response (or failure).
@@ -340,7 +340,7 @@ impl Limiter {
                     .iter()
                     .map(|w| (w.id.clone(), (w.active, w.limit)))
                     .collect(),
-                learned_active: Mutex::new(HashMap::new()),
+                learned_active: Mutex::new(foldhash::HashMap::default()),
             })
             .collect();
         let mut known = Known::default();
@@ -378,7 +378,7 @@ impl Limiter {
             app_reported: Mutex::new(vec![None; config.apps.len()]),
             last_usage: Mutex::new(vec![(None, None); config.apps.len()]),
             apps,
-            buckets: RwLock::new(HashMap::new()),
+            buckets: RwLock::new(foldhash::HashMap::default()),
             known: RwLock::new(known),
             quotas,
             next_ticket: std::sync::atomic::AtomicU64::new(1),
