@@ -1018,6 +1018,12 @@ fn cache_control(max_age: u64) -> HeaderValue {
 
 /// Whether a JSON body is a Graph error (`{"error": {...}}` at the top level).
 fn has_graph_error(body: &[u8]) -> bool {
+    // Most answers never mention the key: skip the parse (a whole-body scan) for them.
+    static ERROR_KEY: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\"error\""));
+    if ERROR_KEY.find(body).is_none() {
+        return false;
+    }
     #[derive(serde::Deserialize)]
     struct Probe {
         error: Option<serde::de::IgnoredAny>,
