@@ -222,14 +222,19 @@ async fn pipeline(gw: &Gateway, req: Request, seen: &mut Seen) -> Result<Respons
         ));
     }
     let mut sub_calls = Vec::new();
-    let mut token_root = target.root().map(str::to_string);
+    // A batch's token object, when the call is a batch; otherwise the call's own root.
+    let mut batch_root = None;
     if let ReqBody::Form(params) = &mut body {
-        let (calls, batch_root) = sanitize_batch(g, &caller, params)?;
+        let (calls, root) = sanitize_batch(g, &caller, params)?;
         if !calls.is_empty() {
             sub_calls = calls;
-            token_root = batch_root;
+            batch_root = Some(root);
         }
     }
+    let token_root = match &batch_root {
+        Some(root) => root.as_deref(),
+        None => target.root(),
+    };
 
     // cache: behind authorize, so a hit reaches only an allowed caller. A fresh entry answers a
     // GET/HEAD here; a miss runs `forward` once for all identical concurrent callers; a 2xx
@@ -266,7 +271,7 @@ async fn pipeline(gw: &Gateway, req: Request, seen: &mut Seen) -> Result<Respons
                 Spend {
                     class: &class,
                     sub_calls: &sub_calls,
-                    token_root: token_root.as_deref(),
+                    token_root,
                     upstream_status: &upstream_status,
                 },
             ))
@@ -552,6 +557,11 @@ fn content_type(headers: &HeaderMap) -> Option<&str> {
 }
 
 async fn read_body(g: &Inner, parts: &Parts, body: Body) -> Result<ReqBody, GatewayError> {
+    // Most calls are reads without a body (the transport knows: no length, or HTTP/2's end of
+    // stream with the headers); they need no size limit wrapped around nothing.
+    if http_body::Body::is_end_stream(&body) {
+        return Ok(ReqBody::Stream(Body::empty()));
+    }
     let s = &g.config.server;
     let ct = content_type(&parts.headers)
         .unwrap_or("")

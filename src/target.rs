@@ -37,13 +37,13 @@ impl Target {
         if !path.starts_with('/') {
             return Err(bad("the request path must start with /"));
         }
-        let mut raw_segments: Vec<&str> = path[1..].split('/').collect();
         // One trailing slash (`/v19.0/`, the batch endpoint) is harmless; inner empty segments are not.
-        if raw_segments.len() > 1 && raw_segments.last() == Some(&"") {
-            raw_segments.pop();
-        }
-        let mut segments = Vec::with_capacity(raw_segments.len());
-        for raw in raw_segments {
+        let trimmed = match path[1..].strip_suffix('/') {
+            Some(t) if !t.is_empty() => t,
+            _ => &path[1..],
+        };
+        let mut segments = Vec::with_capacity(4);
+        for raw in trimmed.split('/') {
             if raw.is_empty() && path != "/" {
                 return Err(bad("empty path segments (//) are not allowed"));
             }
