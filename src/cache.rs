@@ -145,7 +145,9 @@ pub struct CacheKey {
     /// Invalidation slot of (app, object id); derived from the rest, kept to avoid rehashing.
     slot: u32,
     /// `<waba whose token is used, or empty>\n<link host>\n/<version>/<segments>?<k=v&...>`
-    text: Box<str>,
+    /// A `String`, not a `Box<str>`: most keys are built for one lookup and dropped, and shrinking
+    /// each to fit would reallocate it; a stored key is a clone, which is exact.
+    text: String,
     /// Where the path starts, where the path without version starts, and where the path ends.
     path_at: u32,
     unversioned_at: u32,
@@ -212,7 +214,7 @@ impl CacheKey {
         CacheKey {
             app: app as u32,
             slot: slot_of(app, t.root().unwrap_or("")) as u32,
-            text: s.into_boxed_str(),
+            text: s,
             path_at: path_at as u32,
             unversioned_at: unversioned_at as u32,
             path_end: path_end as u32,

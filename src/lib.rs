@@ -86,9 +86,9 @@ where
     >;
 
     fn call(&self, req: http::Request<B>) -> Self::Future {
-        let req = req.map(axum::body::Body::new);
         if let (Some(router), Some(hub)) = (&self.webhooks, &self.gw.inner().webhooks) {
             if req.uri().path() == hub.path() {
+                let req = req.map(axum::body::Body::new);
                 let router = router.clone();
                 return Box::pin(async move {
                     use tower::ServiceExt;

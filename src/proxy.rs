@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
@@ -112,8 +112,19 @@ impl Gateway {
     }
 }
 
-/// The axum handler for every proxied request.
-pub async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
+/// A request body as the listener hands it over (hyper's, in practice). Kept generic so a body
+/// is boxed into axum's `Body` only when it is forwarded, not for every request.
+pub trait InBody:
+    http_body::Body<Data = Bytes, Error: Into<axum::BoxError>> + Send + 'static
+{
+}
+impl<B> InBody for B where
+    B: http_body::Body<Data = Bytes, Error: Into<axum::BoxError>> + Send + 'static
+{
+}
+
+/// The handler for every proxied request.
+pub async fn handle<B: InBody>(State(gw): State<Gateway>, req: http::Request<B>) -> Response {
     let started = Instant::now();
     let request_id = request_id(req.headers());
     // Checked to be printable ASCII above, so this never falls back.
@@ -164,7 +175,11 @@ pub async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
     resp
 }
 
-async fn pipeline(gw: &Gateway, req: Request, seen: &mut Seen) -> Result<Response, GatewayError> {
+async fn pipeline<B: InBody>(
+    gw: &Gateway,
+    req: http::Request<B>,
+    seen: &mut Seen,
+) -> Result<Response, GatewayError> {
     let g = &gw.0;
     let (mut parts, body) = req.into_parts();
 
@@ -556,7 +571,7 @@ fn content_type(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
-async fn read_body(g: &Inner, parts: &Parts, body: Body) -> Result<ReqBody, GatewayError> {
+async fn read_body<B: InBody>(g: &Inner, parts: &Parts, body: B) -> Result<ReqBody, GatewayError> {
     // Most calls are reads without a body (the transport knows: no length, or HTTP/2's end of
     // stream with the headers); they need no size limit wrapped around nothing.
     if http_body::Body::is_end_stream(&body) {
@@ -590,7 +605,7 @@ async fn read_body(g: &Inner, parts: &Parts, body: Body) -> Result<ReqBody, Gate
     Ok(ReqBody::Stream(Body::new(limited)))
 }
 
-async fn collect_limited(body: Body, limit: u64) -> Result<Bytes, GatewayError> {
+async fn collect_limited<B: InBody>(body: B, limit: u64) -> Result<Bytes, GatewayError> {
     match Limited::new(body, limit as usize).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
