@@ -373,18 +373,7 @@ async fn writes_through_the_proxy_invalidate_entries_under_their_object() {
         assert_eq!(x_cache(&e.get(p).await), "MISS");
         assert_eq!(x_cache(&e.get(p).await), "HIT");
     }
-    let created = client()
-        .post(format!("{}/v19.0/{WABA}/message_templates", e.url))
-        .bearer_auth(CLIENT_KEY)
-        .form(&[
-            ("name", "cache_probe"),
-            ("language", "en_US"),
-            ("category", "UTILITY"),
-            ("components", r#"[{"type":"BODY","text":"probe"}]"#),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let created = create_template(&e.url, "cache_probe", "probe").await;
     assert_eq!(created.status(), 200, "{}", created.text().await.unwrap());
     let fresh = e.get(&list).await;
     assert_eq!(x_cache(&fresh), "MISS");

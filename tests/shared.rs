@@ -166,18 +166,7 @@ async fn cache_invalidation_reaches_the_other_replicas() {
             "HIT"
         );
     }
-    let r = client()
-        .post(format!("{}/v19.0/{WABA}/message_templates", reps[0].0.url))
-        .bearer_auth(CLIENT_KEY)
-        .form(&[
-            ("name", "shared_inval"),
-            ("language", "en_US"),
-            ("category", "UTILITY"),
-            ("components", r#"[{"type":"BODY","text":"hi"}]"#),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let r = create_template(&reps[0].0.url, "shared_inval", "hi").await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let started = Instant::now();
     loop {

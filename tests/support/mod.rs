@@ -280,6 +280,23 @@ pub async fn get(url: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// Creates a template on the seed WABA through the proxy at `base`, with the full-rights key.
+pub async fn create_template(base: &str, name: &str, text: &str) -> reqwest::Response {
+    let components = format!(r#"[{{"type":"BODY","text":"{text}"}}]"#);
+    client()
+        .post(format!("{base}/v19.0/{WABA}/message_templates"))
+        .bearer_auth(CLIENT_KEY)
+        .form(&[
+            ("name", name),
+            ("language", "en_US"),
+            ("category", "UTILITY"),
+            ("components", components.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The status of a keyed GET (owned URL, so it can run in a spawned task).
 pub async fn get_status(url: String) -> u16 {
     get(&url).await.status().as_u16()
