@@ -992,7 +992,8 @@ fn answer(s: &Stored, head: bool, label: HeaderValue) -> Response {
 }
 
 /// `Age` and `Cache-Control` values for the first hour of an entry's life, rendered once: every
-/// hit sends both, and formatting them was a tenth of a hit. Later seconds are rendered on use.
+/// hit sends both, and formatting them was a few percent of a hit. Later seconds are rendered on
+/// use.
 const RENDERED_SECONDS: u64 = 3600;
 
 static SECOND_VALUES: LazyLock<Vec<(HeaderValue, HeaderValue)>> = LazyLock::new(|| {

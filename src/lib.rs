@@ -47,6 +47,7 @@ pub mod upstream;
 pub mod webhooks;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
@@ -60,15 +61,17 @@ pub use proxy::Gateway;
 #[derive(Clone)]
 pub struct ProxyService {
     gw: Gateway,
-    webhooks: Option<axum::Router>,
+    /// The webhook path and its routes, when `[webhooks]` is configured.
+    webhooks: Option<(Arc<str>, axum::Router)>,
 }
 
 impl ProxyService {
     pub fn new(gw: Gateway) -> ProxyService {
         let webhooks = gw.inner().webhooks.as_ref().map(|hub| {
-            axum::Router::new()
+            let routes = axum::Router::new()
                 .route(hub.path(), webhooks::routes())
-                .with_state(gw.clone())
+                .with_state(gw.clone());
+            (Arc::from(hub.path()), routes)
         });
         ProxyService { gw, webhooks }
     }
@@ -86,13 +89,13 @@ where
     >;
 
     fn call(&self, req: http::Request<B>) -> Self::Future {
-        if let (Some(router), Some(hub)) = (&self.webhooks, &self.gw.inner().webhooks) {
-            if req.uri().path() == hub.path() {
+        if let Some((path, routes)) = &self.webhooks {
+            if req.uri().path() == &**path {
                 let req = req.map(axum::body::Body::new);
-                let router = router.clone();
+                let routes = routes.clone();
                 return Box::pin(async move {
                     use tower::ServiceExt;
-                    router.oneshot(req).await
+                    routes.oneshot(req).await
                 });
             }
         }

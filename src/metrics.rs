@@ -734,12 +734,11 @@ pub fn method_label(m: &Method) -> &'static str {
 
 /// A status code from [`STATUS_CODES`], else its class (`2xx` ... `5xx`), else `other`.
 pub fn status_label(code: u16) -> &'static str {
-    let digits = [code / 100, code / 10 % 10, code % 10].map(|d| b'0' + d as u8);
-    if let Some(s) = STATUS_CODES
-        .iter()
-        .find(|s| code < 1000 && s.as_bytes() == digits)
-    {
-        return s;
+    if code < 1000 {
+        let digits = [code / 100, code / 10 % 10, code % 10].map(|d| b'0' + d as u8);
+        if let Some(s) = STATUS_CODES.iter().find(|s| s.as_bytes() == digits) {
+            return s;
+        }
     }
     match code {
         100..=199 => "1xx",
