@@ -7,9 +7,9 @@
 //! caller's.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderValue, Method};
 use subtle::ConstantTimeEq;
 
 use crate::config::{key_digest, AuthMode, Config, Secret};
@@ -38,6 +38,9 @@ pub struct Directory {
 struct ClientEntry {
     name: Arc<str>,
     digest: [u8; 32],
+    /// The key itself once a caller has proven it (or from `key_env`): later requests compare it
+    /// directly, in constant time, instead of hashing every key presented.
+    known_key: OnceLock<Secret>,
     app: usize,
     wabas: Option<HashSet<String>>,
     methods: Option<HashSet<Method>>,
@@ -46,9 +49,52 @@ struct ClientEntry {
 }
 
 struct AppEntry {
-    token: Secret,
+    token: Token,
     /// WABA id or phone-number id -> (WABA id, its own token if it has one).
-    objects: foldhash::HashMap<String, (String, Option<Secret>)>,
+    objects: foldhash::HashMap<String, (String, Option<Arc<Token>>)>,
+}
+
+/// A system-user token with what every call needs from it, prepared once at start-up.
+pub struct Token {
+    secret: Secret,
+    /// `Bearer <token>`, marked sensitive so no header dump shows it.
+    bearer: HeaderValue,
+    /// Searches a response body for the token (an answer that echoes it is never cached).
+    finder: memchr::memmem::Finder<'static>,
+}
+
+impl Token {
+    pub fn new(secret: Secret) -> Token {
+        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", secret.expose()))
+            .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid"));
+        bearer.set_sensitive(true);
+        let finder = memchr::memmem::Finder::new(secret.expose().as_bytes()).into_owned();
+        Token {
+            secret,
+            bearer,
+            finder,
+        }
+    }
+
+    pub fn secret(&self) -> &Secret {
+        &self.secret
+    }
+
+    /// The `Authorization` value for a call made with this token.
+    pub fn bearer(&self) -> HeaderValue {
+        self.bearer.clone()
+    }
+
+    /// Whether `body` contains the token.
+    pub fn appears_in(&self, body: &[u8]) -> bool {
+        !self.secret.expose().is_empty() && self.finder.find(body).is_some()
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
 }
 
 impl Directory {
@@ -59,6 +105,7 @@ impl Directory {
             .map(|c| ClientEntry {
                 name: Arc::from(c.name.as_str()),
                 digest: c.key_sha256,
+                known_key: OnceLock::new(),
                 app: c.app,
                 wabas: c.wabas.clone(),
                 methods: c.methods.clone(),
@@ -72,13 +119,14 @@ impl Directory {
             .map(|a| {
                 let mut objects = foldhash::HashMap::default();
                 for w in &a.wabas {
-                    objects.insert(w.id.clone(), (w.id.clone(), w.token.clone()));
+                    let token = w.token.clone().map(|t| Arc::new(Token::new(t)));
+                    objects.insert(w.id.clone(), (w.id.clone(), token.clone()));
                     for p in w.phone_numbers.iter().chain(&w.status_ids) {
-                        objects.insert(p.clone(), (w.id.clone(), w.token.clone()));
+                        objects.insert(p.clone(), (w.id.clone(), token.clone()));
                     }
                 }
                 AppEntry {
-                    token: a.token.clone(),
+                    token: Token::new(a.token.clone()),
                     objects,
                 }
             })
@@ -104,12 +152,27 @@ impl Directory {
         let key = key
             .filter(|k| !k.is_empty())
             .ok_or(GatewayError::MissingKey)?;
-        let digest = key_digest(key);
-        // Look at every client without stopping early, so timing does not say which one matched.
+        // Every client is looked at without stopping early, so timing does not say which one
+        // matched. Keys already proven are compared as they are; a sha256 per request was a tenth
+        // of a cache hit. Any other key is hashed and compared with the configured digests.
         let mut found: Option<usize> = None;
         for (i, c) in self.clients.iter().enumerate() {
-            if bool::from(c.digest.ct_eq(&digest)) {
-                found = Some(i);
+            if let Some(k) = c.known_key.get() {
+                let k = k.expose().as_bytes();
+                if k.len() == key.len() && bool::from(k.ct_eq(key.as_bytes())) {
+                    found = Some(i);
+                }
+            }
+        }
+        if found.is_none() {
+            let digest = key_digest(key);
+            for (i, c) in self.clients.iter().enumerate() {
+                if bool::from(c.digest.ct_eq(&digest)) {
+                    found = Some(i);
+                }
+            }
+            if let Some(i) = found {
+                let _ = self.clients[i].known_key.set(Secret::new(key));
             }
         }
         let i = found.ok_or(GatewayError::UnknownKey)?;
@@ -186,10 +249,10 @@ impl Directory {
     }
 
     /// The token a call on `root` is made with: the WABA's own token when it has one, else the app's.
-    pub fn token_for(&self, app: usize, root: Option<&str>) -> &Secret {
+    pub fn token_for(&self, app: usize, root: Option<&str>) -> &Token {
         let a = &self.apps[app];
         root.and_then(|r| a.objects.get(r))
-            .and_then(|(_, t)| t.as_ref())
+            .and_then(|(_, t)| t.as_deref())
             .unwrap_or(&a.token)
     }
 
@@ -281,6 +344,29 @@ methods = ["GET"]
         ));
     }
 
+    // Once a key is proven it is compared directly: it still maps to its client, and keys of the
+    // same length or sharing a prefix do not pass for it.
+    #[test]
+    fn proven_keys_still_identify_only_their_client() {
+        let d = Directory::new(&config());
+        for _ in 0..3 {
+            assert_eq!(
+                &*d.authenticate(Some("key-a-0123456789")).unwrap().name,
+                "a"
+            );
+        }
+        for wrong in ["key-a-0123456788", "key-a-012345678", "key-a-01234567890"] {
+            assert!(matches!(
+                d.authenticate(Some(wrong)),
+                Err(GatewayError::UnknownKey)
+            ));
+        }
+        assert_eq!(
+            &*d.authenticate(Some("key-b-0123456789")).unwrap().name,
+            "b"
+        );
+    }
+
     // A restricted client reaches its WABA, not others, not other WABAs' phone numbers, and not
     // unknown ids on WABA-only edges.
     #[test]
@@ -320,10 +406,10 @@ methods = ["GET"]
     #[test]
     fn per_waba_tokens_fall_back_to_the_app_token() {
         let d = Directory::new(&config());
-        assert_eq!(d.token_for(0, Some("200")).expose(), "waba-token");
-        assert_eq!(d.token_for(0, Some("201")).expose(), "waba-token");
-        assert_eq!(d.token_for(0, Some("100")).expose(), "app-token");
-        assert_eq!(d.token_for(0, None).expose(), "app-token");
+        assert_eq!(d.token_for(0, Some("200")).secret().expose(), "waba-token");
+        assert_eq!(d.token_for(0, Some("201")).secret().expose(), "waba-token");
+        assert_eq!(d.token_for(0, Some("100")).secret().expose(), "app-token");
+        assert_eq!(d.token_for(0, None).secret().expose(), "app-token");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use http_body_util::BodyExt;
 use tokio::sync::watch;
 
 use crate::clock::SharedClock;
-use crate::config::{self, Secret};
+use crate::config;
 use crate::error::GatewayError;
 use crate::target::{self, Param, Target};
 
@@ -236,10 +236,10 @@ fn slot_of(app: usize, root: &str) -> usize {
 #[derive(Debug, Clone)]
 struct Stored {
     status: StatusCode,
+    /// Content-Length included: an answer clones the map (no name is hashed again) and adds only
+    /// its own headers.
     headers: HeaderMap,
     body: Bytes,
-    /// The body's length, rendered once for every answer made from it.
-    length: HeaderValue,
 }
 
 /// One cached 200 answer. Holds only the kept headers and the body (paging links already rewritten
@@ -359,7 +359,7 @@ pub struct Lookup<'a, 't> {
     /// [`crate::auth::Directory::token_owner`] for the call.
     pub token_owner: Option<&'a str>,
     /// The token the call would use: only to refuse storing a body that echoes it.
-    pub token: &'t Secret,
+    pub token: &'t crate::auth::Token,
     /// The Host paging links get rewritten to, or "" when `server.public_url` fixes it.
     pub link_host: &'a str,
     /// `[[client]] allow_no_cache` of the caller.
@@ -384,7 +384,7 @@ struct Read<'a> {
     stale: bool,
     head: bool,
     directives: Directives,
-    token: &'a Secret,
+    token: &'a crate::auth::Token,
 }
 
 impl Plan<'_> {
@@ -769,12 +769,13 @@ impl ResponseCache {
                 Ok(Buffered::Whole(stored)) => {
                     if self.storable(&stored, r.token) {
                         let label = if r.directives.no_cache { BYPASS } else { MISS };
-                        let mut own = answer(&stored, r.head, label);
+                        let kept = keep_headers(&stored);
+                        let mut own = answer_owned(stored, r.head, label);
                         own.headers_mut().insert(header::AGE, age_value(0));
                         own.headers_mut()
                             .insert(header::CACHE_CONTROL, cache_control(r.ttl.as_secs()));
                         let e = Arc::new(CachedResponse {
-                            resp: keep_headers(&stored),
+                            resp: kept,
                             stored_at: self.now(),
                             ttl: r.ttl,
                             stale_for: if r.stale {
@@ -846,16 +847,17 @@ impl ResponseCache {
         } else {
             more.freeze()
         };
+        let mut headers = parts.headers;
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         Ok(Buffered::Whole(Stored {
             status: parts.status,
-            headers: parts.headers,
-            length: HeaderValue::from(body.len()),
+            headers,
             body,
         }))
     }
 
     /// Only a 200 without a Graph `error` object and without the call's token in it is kept.
-    fn storable(&self, s: &Stored, token: &Secret) -> bool {
+    fn storable(&self, s: &Stored, token: &crate::auth::Token) -> bool {
         if s.status != StatusCode::OK {
             return false;
         }
@@ -867,8 +869,7 @@ impl ResponseCache {
         if json && has_graph_error(&s.body) {
             return false;
         }
-        let t = token.expose().as_bytes();
-        t.is_empty() || memchr::memmem::find(&s.body, t).is_none()
+        !token.appears_in(&s.body)
     }
 
     /// Drops every entry of `app` whose path (version ignored) starts with `path_prefix` segment by
@@ -956,8 +957,10 @@ impl Drop for Leave<'_> {
 }
 
 fn keep_headers(s: &Stored) -> Stored {
-    let mut headers = HeaderMap::with_capacity(KEPT_HEADERS.len() + 4);
-    for name in KEPT_HEADERS {
+    // Room for the headers every answer adds (label, age, cache-control, request id, warning), so
+    // a clone of this map grows its entries once and never rehashes.
+    let mut headers = HeaderMap::with_capacity(KEPT_HEADERS.len() + 6);
+    for name in KEPT_HEADERS.into_iter().chain([header::CONTENT_LENGTH]) {
         if let Some(v) = s.headers.get(&name) {
             headers.insert(name, v.clone());
         }
@@ -966,7 +969,6 @@ fn keep_headers(s: &Stored) -> Stored {
         status: s.status,
         headers,
         body: s.body.clone(),
-        length: s.length.clone(),
     }
 }
 
@@ -977,17 +979,24 @@ fn answer(s: &Stored, head: bool, label: HeaderValue) -> Response {
     } else {
         Body::from(s.body.clone())
     };
-    // Sized once for the stored headers and the ones the cache and pipeline add (length, label,
-    // age, cache-control, request id, warning), so no insert below reallocates.
-    let mut headers = HeaderMap::with_capacity(s.headers.len() + 6);
-    for (k, v) in &s.headers {
-        headers.append(k.clone(), v.clone());
-    }
-    headers.insert(header::CONTENT_LENGTH, s.length.clone());
-    headers.insert(X_CACHE, label);
     let mut resp = Response::new(body);
     *resp.status_mut() = s.status;
-    *resp.headers_mut() = headers;
+    *resp.headers_mut() = s.headers.clone();
+    resp.headers_mut().insert(X_CACHE, label);
+    resp
+}
+
+/// [`answer`] for the caller that fetched it: every header Meta sent, moved rather than copied.
+fn answer_owned(s: Stored, head: bool, label: HeaderValue) -> Response {
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from(s.body)
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = s.status;
+    *resp.headers_mut() = s.headers;
+    resp.headers_mut().insert(X_CACHE, label);
     resp
 }
 

@@ -61,7 +61,7 @@ async fn probe_one(gw: &Gateway, app: usize, waba: &str) -> Result<Option<bool>,
     let a = &g.config.apps[app];
     if let Some(secret) = &a.app_secret {
         query.push('&');
-        query.push_str(&upstream::proof_params(secret, token, a.proof));
+        query.push_str(&upstream::proof_params(secret, token.secret(), a.proof));
     }
     let uri = g
         .upstream
@@ -70,7 +70,7 @@ async fn probe_one(gw: &Gateway, app: usize, waba: &str) -> Result<Option<bool>,
     let mut req = http::Request::get(uri)
         .body(Body::empty())
         .map_err(|_| "bad request")?;
-    upstream::outbound_headers(req.headers_mut(), token);
+    upstream::outbound_headers(req.headers_mut(), token.bearer());
     permit.sent();
     let resp = match g.upstream.send(req).await {
         Ok(r) => r,

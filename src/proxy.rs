@@ -16,14 +16,13 @@ use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{HeaderMap, Method, Version};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::auth::{self, Caller, Directory};
 use crate::cache::{self, ResponseCache};
 use crate::classify::{self, Class};
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::error::GatewayError;
 use crate::limits::{self, BucketKey, Limiter, Scope};
 use crate::metrics::{CacheResult, Metrics, Seen};
@@ -48,6 +47,7 @@ pub struct Inner {
     pub cache: ResponseCache,
     pub metrics: Metrics,
     redactor: rewrite::Redactor,
+    rewriter: Rewriter,
     /// The webhook receiver, when `[webhooks]` is configured.
     pub webhooks: Option<Arc<crate::webhooks::Hub>>,
     /// `server.public_url` without a trailing slash, when configured.
@@ -85,8 +85,10 @@ impl Gateway {
             "http"
         };
         let redactor = rewrite::Redactor::new(&config);
+        let rewriter = Rewriter::new(upstream.origin(), upstream.base_path());
         Gateway(Arc::new(Inner {
             redactor,
+            rewriter,
             config,
             directory,
             upstream,
@@ -770,10 +772,13 @@ fn append_pair(q: &mut String, pair: &str) {
     q.push_str(pair);
 }
 
-fn append_proof(g: &Inner, caller: &Caller, token: &Secret, q: &mut String) {
+fn append_proof(g: &Inner, caller: &Caller, token: &auth::Token, q: &mut String) {
     let app = &g.config.apps[caller.app];
     if let Some(secret) = &app.app_secret {
-        append_pair(q, &upstream::proof_params(secret, token, app.proof));
+        append_pair(
+            q,
+            &upstream::proof_params(secret, token.secret(), app.proof),
+        );
     }
 }
 
@@ -785,13 +790,13 @@ fn build_upstream_request(
     target: &Target,
     body: ReqBody,
     caller: &Caller,
-    token: &Secret,
+    token: &auth::Token,
 ) -> Result<http::Request<Body>, GatewayError> {
     let mut query = target.forward_query();
     append_proof(g, caller, token, &mut query);
     let uri = g.upstream.uri_for(&target.path, &query)?;
     let mut headers = parts.headers.clone();
-    upstream::outbound_headers(&mut headers, token);
+    upstream::outbound_headers(&mut headers, token.bearer());
     let body = match body {
         ReqBody::Stream(b) => b,
         ReqBody::Form(params) => {
@@ -823,7 +828,7 @@ fn set_length(headers: &mut HeaderMap, len: usize) {
 async fn respond(
     g: &Inner,
     parts: &Parts,
-    resp: http::Response<Incoming>,
+    resp: http::Response<upstream::UpstreamBody>,
     app: usize,
     class: &Class,
     bucket: Option<&BucketKey>,
@@ -852,9 +857,10 @@ async fn respond(
         return Ok(Response::from_parts(rparts, Body::new(body)));
     }
     // Read the JSON (bounded); if it turns out larger than the limit, send what was read followed
-    // by the rest, unchanged.
+    // by the rest, unchanged. A body that arrives as one frame is kept as that `Bytes`, uncopied.
     let mut body = body;
-    let mut buf = BytesMut::new();
+    let mut first: Option<Bytes> = None;
+    let mut more = BytesMut::new();
     // The head came within request_timeout; the body gets as long again, so a stall mid-body
     // cannot hold this caller (and those coalesced behind it) forever.
     let deadline = tokio::time::Instant::now() + g.config.upstream.request_timeout;
@@ -867,33 +873,49 @@ async fn respond(
                 ))
             }
         };
-        match frame {
+        let data = match frame {
             None => break,
             Some(Err(_)) => return Err(GatewayError::UpstreamUnreachable),
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    buf.extend_from_slice(&data);
-                    if buf.len() as u64 > limit {
-                        let head = futures_util::stream::once(async move {
-                            Ok::<_, hyper::Error>(buf.freeze())
-                        });
-                        let rest = body.into_data_stream();
-                        let stream = futures_util::StreamExt::chain(head, rest);
-                        return Ok(Response::from_parts(rparts, Body::from_stream(stream)));
-                    }
-                }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+        };
+        let read = match &first {
+            None => {
+                first = Some(data);
+                first.as_ref().map_or(0, Bytes::len)
             }
+            Some(f) => {
+                if more.is_empty() {
+                    more.extend_from_slice(f);
+                }
+                more.extend_from_slice(&data);
+                more.len()
+            }
+        };
+        if read as u64 > limit {
+            let head = if more.is_empty() {
+                first.take().unwrap_or_default()
+            } else {
+                more.freeze()
+            };
+            let head = futures_util::stream::once(async move { Ok::<_, hyper::Error>(head) });
+            let rest = body.into_data_stream();
+            let stream = futures_util::StreamExt::chain(head, rest);
+            return Ok(Response::from_parts(rparts, Body::from_stream(stream)));
         }
     }
-    let bytes = buf.freeze();
-    learn(g, parts, rparts.status, &bytes, app, class, bucket);
-    let public = public_base(g, parts);
-    let rw = Rewriter {
-        upstream_origin: g.upstream.origin(),
-        upstream_base_path: g.upstream.base_path(),
-        public_base: &public,
+    let bytes = if more.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        more.freeze()
     };
-    let bytes = rw.paging(&bytes).unwrap_or(bytes);
+    learn(g, parts, rparts.status, &bytes, app, class, bucket);
+    let bytes = g
+        .rewriter
+        .paging(&bytes, || public_base(g, parts))
+        .unwrap_or(bytes);
     let bytes = g.redactor.redact(bytes);
     set_length(&mut rparts.headers, bytes.len());
     Ok(Response::from_parts(rparts, Body::from(bytes)))
@@ -995,7 +1017,6 @@ fn public_base(g: &Inner, parts: &Parts) -> String {
     format!("{}://{}", g.public_scheme, host)
 }
 
-/// The caller's `X-Request-Id` when it is a sane token, else a fresh one.
 /// The caller's `x-request-id` when it is a plain token, else a new random one (32 hex digits).
 fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(X_REQUEST_ID) {

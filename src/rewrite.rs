@@ -10,14 +10,14 @@ use serde_json::Value;
 
 use crate::target::{is_auth_param, join_raw, parse_params};
 
-/// What a rewrite needs to know about the two ends.
-pub struct Rewriter<'a> {
+/// The upstream end of every rewrite, prepared once at start-up.
+pub struct Rewriter {
     /// `scheme://authority` of the upstream.
-    pub upstream_origin: &'a str,
+    upstream_origin: String,
     /// Path prefix of the upstream URL, removed from rewritten links.
-    pub upstream_base_path: &'a str,
-    /// Where callers reach graphgate, no trailing slash, e.g. `https://graphgate.internal`.
-    pub public_base: &'a str,
+    upstream_base_path: String,
+    /// Finds the upstream's authority in a body (escaped slashes or not, a link names it).
+    upstream_host: memchr::memmem::Finder<'static>,
 }
 
 /// Whether a response's content type can hold paging links.
@@ -29,39 +29,49 @@ pub fn is_json(content_type: Option<&str>) -> bool {
     })
 }
 
-impl Rewriter<'_> {
-    /// Returns the rewritten body, or `None` when nothing needed to change.
-    pub fn paging(&self, body: &[u8]) -> Option<Bytes> {
-        FIXED_NEEDLES[0].find(body)?;
-        // Parsing is the expensive part: only when a link can point at the upstream (its host
-        // appears, escaped slashes or not) or carries credentials.
-        let host = self
-            .upstream_origin
-            .split("://")
-            .nth(1)
-            .unwrap_or(self.upstream_origin);
-        if memfind(body, host.as_bytes()).is_none()
-            && FIXED_NEEDLES[1].find(body).is_none()
-            && FIXED_NEEDLES[2].find(body).is_none()
+impl Rewriter {
+    pub fn new(upstream_origin: &str, upstream_base_path: &str) -> Rewriter {
+        let host = upstream_origin
+            .split_once("://")
+            .map_or(upstream_origin, |(_, h)| h);
+        Rewriter {
+            upstream_origin: upstream_origin.to_string(),
+            upstream_base_path: upstream_base_path.to_string(),
+            upstream_host: memchr::memmem::Finder::new(host.as_bytes()).into_owned(),
+        }
+    }
+
+    /// Returns the rewritten body, or `None` when nothing needed to change. `public_base` (where
+    /// callers reach graphgate, no trailing slash) is asked for only when a link is rewritten.
+    pub fn paging(&self, body: &[u8], public_base: impl FnOnce() -> String) -> Option<Bytes> {
+        // Every paging object, nested ones included, comes after the first `"paging"` key, so the
+        // other searches start there (Graph puts paging last, after the data).
+        let at = FIXED_NEEDLES[0].find(body)?;
+        let tail = &body[at..];
+        // Parsing is the expensive part: only when a link can point at the upstream or carries
+        // credentials.
+        if self.upstream_host.find(tail).is_none()
+            && FIXED_NEEDLES[1].find(tail).is_none()
+            && FIXED_NEEDLES[2].find(tail).is_none()
         {
             return None;
         }
         let mut v: Value = serde_json::from_slice(body).ok()?;
-        if !self.walk(&mut v) {
+        if !self.walk(&mut v, &public_base()) {
             return None;
         }
         serde_json::to_vec(&v).ok().map(Bytes::from)
     }
 
     /// Rewrites every `paging` object in the tree (field expansion nests them); true if any changed.
-    fn walk(&self, v: &mut Value) -> bool {
+    fn walk(&self, v: &mut Value, public_base: &str) -> bool {
         let mut changed = false;
         match v {
             Value::Object(map) => {
                 if let Some(Value::Object(paging)) = map.get_mut("paging") {
                     for key in ["next", "previous"] {
                         if let Some(Value::String(url)) = paging.get_mut(key) {
-                            if let Some(new) = self.link(url) {
+                            if let Some(new) = self.link(url, public_base) {
                                 *url = new;
                                 changed = true;
                             }
@@ -69,12 +79,12 @@ impl Rewriter<'_> {
                     }
                 }
                 for (_, child) in map.iter_mut() {
-                    changed |= self.walk(child);
+                    changed |= self.walk(child, public_base);
                 }
             }
             Value::Array(items) => {
                 for child in items {
-                    changed |= self.walk(child);
+                    changed |= self.walk(child, public_base);
                 }
             }
             _ => {}
@@ -83,20 +93,20 @@ impl Rewriter<'_> {
     }
 
     /// The public form of one link, if it points at the upstream.
-    fn link(&self, url: &str) -> Option<String> {
-        let Some(rest) = strip_prefix_ignore_case(url, self.upstream_origin)
+    fn link(&self, url: &str, public_base: &str) -> Option<String> {
+        let Some(rest) = strip_prefix_ignore_case(url, &self.upstream_origin)
             .filter(|r| r.is_empty() || r.starts_with('/') || r.starts_with('?'))
         else {
             // Another host: leave it there, but never with credentials in it.
             return strip_credentials(url);
         };
-        let rest = rest.strip_prefix(self.upstream_base_path).unwrap_or(rest);
+        let rest = rest.strip_prefix(&*self.upstream_base_path).unwrap_or(rest);
         let (path, query) = match rest.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (rest, None),
         };
-        let mut out = String::with_capacity(self.public_base.len() + rest.len());
-        out.push_str(self.public_base);
+        let mut out = String::with_capacity(public_base.len() + rest.len());
+        out.push_str(public_base);
         out.push_str(path);
         if let Some(q) = query {
             // Unparseable queries are dropped rather than forwarded with a possible token in them.
@@ -192,20 +202,18 @@ static FIXED_NEEDLES: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 3]> 
         [&b"\"paging\""[..], b"access_token", b"appsecret_"].map(memchr::memmem::Finder::new)
     });
 
-fn memfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(hay, needle)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn rw() -> Rewriter<'static> {
-        Rewriter {
-            upstream_origin: "https://graph.facebook.com",
-            upstream_base_path: "",
-            public_base: "http://gg:8080",
+    struct Rw(Rewriter);
+    impl Rw {
+        fn paging(&self, body: &[u8]) -> Option<Bytes> {
+            self.0.paging(body, || "http://gg:8080".to_string())
         }
+    }
+    fn rw() -> Rw {
+        Rw(Rewriter::new("https://graph.facebook.com", ""))
     }
 
     // Links to the upstream move to the proxy and lose every credential parameter.

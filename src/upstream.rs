@@ -1,21 +1,33 @@
-//! The connection to Meta: one pooled hyper client (rustls, HTTP/1.1 and HTTP/2 by ALPN), the fixed
-//! upstream base URL, header hygiene both ways, token injection and `appsecret_proof`.
+//! The connection to Meta: a pool of hyper connections (rustls, HTTP/1.1 and HTTP/2 by ALPN), the
+//! fixed upstream base URL, header hygiene both ways, token injection and `appsecret_proof`.
 //!
 //! It must never let a request choose where it goes (the scheme and authority come only from
 //! config), never forward a caller's credentials, and never leak internal addresses to Meta.
+//!
+//! The pool is graphgate's own, over `hyper::client::conn`: there is one upstream, so there is no
+//! per-host map to look up and no key to hash, and an HTTP/1 connection goes back to the pool
+//! from the response body the moment its last byte is read.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
+use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
+use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use sha2::Sha256;
+use tower::Service;
 
 use crate::config::{self, ProofMode, Secret};
 use crate::error::GatewayError;
@@ -46,15 +58,48 @@ const PRIVATE_REQUEST_HEADERS: [HeaderName; 9] = [
     HeaderName::from_static("x-request-id"),
 ];
 
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
-
 pub struct Upstream {
-    client: HttpClient,
+    connector: HttpsConnector<HttpConnector>,
+    pool: Arc<Pool>,
     /// `scheme://authority` of the upstream, e.g. `https://graph.facebook.com`.
     origin: String,
+    scheme: Scheme,
+    authority: Authority,
+    /// `Host` of every HTTP/1 request: the authority without a default port.
+    host: HeaderValue,
     /// Path prefix of the upstream URL (usually empty).
     base_path: String,
     timeout: Duration,
+}
+
+/// Connections to the upstream that are free for a request.
+struct Pool {
+    /// HTTP/1 connections, the most recently used last (it is the likeliest to be still open).
+    idle: Mutex<Vec<Idle>>,
+    /// The HTTP/2 connection, when Meta chose HTTP/2: one carries every request.
+    h2: Mutex<Option<http2::SendRequest<Body>>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    /// Whether the task that closes connections idle past `idle_timeout` runs.
+    sweeping: AtomicBool,
+}
+
+struct Idle {
+    conn: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+enum Conn {
+    H1(http1::SendRequest<Body>),
+    H2(http2::SendRequest<Body>),
+}
+
+/// Why a request got no response head.
+enum SendError {
+    /// No connection could be made: nothing reached Meta.
+    Connect(Box<dyn std::error::Error + Send + Sync>),
+    /// The connection failed while the request was sent or the answer awaited.
+    Http(hyper::Error),
 }
 
 /// An outbound connector: rustls with the bundled web PKI roots (ring), HTTP/1.1 and HTTP/2 by
@@ -75,16 +120,31 @@ pub fn https_connector(connect_timeout: Duration) -> HttpsConnector<HttpConnecto
 
 impl Upstream {
     pub fn new(cfg: &config::Upstream) -> Upstream {
-        let https = https_connector(cfg.connect_timeout);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-            .build(https);
-        let scheme = cfg.url.scheme_str().unwrap_or("https");
-        let authority = cfg.url.authority().map(|a| a.as_str()).unwrap_or_default();
+        let scheme = cfg.url.scheme().cloned().unwrap_or(Scheme::HTTPS);
+        // The config loader refuses an upstream URL without a host; this default is never used.
+        let authority = cfg
+            .url
+            .authority()
+            .cloned()
+            .unwrap_or_else(|| Authority::from_static("graph.facebook.com"));
+        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        let host = match authority.port_u16() {
+            Some(p) if p != default_port => authority.as_str(),
+            _ => authority.host(),
+        };
         Upstream {
-            client,
+            connector: https_connector(cfg.connect_timeout),
+            pool: Arc::new(Pool {
+                idle: Mutex::new(Vec::new()),
+                h2: Mutex::new(None),
+                max_idle: cfg.pool_max_idle_per_host,
+                idle_timeout: cfg.pool_idle_timeout,
+                sweeping: AtomicBool::new(false),
+            }),
             origin: format!("{scheme}://{authority}"),
+            host: HeaderValue::from_str(host).unwrap_or(HeaderValue::from_static("localhost")),
+            scheme,
+            authority,
             base_path: cfg.url.path().trim_end_matches('/').to_string(),
             timeout: cfg.request_timeout,
         }
@@ -98,53 +158,273 @@ impl Upstream {
         &self.base_path
     }
 
-    /// The upstream URI for a validated path and an already cleaned query.
+    /// The upstream target (origin form, base path included) for a validated path and an already
+    /// cleaned query. [`Upstream::send`] adds the scheme and authority where the protocol wants them.
     pub fn uri_for(&self, path: &str, query: &str) -> Result<Uri, GatewayError> {
-        let mut s = String::with_capacity(
-            self.origin.len() + self.base_path.len() + path.len() + query.len() + 1,
-        );
-        s.push_str(&self.origin);
+        let mut s = String::with_capacity(self.base_path.len() + path.len() + query.len() + 1);
         s.push_str(&self.base_path);
         s.push_str(path);
         if !query.is_empty() {
             s.push('?');
             s.push_str(query);
         }
-        s.parse()
+        PathAndQuery::from_maybe_shared(s)
+            .map(Uri::from)
             .map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded".into()))
     }
 
     /// Sends the request and waits for the response head, within `request_timeout`.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<UpstreamBody>, UpstreamError> {
+        match tokio::time::timeout(self.timeout, self.exchange(req)).await {
             Err(_) => Err(UpstreamError {
                 error: GatewayError::UpstreamTimeout(self.timeout),
                 reached: true,
             }),
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => {
-                // A refused connection never reached Meta, so it costs no budget; anything later
-                // may have, so it counts.
-                let reached = !e.is_connect();
+            Ok(Err(SendError::Connect(e))) => {
+                tracing::warn!(error = %e, "cannot connect to the upstream");
+                // A refused connection never reached Meta, so it costs no budget.
+                Err(UpstreamError {
+                    error: GatewayError::UpstreamUnreachable,
+                    reached: false,
+                })
+            }
+            Ok(Err(SendError::Http(e))) => {
                 // A failure while streaming the caller's body (too large, client went away) is not
-                // Meta's fault; anything else is a transport problem towards Meta.
-                if let Some(cause) = std::error::Error::source(&e) {
-                    if let Some(ge) = find_cause::<GatewayError>(cause) {
-                        let error = match ge {
-                            GatewayError::BodyTooLarge { limit } => {
-                                GatewayError::BodyTooLarge { limit: *limit }
-                            }
-                            _ => GatewayError::RequestBodyFailed,
-                        };
-                        return Err(UpstreamError { error, reached });
-                    }
+                // Meta's fault; anything else is a transport problem towards Meta. Either may have
+                // reached Meta, so it counts.
+                if let Some(ge) = find_cause::<GatewayError>(&e) {
+                    let error = match ge {
+                        GatewayError::BodyTooLarge { limit } => {
+                            GatewayError::BodyTooLarge { limit: *limit }
+                        }
+                        _ => GatewayError::RequestBodyFailed,
+                    };
+                    return Err(UpstreamError {
+                        error,
+                        reached: true,
+                    });
                 }
                 tracing::warn!(error = %e, "upstream request failed");
                 Err(UpstreamError {
                     error: GatewayError::UpstreamUnreachable,
-                    reached,
+                    reached: true,
                 })
             }
+        }
+    }
+
+    /// One request on a pooled or new connection. A reused HTTP/1 connection that Meta closed
+    /// before the request went out is replaced once: hyper hands the unsent request back.
+    async fn exchange(&self, mut req: Request<Body>) -> Result<Response<UpstreamBody>, SendError> {
+        let mut retried = false;
+        loop {
+            let (conn, reused) = match self.checkout().await {
+                Some(c) => (c, true),
+                // Boxed: connecting (TCP, TLS, HTTP/2 preface) is a future of kilobytes, which
+                // every request's future would otherwise carry, and copy, for a rare event.
+                None => (Box::pin(self.connect()).await?, false),
+            };
+            let sent = match conn {
+                Conn::H2(mut c) => {
+                    let mut parts = http::uri::Parts::default();
+                    parts.scheme = Some(self.scheme.clone());
+                    parts.authority = Some(self.authority.clone());
+                    parts.path_and_query = req.uri().path_and_query().cloned();
+                    *req.uri_mut() =
+                        Uri::from_parts(parts).map_err(|e| SendError::Connect(e.into()))?;
+                    c.try_send_request(req)
+                        .await
+                        .map(|resp| resp.map(|inner| UpstreamBody::new(inner, None)))
+                }
+                Conn::H1(mut c) => {
+                    if req.uri().scheme().is_some() {
+                        *req.uri_mut() = Uri::from(
+                            req.uri()
+                                .path_and_query()
+                                .cloned()
+                                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+                        );
+                    }
+                    req.headers_mut().insert(header::HOST, self.host.clone());
+                    let sent = c.try_send_request(req).await;
+                    let back = Some((self.pool.clone(), c));
+                    sent.map(|resp| resp.map(|inner| UpstreamBody::new(inner, back)))
+                }
+            };
+            match sent {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused && !retried => {
+                        retried = true;
+                        req = unsent;
+                    }
+                    _ => return Err(SendError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// A pooled connection that is open and ready, if there is one.
+    async fn checkout(&self) -> Option<Conn> {
+        {
+            let mut h2 = self.pool.h2.lock().unwrap_or_else(PoisonError::into_inner);
+            match h2.as_ref() {
+                Some(c) if !c.is_closed() => return Some(Conn::H2(c.clone())),
+                Some(_) => *h2 = None,
+                None => {}
+            }
+        }
+        loop {
+            let idle = self
+                .pool
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop()?;
+            if idle.since.elapsed() > self.pool.idle_timeout {
+                continue;
+            }
+            let mut conn = idle.conn;
+            // Usually ready at once; just after a response it may take the connection's task
+            // one turn to finish reading it. A closed connection answers an error: drop it.
+            if conn.ready().await.is_ok() {
+                return Some(Conn::H1(conn));
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, SendError> {
+        self.pool.start_sweeping();
+        let target = Uri::from_parts({
+            let mut p = http::uri::Parts::default();
+            p.scheme = Some(self.scheme.clone());
+            p.authority = Some(self.authority.clone());
+            p.path_and_query = Some(PathAndQuery::from_static("/"));
+            p
+        })
+        .map_err(|e| SendError::Connect(e.into()))?;
+        let stream = self
+            .connector
+            .clone()
+            .call(target)
+            .await
+            .map_err(SendError::Connect)?;
+        if stream.connected().is_negotiated_h2() {
+            let (send, conn) = http2::handshake(TokioExecutor::new(), stream)
+                .await
+                .map_err(|e| SendError::Connect(e.into()))?;
+            drive(conn);
+            *self.pool.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(send.clone());
+            Ok(Conn::H2(send))
+        } else {
+            let (send, conn) = http1::handshake(stream)
+                .await
+                .map_err(|e| SendError::Connect(e.into()))?;
+            drive(conn);
+            Ok(Conn::H1(send))
+        }
+    }
+}
+
+/// Runs a connection's I/O in its own task until Meta or the pool closes it.
+fn drive(conn: impl std::future::Future<Output = hyper::Result<()>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
+}
+
+impl Pool {
+    fn put(&self, conn: http1::SendRequest<Body>) {
+        if conn.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < self.max_idle {
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes connections idle longer than `idle_timeout`, from a task that ends with the pool.
+    fn start_sweeping(self: &Arc<Self>) {
+        if self.sweeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pool: Weak<Pool> = Arc::downgrade(self);
+        let every = (self.idle_timeout / 2).max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = pool.upgrade() else { return };
+                let timeout = pool.idle_timeout;
+                pool.idle
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .retain(|i| i.since.elapsed() <= timeout && !i.conn.is_closed());
+            }
+        });
+    }
+}
+
+/// A response body from Meta. An HTTP/1 connection goes back to the pool once the body has been
+/// read to its end; a body dropped before that takes its connection with it (hyper closes it).
+pub struct UpstreamBody {
+    inner: Incoming,
+    back: Option<(Arc<Pool>, http1::SendRequest<Body>)>,
+    ended: bool,
+}
+
+impl UpstreamBody {
+    fn new(inner: Incoming, back: Option<(Arc<Pool>, http1::SendRequest<Body>)>) -> Self {
+        UpstreamBody {
+            inner,
+            back,
+            ended: false,
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some((pool, conn)) = self.back.take() {
+            pool.put(conn);
+        }
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if frame.is_none() {
+            self.ended = true;
+            self.release();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // An empty body (HEAD, 204, 304) is often dropped unread: it is complete all the same.
+        if self.ended || http_body::Body::is_end_stream(&self.inner) {
+            self.release();
         }
     }
 }
@@ -198,8 +478,9 @@ fn retain_headers(headers: &mut HeaderMap, keep: impl Fn(&HeaderName) -> bool) {
     }
 }
 
-/// Prepares a caller's headers for Meta: hop-by-hop and private headers out, our token in.
-pub fn outbound_headers(headers: &mut HeaderMap, token: &Secret) {
+/// Prepares a caller's headers for Meta: hop-by-hop and private headers out, our token (its
+/// `Authorization` value, see [`crate::auth::Token::bearer`]) in.
+pub fn outbound_headers(headers: &mut HeaderMap, bearer: HeaderValue) {
     let listed = connection_listed(headers);
     retain_headers(headers, |n| {
         !is_hop_by_hop(n, &listed)
@@ -207,10 +488,7 @@ pub fn outbound_headers(headers: &mut HeaderMap, token: &Secret) {
             && !n.as_str().starts_with("x-graphgate-")
             && !n.as_str().starts_with("x-http-method-override")
     });
-    let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-        .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid"));
-    v.set_sensitive(true);
-    headers.insert(header::AUTHORIZATION, v);
+    headers.insert(header::AUTHORIZATION, bearer);
     // graphgate reads Meta's JSON (paging links, errors, usage) and caches it for every caller, so
     // it asks for plain bytes whatever the caller accepts.
     headers.insert(
@@ -279,7 +557,10 @@ mod tests {
         h.insert("host", "internal.example".parse().unwrap());
         h.insert("x-graphgate-max-wait", "5s".parse().unwrap());
         h.insert("content-type", "application/json".parse().unwrap());
-        outbound_headers(&mut h, &Secret::new("sys-token"));
+        outbound_headers(
+            &mut h,
+            crate::auth::Token::new(Secret::new("sys-token")).bearer(),
+        );
         assert_eq!(h.get("authorization").unwrap(), "Bearer sys-token");
         assert!(h.get("authorization").unwrap().is_sensitive());
         assert!(

@@ -655,7 +655,7 @@ async fn a_flood_of_distinct_urls_stays_within_max_bytes() {
         ..Default::default()
     };
     let cache = ResponseCache::new(&cfg, 1, 16 << 20, ManualClock::new(0));
-    let token = graphgate::config::Secret::new(SYSTEM_TOKEN);
+    let token = graphgate::auth::Token::new(graphgate::config::Secret::new(SYSTEM_TOKEN));
     let headers = http::HeaderMap::new();
     let body = bytes::Bytes::from(vec![b'x'; 2048]);
     for i in 0..100_000u32 {
