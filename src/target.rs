@@ -54,7 +54,12 @@ impl Target {
             if seg.contains(['/', '\\']) {
                 return Err(bad("encoded slashes in the path are not allowed"));
             }
-            if seg.chars().any(char::is_control) {
+            let control = if seg.is_ascii() {
+                seg.bytes().any(|b| b.is_ascii_control())
+            } else {
+                seg.chars().any(char::is_control)
+            };
+            if control {
                 return Err(bad("control characters in the path are not allowed"));
             }
             if !seg.is_empty() {
@@ -138,6 +143,10 @@ pub fn parse_params(q: &str) -> Result<Vec<Param>, String> {
 /// Strict percent-decoding: every `%` must start two hex digits, and the result must be UTF-8.
 pub fn decode(s: &str, plus_is_space: bool) -> Result<String, String> {
     let b = s.as_bytes();
+    // Most segments and parameters have nothing to decode: copied as they are.
+    if !b.iter().any(|&c| c == b'%' || (plus_is_space && c == b'+')) {
+        return Ok(s.to_string());
+    }
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {

@@ -56,14 +56,14 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
 
 static LOGS: OnceLock<LogBuffer> = OnceLock::new();
 
-/// Captures every log line of this test binary (debug level, JSON, with span fields).
+/// Captures every log line of this test binary (debug level, JSON as in production, with the
+/// request tag).
 pub fn logs() -> LogBuffer {
     LOGS.get_or_init(|| {
         let buf = LogBuffer::default();
         let _ = tracing_subscriber::fmt()
-            .json()
-            .with_current_span(true)
             .fmt_fields(graphgate::telemetry::JsonSpanFields)
+            .event_format(graphgate::telemetry::json_events())
             .with_env_filter("debug,hyper=info,h2=info,rustls=info,hyper_util=info")
             .with_writer(buf.clone())
             .try_init();
