@@ -8,7 +8,7 @@
 //! 200 body and a short list of Meta's headers, and the key holds a WABA id, never a token.
 
 use std::future::Future;
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -223,11 +223,10 @@ impl CacheKey {
 }
 
 fn slot_of(app: usize, root: &str) -> usize {
-    // SipHash with fixed keys: stable for the life of the process, which is all slots need.
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    app.hash(&mut h);
-    root.hash(&mut h);
-    (h.finish() % SLOTS as u64) as usize
+    // A fixed seed: stable for the life of the process, which is all slots need (replicas send
+    // object ids, not slots).
+    let h = std::hash::BuildHasher::hash_one(&foldhash::fast::FixedState::default(), (app, root));
+    (h % SLOTS as u64) as usize
 }
 
 // ---------------------------------------------------------------- entries
