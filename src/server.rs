@@ -81,10 +81,12 @@ where
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = opts.tls.clone();
+        // Connections without upgrade support: graphgate never switches protocols, and the
+        // upgradeable wrapper costs state and a check on every request.
         tokio::spawn(async move {
             match tls {
                 None => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
                 Some(acceptor) => {
@@ -93,7 +95,7 @@ where
                     else {
                         return;
                     };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+                    let conn = builder.serve_connection(TokioIo::new(tls), svc);
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
             }
