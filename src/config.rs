@@ -186,6 +186,9 @@ pub struct Upstream {
     pub request_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Certificate authorities trusted for the upstream instead of the bundled web PKI roots
+    /// (`upstream.ca_file`), e.g. a TLS-inspecting egress proxy's; empty for the bundled roots.
+    pub ca_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -419,6 +422,7 @@ struct RawUpstream {
     request_timeout: Option<Dur>,
     pool_idle_timeout: Option<Dur>,
     pool_max_idle_per_host: Option<i64>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1316,6 +1320,32 @@ impl Validator<'_> {
                 DEFAULT_POOL_IDLE_TIMEOUT,
             ),
             pool_max_idle_per_host,
+            ca_roots: r.ca_file.map(|f| self.ca_roots(&f)).unwrap_or_default(),
+        }
+    }
+
+    /// The PEM certificates of `upstream.ca_file`, read now so a bad file fails the load.
+    fn ca_roots(&mut self, file: &Path) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+        use rustls_pki_types::pem::PemObject;
+        let path = self.base.join(file);
+        let read = rustls_pki_types::CertificateDer::pem_file_iter(&path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>());
+        match read {
+            Ok(certs) if !certs.is_empty() => certs,
+            Ok(_) => {
+                self.problem(
+                    "upstream.ca_file",
+                    format!("{}: no PEM certificate found", path.display()),
+                );
+                Vec::new()
+            }
+            Err(e) => {
+                self.problem(
+                    "upstream.ca_file",
+                    format!("{}: cannot read certificates: {e}", path.display()),
+                );
+                Vec::new()
+            }
         }
     }
 

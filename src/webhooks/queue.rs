@@ -106,7 +106,7 @@ fn now_ms() -> u64 {
 
 impl Queue {
     pub fn new(cfg: &Webhooks) -> Queue {
-        let https = crate::upstream::https_connector(cfg.delivery_timeout);
+        let https = crate::upstream::https_connector(cfg.delivery_timeout, &[]);
         let client = Client::builder(TokioExecutor::new()).build(https);
         Queue {
             subs: cfg
