@@ -9,6 +9,10 @@
 
 # ---------------------------------------------------------------- build
 FROM rust:1-slim-bookworm AS build
+# make: the jemalloc allocator is built from its C sources.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 
 # Dependencies first, against stub targets: this layer, with every compiled dependency, is reused
