@@ -1800,8 +1800,13 @@ fn base_url(s: &str) -> Result<http::Uri, String> {
         Some("http") | Some("https") => {}
         _ => return Err(format!("`{s}` must start with http:// or https://")),
     }
-    if u.authority().is_none() {
-        return Err(format!("`{s}` has no host"));
+    match u.authority() {
+        None => return Err(format!("`{s}` has no host")),
+        // Not echoed: the part before `@` would be a password. It would also go out in `Host`.
+        Some(a) if a.as_str().contains('@') => {
+            return Err("must not carry credentials (user:password@)".to_string())
+        }
+        Some(_) => {}
     }
     if u.query().is_some() {
         return Err(format!("`{s}` must not have a query"));

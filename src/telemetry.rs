@@ -187,7 +187,9 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let tag = CURRENT.with(|c| c.borrow().clone());
-        let Some(tag) = tag.filter(|_| ctx.lookup_current().is_none()) else {
+        // A line with a span of its own (explicit parent or current) keeps that span's fields.
+        let in_span = event.parent().is_some() || ctx.lookup_current().is_some();
+        let Some(tag) = tag.filter(|_| !in_span) else {
             return self.inner.format_event(ctx, writer, event);
         };
         let mut line = String::new();
@@ -398,6 +400,10 @@ mod tests {
             });
             futures_util::FutureExt::now_or_never(fut).unwrap();
             tracing::info!("after");
+            // A line with an explicit parent span keeps that span, tag or not.
+            let own = tracing::info_span!("own", k = 1u64);
+            let _g = outer.enter();
+            tracing::info!(parent: &own, "parented");
         });
         let lines: Vec<serde_json::Value> = buf
             .lines()
@@ -405,7 +411,9 @@ mod tests {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         let id = |i: usize| lines[i]["span"]["id"].clone();
-        assert_eq!(lines.len(), 5);
+        assert_eq!(lines.len(), 6);
+        assert_eq!(lines[5]["span"]["name"], "own");
+        assert!(lines[5]["span"]["id"].is_null());
         assert!(lines[0]["span"].is_null() && lines[4]["span"].is_null());
         assert_eq!(id(1), "req-1");
         assert_eq!(lines[1]["span"]["method"], "GET");

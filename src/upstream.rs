@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use sha2::Sha256;
 use tower::Service;
 
@@ -57,6 +57,10 @@ const PRIVATE_REQUEST_HEADERS: [HeaderName; 9] = [
     HeaderName::from_static("x-real-ip"),
     HeaderName::from_static("x-request-id"),
 ];
+
+/// How often an HTTP/2 connection to Meta is pinged, and how long a ping may go unanswered.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Upstream {
     connector: HttpsConnector<HttpConnector>,
@@ -100,6 +104,8 @@ enum SendError {
     Connect(Box<dyn std::error::Error + Send + Sync>),
     /// The connection failed while the request was sent or the answer awaited.
     Http(hyper::Error),
+    /// The connection failed before the request went out (hyper handed it back).
+    NotSent(hyper::Error),
 }
 
 /// An outbound connector: rustls (ring) trusting the bundled web PKI roots, or only `ca_roots`
@@ -193,11 +199,21 @@ impl Upstream {
 
     /// Sends the request and waits for the response head, within `request_timeout`.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<UpstreamBody>, UpstreamError> {
-        match tokio::time::timeout(self.timeout, self.exchange(req)).await {
+        // Set once the request is handed to a connection: a timeout before that (connect, TLS,
+        // waiting for a connection) cannot have reached Meta.
+        let handed_over = AtomicBool::new(false);
+        match tokio::time::timeout(self.timeout, self.exchange(req, &handed_over)).await {
             Err(_) => Err(UpstreamError {
                 error: GatewayError::UpstreamTimeout(self.timeout),
-                reached: true,
+                reached: handed_over.load(Ordering::Relaxed),
             }),
+            Ok(Err(SendError::NotSent(e))) => {
+                tracing::warn!(error = %e, "upstream connection failed before the request went out");
+                Err(UpstreamError {
+                    error: GatewayError::UpstreamUnreachable,
+                    reached: false,
+                })
+            }
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(SendError::Connect(e))) => {
                 tracing::warn!(error = %e, "cannot connect to the upstream");
@@ -232,17 +248,23 @@ impl Upstream {
         }
     }
 
-    /// One request on a pooled or new connection. A reused HTTP/1 connection that Meta closed
-    /// before the request went out is replaced once: hyper hands the unsent request back.
-    async fn exchange(&self, mut req: Request<Body>) -> Result<Response<UpstreamBody>, SendError> {
+    /// One request on a pooled or new connection. A reused connection that Meta closed before
+    /// the request went out is replaced once, by a fresh one: hyper hands the unsent request back.
+    async fn exchange(
+        &self,
+        mut req: Request<Body>,
+        handed_over: &AtomicBool,
+    ) -> Result<Response<UpstreamBody>, SendError> {
         let mut retried = false;
         loop {
-            let (conn, reused) = match self.checkout().await {
+            let pooled = if retried { None } else { self.checkout().await };
+            let (conn, reused) = match pooled {
                 Some(c) => (c, true),
                 // Boxed: connecting (TCP, TLS, HTTP/2 preface) is a future of kilobytes, which
                 // every request's future would otherwise carry, and copy, for a rare event.
                 None => (Box::pin(self.connect()).await?, false),
             };
+            handed_over.store(true, Ordering::Relaxed);
             let sent = match conn {
                 Conn::H2(mut c) => {
                     let mut parts = http::uri::Parts::default();
@@ -276,8 +298,10 @@ impl Upstream {
                     Some(unsent) if reused && !retried => {
                         retried = true;
                         req = unsent;
+                        handed_over.store(false, Ordering::Relaxed);
                     }
-                    _ => return Err(SendError::Http(e.into_error())),
+                    Some(_) => return Err(SendError::NotSent(e.into_error())),
+                    None => return Err(SendError::Http(e.into_error())),
                 },
             }
         }
@@ -329,7 +353,13 @@ impl Upstream {
             .await
             .map_err(SendError::Connect)?;
         if stream.connected().is_negotiated_h2() {
-            let (send, conn) = http2::handshake(TokioExecutor::new(), stream)
+            // Pings find a connection that died silently (no FIN, no RST): it closes, and the next
+            // call opens a new one instead of waiting for the kernel to give up.
+            let (send, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(H2_PING_INTERVAL)
+                .keep_alive_timeout(H2_PING_TIMEOUT)
+                .handshake(stream)
                 .await
                 .map_err(|e| SendError::Connect(e.into()))?;
             drive(conn);
@@ -407,9 +437,25 @@ impl UpstreamBody {
     }
 
     fn release(&mut self) {
-        if let Some((pool, conn)) = self.back.take() {
+        let Some((pool, mut conn)) = self.back.take() else {
+            return;
+        };
+        if conn.is_ready() {
             pool.put(conn);
+            return;
         }
+        // Meta answered before the caller's upload ended (an early error): the connection is
+        // free only once the rest of the request is sent. Pooling it now would make the next call
+        // wait for that upload.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let wait = pool.idle_timeout;
+        rt.spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(wait, conn.ready()).await {
+                pool.put(conn);
+            }
+        });
     }
 }
 

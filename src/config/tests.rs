@@ -926,6 +926,16 @@ fn upstream_url_without_a_scheme_or_with_a_query_is_refused() {
     assert_eq!(c.upstream.url.port_u16(), Some(9999));
 }
 
+// Credentials in upstream.url are refused (they would go out in `Host`), and not echoed.
+#[test]
+fn upstream_url_with_credentials_is_refused_without_echoing_them() {
+    let e = err(load(&with(
+        "[upstream]\nurl = \"https://user:pa55word@graph.facebook.com:8443\"",
+    )));
+    problem(&e, "upstream.url");
+    assert!(!e.to_string().contains("pa55word"), "{e}");
+}
+
 // Every problem in a file is reported in one go, each naming its key.
 #[test]
 fn several_problems_are_reported_at_once() {
