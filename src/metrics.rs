@@ -441,9 +441,7 @@ impl Metrics {
     }
 
     fn app_label(&self, app: Option<usize>) -> String {
-        app.and_then(|i| self.apps.get(i))
-            .map_or(NONE, |a| a.name.as_str())
-            .to_string()
+        self.shared_app_label(app).to_string()
     }
 
     /// `waba:<id>` for a WABA configured in the app, `waba:other` for any other (a caller may name

@@ -90,14 +90,7 @@ async fn start_upstream() -> Upstream {
 /// A proxy in front of `up`, cache off so every call goes upstream, with `pool` lines added to
 /// `[upstream]`.
 async fn proxy(up: &Upstream, pool: &str) -> Proxy {
-    let text = config_text(&up.url, "").replace(
-        "request_timeout = \"2s\"",
-        &format!("request_timeout = \"2s\"\n{pool}\n\n[cache]\nenabled = false"),
-    );
-    let cfg =
-        graphgate::config::Config::from_toml(&text, "test.toml", std::path::Path::new("."), &env())
-            .unwrap();
-    start_proxy(cfg).await
+    start_uncached_proxy(&up.url, pool).await
 }
 
 async fn call(p: &Proxy, method: reqwest::Method, path: &str) -> reqwest::Response {
@@ -109,22 +102,18 @@ async fn call(p: &Proxy, method: reqwest::Method, path: &str) -> reqwest::Respon
         .unwrap()
 }
 
-fn templates(i: usize) -> String {
-    format!("/v19.0/{WABA}/message_templates?n={i}")
-}
-
 // Sequential calls share one connection, HEAD and 204 answers included.
 #[tokio::test]
 async fn sequential_calls_reuse_one_connection() {
     let up = start_upstream().await;
     let p = proxy(&up, "").await;
     for i in 0..20 {
-        let r = call(&p, reqwest::Method::GET, &templates(i)).await;
+        let r = call(&p, reqwest::Method::GET, &templates_path(i)).await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.text().await.unwrap(), BODY);
     }
     for i in 0..5 {
-        let r = call(&p, reqwest::Method::HEAD, &templates(100 + i)).await;
+        let r = call(&p, reqwest::Method::HEAD, &templates_path(100 + i)).await;
         assert_eq!(r.status(), 200);
         let r = call(&p, reqwest::Method::DELETE, &format!("/v19.0/{WABA}/empty")).await;
         assert_eq!(r.status(), 204);
@@ -144,7 +133,7 @@ async fn connections_closed_by_the_upstream_are_replaced() {
     up.close_after_each.store(true, Ordering::SeqCst);
     let p = proxy(&up, "").await;
     for i in 0..5 {
-        let r = call(&p, reqwest::Method::GET, &templates(i)).await;
+        let r = call(&p, reqwest::Method::GET, &templates_path(i)).await;
         assert_eq!(r.status(), 200, "call {i}");
         assert_eq!(r.text().await.unwrap(), BODY);
         // Time for the connection's task to read the upstream's close, as it would between
@@ -159,7 +148,9 @@ async fn connections_closed_by_the_upstream_are_replaced() {
     up.close_after_each.store(false, Ordering::SeqCst);
     for i in 5..10 {
         assert_eq!(
-            call(&p, reqwest::Method::GET, &templates(i)).await.status(),
+            call(&p, reqwest::Method::GET, &templates_path(i))
+                .await
+                .status(),
             200
         );
     }
@@ -176,7 +167,7 @@ async fn connections_closed_by_the_upstream_are_replaced() {
 async fn idle_connections_are_capped_and_reused() {
     let up = start_upstream().await;
     let p = proxy(&up, "pool_max_idle_per_host = 2").await;
-    let paths: Vec<String> = (0..8).map(templates).collect();
+    let paths: Vec<String> = (0..8).map(templates_path).collect();
     let calls = paths.iter().map(|t| call(&p, reqwest::Method::GET, t));
     for r in futures_util::future::join_all(calls).await {
         assert_eq!(r.status(), 200);
@@ -185,7 +176,9 @@ async fn idle_connections_are_capped_and_reused() {
     assert!(opened >= 1);
     for i in 8..20 {
         assert_eq!(
-            call(&p, reqwest::Method::GET, &templates(i)).await.status(),
+            call(&p, reqwest::Method::GET, &templates_path(i))
+                .await
+                .status(),
             200
         );
     }
@@ -203,7 +196,9 @@ async fn no_pooling_when_max_idle_is_zero() {
     let p = proxy(&up, "pool_max_idle_per_host = 0").await;
     for i in 0..4 {
         assert_eq!(
-            call(&p, reqwest::Method::GET, &templates(i)).await.status(),
+            call(&p, reqwest::Method::GET, &templates_path(i))
+                .await
+                .status(),
             200
         );
     }
@@ -216,17 +211,23 @@ async fn connections_idle_past_the_timeout_are_not_reused() {
     let up = start_upstream().await;
     let p = proxy(&up, "pool_idle_timeout = \"1s\"").await;
     assert_eq!(
-        call(&p, reqwest::Method::GET, &templates(0)).await.status(),
+        call(&p, reqwest::Method::GET, &templates_path(0))
+            .await
+            .status(),
         200
     );
     assert_eq!(
-        call(&p, reqwest::Method::GET, &templates(1)).await.status(),
+        call(&p, reqwest::Method::GET, &templates_path(1))
+            .await
+            .status(),
         200
     );
     assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(
-        call(&p, reqwest::Method::GET, &templates(2)).await.status(),
+        call(&p, reqwest::Method::GET, &templates_path(2))
+            .await
+            .status(),
         200
     );
     assert_eq!(up.accepted.load(Ordering::SeqCst), 2);

@@ -100,24 +100,13 @@ async fn start_tls_upstream(alpn: &[&[u8]]) -> TlsUpstream {
 /// A proxy in front of `up`, cache off, trusting `ca_pem` when given.
 async fn proxy(up: &TlsUpstream, ca_pem: Option<&str>) -> (Proxy, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let mut extra = String::from("\n[cache]\nenabled = false");
+    let mut lines = String::new();
     if let Some(pem) = ca_pem {
         let path = dir.path().join("ca.pem");
         std::fs::write(&path, pem).unwrap();
-        extra = format!("ca_file = \"{}\"{extra}", path.display());
+        lines = format!("ca_file = \"{}\"", path.display());
     }
-    let text = config_text(&up.url, "").replace(
-        "request_timeout = \"2s\"",
-        &format!("request_timeout = \"2s\"\n{extra}"),
-    );
-    let cfg =
-        graphgate::config::Config::from_toml(&text, "test.toml", std::path::Path::new("."), &env())
-            .unwrap();
-    (start_proxy(cfg).await, dir)
-}
-
-fn templates(i: usize) -> String {
-    format!("/v19.0/{WABA}/message_templates?n={i}")
+    (start_uncached_proxy(&up.url, &lines).await, dir)
 }
 
 async fn get_ok(p: &Proxy, path: &str) {
@@ -133,9 +122,9 @@ async fn http2_upstream_carries_every_call_on_one_connection() {
     let up = start_tls_upstream(&[b"h2", b"http/1.1"]).await;
     let (p, _dir) = proxy(&up, Some(&up.ca_pem)).await;
     for i in 0..5 {
-        get_ok(&p, &templates(i)).await;
+        get_ok(&p, &templates_path(i)).await;
     }
-    let paths: Vec<String> = (5..25).map(templates).collect();
+    let paths: Vec<String> = (5..25).map(templates_path).collect();
     futures_util::future::join_all(paths.iter().map(|t| get_ok(&p, t))).await;
     let seen = up.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 25);
@@ -155,7 +144,7 @@ async fn http1_over_tls_reuses_its_connection() {
     let up = start_tls_upstream(&[b"http/1.1"]).await;
     let (p, _dir) = proxy(&up, Some(&up.ca_pem)).await;
     for i in 0..10 {
-        get_ok(&p, &templates(i)).await;
+        get_ok(&p, &templates_path(i)).await;
     }
     let seen = up.seen.lock().unwrap().clone();
     assert!(seen.iter().all(|(v, _)| *v == http::Version::HTTP_11));
@@ -168,7 +157,7 @@ async fn http1_over_tls_reuses_its_connection() {
 async fn an_untrusted_upstream_certificate_gets_no_request() {
     let up = start_tls_upstream(&[b"h2", b"http/1.1"]).await;
     let (p, _dir) = proxy(&up, None).await;
-    let r = get(&format!("{}{}", p.url, templates(0))).await;
+    let r = get(&format!("{}{}", p.url, templates_path(0))).await;
     assert_eq!(r.status(), 502);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(graph_error(&v)["is_transient"], true);
@@ -185,9 +174,9 @@ fn a_bad_ca_file_is_a_config_error() {
         (dir.path().join("missing.pem"), "cannot read"),
         (empty, "no PEM certificate"),
     ] {
-        let text = config_text("https://graph.facebook.com", "").replace(
-            "request_timeout = \"2s\"",
-            &format!("request_timeout = \"2s\"\nca_file = \"{}\"", file.display()),
+        let text = config_text_with_upstream(
+            "https://graph.facebook.com",
+            &format!("ca_file = \"{}\"", file.display()),
         );
         let err = graphgate::config::Config::from_toml(
             &text,

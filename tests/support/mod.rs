@@ -202,6 +202,30 @@ methods = ["GET"]
     )
 }
 
+/// [`config_text`] with `lines` added to its `[upstream]` table.
+pub fn config_text_with_upstream(upstream: &str, lines: &str) -> String {
+    config_text(upstream, "").replace(
+        "request_timeout = \"2s\"",
+        &format!("request_timeout = \"2s\"\n{lines}"),
+    )
+}
+
+/// A proxy in front of `upstream` with `lines` added to `[upstream]` and the response cache off,
+/// so every call goes upstream.
+pub async fn start_uncached_proxy(upstream: &str, lines: &str) -> Proxy {
+    let text = format!(
+        "{}\n[cache]\nenabled = false\n",
+        config_text_with_upstream(upstream, lines)
+    );
+    let cfg = Config::from_toml(&text, "test.toml", std::path::Path::new("."), &env()).unwrap();
+    start_proxy(cfg).await
+}
+
+/// A distinct template-list path per `i` (distinct cache keys, the same upstream route).
+pub fn templates_path(i: usize) -> String {
+    format!("/v19.0/{WABA}/message_templates?n={i}")
+}
+
 pub fn env() -> HashMap<String, String> {
     HashMap::from([
         ("TEST_SYSTEM_TOKEN".to_string(), SYSTEM_TOKEN.to_string()),
