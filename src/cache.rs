@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::clock::SharedClock;
 use crate::config;
 use crate::error::GatewayError;
+use crate::sync::MutexExt;
 use crate::target::{self, Param, Target};
 
 #[cfg(test)]
@@ -52,64 +53,6 @@ const SLOTS: usize = 4096;
 
 /// Bytes counted per entry on top of its key, body and headers (the structs and moka's node).
 const ENTRY_OVERHEAD: usize = 160;
-
-// ---------------------------------------------------------------- rule paths
-
-/// A `[[cache.rule]]` path such as `/{waba}/message_templates`: `{name}` matches any one segment,
-/// other segments match literally. The version prefix of a request is ignored when matching.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathPattern(Vec<Part>);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Any,
-    Literal(String),
-}
-
-impl PathPattern {
-    pub fn parse(s: &str) -> Result<PathPattern, String> {
-        let rest = s
-            .strip_prefix('/')
-            .ok_or_else(|| format!("`{s}` must start with /"))?;
-        if rest.is_empty() {
-            return Err("the pattern must name at least one segment".into());
-        }
-        let mut parts = Vec::new();
-        for (i, seg) in rest.split('/').enumerate() {
-            if seg.is_empty() {
-                return Err(format!("`{s}` has an empty segment"));
-            }
-            if i == 0 && target::is_version(seg) {
-                return Err(format!(
-                    "`{s}`: leave the version out (it is ignored when matching)"
-                ));
-            }
-            if let Some(name) = seg.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
-                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                {
-                    return Err(format!("`{seg}` is not a placeholder like {{waba}}"));
-                }
-                parts.push(Part::Any);
-            } else if seg.contains(['{', '}', '?', '%']) {
-                return Err(format!(
-                    "`{seg}` is neither a placeholder nor a plain segment"
-                ));
-            } else {
-                parts.push(Part::Literal(seg.to_string()));
-            }
-        }
-        Ok(PathPattern(parts))
-    }
-
-    /// Whether the request's segments (after the version) match, segment for segment.
-    pub fn matches(&self, segments: &[String]) -> bool {
-        self.0.len() == segments.len()
-            && self.0.iter().zip(segments).all(|(p, s)| match p {
-                Part::Any => true,
-                Part::Literal(l) => l == s,
-            })
-    }
-}
 
 /// Top-level names in a `fields` value: `id,name,message_templates{name,status}` ->
 /// `id`, `name`, `message_templates`. Nested expansions and modifiers (`.limit(5)`) are not names.
@@ -723,7 +666,7 @@ impl ResponseCache {
     /// Under the in-flight lock: an entry stored since the caller looked, a fetch to wait for, or
     /// the caller's turn to fetch (registered before the lock is released).
     fn join_or_lead(&self, r: &Read<'_>) -> Join {
-        let mut map = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.inflight.lock_unpoisoned();
         if let Some(rx) = map.get(&r.key) {
             return Join::Wait(rx.clone());
         }
@@ -880,7 +823,7 @@ impl ResponseCache {
     pub fn purge(&self, app: usize, path_prefix: &str) -> usize {
         let segs: Vec<&str> = path_prefix.split('/').filter(|s| !s.is_empty()).collect();
         let segs: &[&str] = match segs.first() {
-            Some(v) if target::is_version(v) => &segs[1..],
+            Some(v) if crate::ids::is_version(v) => &segs[1..],
             _ => &segs,
         };
         // In-flight fills under the prefix must not land after the purge.
@@ -946,11 +889,7 @@ struct Leave<'a> {
 
 impl Drop for Leave<'_> {
     fn drop(&mut self) {
-        let mut map = self
-            .cache
-            .inflight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.cache.inflight.lock_unpoisoned();
         map.remove(self.key);
     }
 }

@@ -1129,7 +1129,7 @@ impl Validator<'_> {
             .int_in("limits.reserve_percent", r.reserve_percent, 0, 90)
             .map_or(0, |n| n as u32);
         for id in &r.allocation_configs {
-            if !is_graph_id(id) {
+            if !crate::ids::is_graph_id(id) {
                 self.problem(
                     "limits.allocation_configs",
                     format!("`{id}` is not a numeric Graph id"),
@@ -1431,7 +1431,7 @@ impl Validator<'_> {
         if name.is_none() {
             self.problem(format!("{at}.name"), "missing");
         }
-        let id = r.id.filter(|s| is_graph_id(s));
+        let id = r.id.filter(|s| crate::ids::is_graph_id(s));
         if id.is_none() {
             self.problem(format!("{at}.id"), "missing or not a numeric Graph id");
         }
@@ -1464,7 +1464,7 @@ impl Validator<'_> {
         let mut wabas = Vec::new();
         for (j, w) in r.waba.into_iter().enumerate() {
             let wat = format!("{at}.waba[{j}]");
-            let id = match w.id.filter(|s| is_graph_id(s)) {
+            let id = match w.id.filter(|s| crate::ids::is_graph_id(s)) {
                 Some(id) => id,
                 None => {
                     self.problem(format!("{wat}.id"), "missing or not a numeric Graph id");
@@ -1495,7 +1495,7 @@ impl Validator<'_> {
                 false,
             );
             for p in &w.phone_numbers {
-                if !is_graph_id(p) {
+                if !crate::ids::is_graph_id(p) {
                     self.problem(
                         format!("{wat}.phone_numbers"),
                         format!("`{p}` is not a numeric Graph id"),
@@ -1506,7 +1506,7 @@ impl Validator<'_> {
                 .limit
                 .and_then(|n| self.limit_value(&format!("{wat}.limit"), n));
             for sid in &w.status_ids {
-                if !is_graph_id(sid) {
+                if !crate::ids::is_graph_id(sid) {
                     self.problem(
                         format!("{wat}.status_ids"),
                         format!("`{sid}` is not a numeric Graph id"),
@@ -1635,7 +1635,7 @@ impl Validator<'_> {
         });
         let wabas = r.wabas.map(|ws| {
             for w in &ws {
-                if !is_graph_id(w) {
+                if !crate::ids::is_graph_id(w) {
                     self.problem(
                         format!("{at}.wabas"),
                         format!("`{w}` is not a numeric Graph id"),
@@ -1712,13 +1712,69 @@ impl Default for Cache {
 
 #[derive(Debug, Clone)]
 pub struct CacheRule {
-    pub path: crate::cache::PathPattern,
+    pub path: PathPattern,
     /// The rule applies only when the request's `fields` names all of these (empty: always).
     pub fields: Vec<String>,
     /// Zero turns caching off for the route.
     pub ttl: Duration,
     /// Whether stale entries may answer for this route.
     pub stale: bool,
+}
+
+/// A `[[cache.rule]]` path such as `/{waba}/message_templates`: `{name}` matches any one segment,
+/// other segments match literally. The version prefix of a request is ignored when matching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern(Vec<Part>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Any,
+    Literal(String),
+}
+
+impl PathPattern {
+    pub fn parse(s: &str) -> Result<PathPattern, String> {
+        let rest = s
+            .strip_prefix('/')
+            .ok_or_else(|| format!("`{s}` must start with /"))?;
+        if rest.is_empty() {
+            return Err("the pattern must name at least one segment".into());
+        }
+        let mut parts = Vec::new();
+        for (i, seg) in rest.split('/').enumerate() {
+            if seg.is_empty() {
+                return Err(format!("`{s}` has an empty segment"));
+            }
+            if i == 0 && crate::ids::is_version(seg) {
+                return Err(format!(
+                    "`{s}`: leave the version out (it is ignored when matching)"
+                ));
+            }
+            if let Some(name) = seg.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    return Err(format!("`{seg}` is not a placeholder like {{waba}}"));
+                }
+                parts.push(Part::Any);
+            } else if seg.contains(['{', '}', '?', '%']) {
+                return Err(format!(
+                    "`{seg}` is neither a placeholder nor a plain segment"
+                ));
+            } else {
+                parts.push(Part::Literal(seg.to_string()));
+            }
+        }
+        Ok(PathPattern(parts))
+    }
+
+    /// Whether the request's segments (after the version) match, segment for segment.
+    pub fn matches(&self, segments: &[String]) -> bool {
+        self.0.len() == segments.len()
+            && self.0.iter().zip(segments).all(|(p, s)| match p {
+                Part::Any => true,
+                Part::Literal(l) => l == s,
+            })
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -1747,7 +1803,7 @@ impl Validator<'_> {
         let mut rules = Vec::new();
         for (i, raw) in r.rule.into_iter().enumerate() {
             let at = format!("cache.rule[{i}]");
-            let path = match raw.path.as_deref().map(crate::cache::PathPattern::parse) {
+            let path = match raw.path.as_deref().map(PathPattern::parse) {
                 Some(Ok(p)) => p,
                 Some(Err(m)) => {
                     self.problem(format!("{at}.path"), m);
@@ -1784,10 +1840,6 @@ impl Validator<'_> {
             rules,
         }
     }
-}
-
-pub fn is_graph_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Parses an absolute http(s) base URL with no query, and drops a trailing slash.

@@ -45,6 +45,12 @@ pub enum GatewayError {
     NotCached,
 }
 
+impl From<crate::target::BadTarget> for GatewayError {
+    fn from(e: crate::target::BadTarget) -> GatewayError {
+        GatewayError::BadRequest(e.to_string())
+    }
+}
+
 fn describe_refusal(r: &Refusal) -> String {
     let what = match &r.scope {
         Scope::Waba(id) => format!("WABA {id} of app `{}`", r.app),

@@ -22,6 +22,7 @@ use crate::classify::{Class, Known};
 use crate::clock::{micros, Micros, SharedClock};
 use crate::config::{Active, AppLimits, Config, OnBackendError, OnLimit};
 use crate::shared::{Admission, Event, Shared};
+use crate::sync::{MutexExt, RwLockExt};
 
 /// Which bucket a call spends.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -295,7 +296,7 @@ impl Permit {
                 for (key, n) in keys {
                     if let Some(limit) = self.limiter.limit_of(&key) {
                         let bucket = self.limiter.bucket(&key, limit);
-                        let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut b = bucket.lock_unpoisoned();
                         b.prune(now, self.limiter.window);
                         for _ in 0..n {
                             b.record(now);
@@ -306,7 +307,7 @@ impl Permit {
         }
         let now = self.limiter.clock.now();
         for (bucket, n) in &self.slots {
-            let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
+            let mut b = bucket.lock_unpoisoned();
             b.inflight = b.inflight.saturating_sub(*n);
             if self.sent {
                 for _ in 0..*n {
@@ -420,7 +421,7 @@ impl Limiter {
 
     /// Runs `f` with the current object kinds (for classification).
     pub fn with_known<R>(&self, f: impl FnOnce(&Known) -> R) -> R {
-        f(&self.known.read().unwrap_or_else(|e| e.into_inner()))
+        f(&self.known.read_unpoisoned())
     }
 
     /// The limit of a bucket now, or `None` for an unlimited one.
@@ -439,8 +440,7 @@ impl Limiter {
                     Active::No => false,
                     Active::Auto => app
                         .learned_active
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
+                        .lock_unpoisoned()
                         .get(id)
                         .copied()
                         .unwrap_or(false),
@@ -455,17 +455,11 @@ impl Limiter {
     }
 
     fn bucket(&self, key: &BucketKey, limit: u32) -> SharedBucket {
-        if let Some(b) = self
-            .buckets
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-        {
+        if let Some(b) = self.buckets.read_unpoisoned().get(key) {
             return b.clone();
         }
         self.buckets
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+            .write_unpoisoned()
             .entry(key.clone())
             .or_insert_with(|| Arc::new(Mutex::new(Bucket::new(limit))))
             .clone()
@@ -524,8 +518,7 @@ impl Limiter {
             .first()
             .map(|(k, _)| {
                 self.app_blocked_until
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
+                    .lock_unpoisoned()
                     .get(k.app)
                     .copied()
                     .unwrap_or(0)
@@ -550,7 +543,7 @@ impl Limiter {
         }
         let mut guards: Vec<_> = picked
             .iter()
-            .map(|(_, b, ..)| b.lock().unwrap_or_else(|e| e.into_inner()))
+            .map(|(_, b, ..)| b.lock_unpoisoned())
             .collect();
         for (i, (key, bucket, n, limit)) in picked.iter().enumerate() {
             let g = &mut guards[i];
@@ -690,17 +683,15 @@ impl Limiter {
         for (key, _) in wants {
             let app_block = self
                 .app_blocked_until
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .lock_unpoisoned()
                 .get(key.app)
                 .copied()
                 .unwrap_or(0);
             let bucket_block = self
                 .buckets
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
+                .read_unpoisoned()
                 .get(key)
-                .map(|b| b.lock().unwrap_or_else(|e| e.into_inner()).blocked_until)
+                .map(|b| b.lock_unpoisoned().blocked_until)
                 .unwrap_or(0);
             let until = app_block.max(bucket_block);
             if until > now {
@@ -865,11 +856,7 @@ impl Limiter {
             if now_t + refusal.retry_after > deadline {
                 return Err(refusal);
             }
-            let notify = bucket
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .notify
-                .clone();
+            let notify = bucket.lock_unpoisoned().notify.clone();
             let notified = notify.notified();
             let wake = (now_t + refusal.retry_after).min(deadline);
             tokio::select! {
@@ -895,7 +882,7 @@ impl Limiter {
     pub fn observe_usage(&self, app: usize, bucket_usage: Option<&str>, app_usage: Option<&str>) {
         // Meta repeats the same figures across many answers; parse only when they change.
         {
-            let mut last = self.last_usage.lock().unwrap_or_else(|e| e.into_inner());
+            let mut last = self.last_usage.lock_unpoisoned();
             let Some(slot) = last.get_mut(app) else {
                 return;
             };
@@ -942,12 +929,7 @@ impl Limiter {
                 };
                 // Kept for the admin view only: WhatsApp calls are limited by the BUC figures
                 // (Meta applies BUC where both apply), and a throttled app says so with code 4.
-                if let Some(slot) = self
-                    .app_reported
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_mut(app)
-                {
+                if let Some(slot) = self.app_reported.lock_unpoisoned().get_mut(app) {
                     *slot = Some(rep);
                 }
             }
@@ -959,7 +941,7 @@ impl Limiter {
             return;
         };
         let bucket = self.bucket(key, limit);
-        let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = bucket.lock_unpoisoned();
         b.prune(now, self.window);
         // Meta's percentage is rounded down, so `p%` means at least `ceil(p * N / 100)` calls. When
         // that is more than we counted, another consumer of the same app made them: count them as
@@ -1044,19 +1026,14 @@ impl Limiter {
             return;
         };
         let bucket = self.bucket(key, limit);
-        let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = bucket.lock_unpoisoned();
         b.blocked_until = b.blocked_until.max(until);
         drop(b);
         self.share_raise(key, 0, block);
     }
 
     fn block_app(&self, app: usize, until: Micros) {
-        if let Some(slot) = self
-            .app_blocked_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(app)
-        {
+        if let Some(slot) = self.app_blocked_until.lock_unpoisoned().get_mut(app) {
             *slot = (*slot).max(until);
         }
     }
@@ -1123,8 +1100,7 @@ impl Limiter {
         }
         let changed = policy
             .learned_active
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .lock_unpoisoned()
             .insert(waba.to_string(), active)
             != Some(active);
         if changed {
@@ -1135,12 +1111,9 @@ impl Limiter {
             };
             if let (Some(limit), Some(b)) = (
                 self.limit_of(&key),
-                self.buckets
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&key),
+                self.buckets.read_unpoisoned().get(&key),
             ) {
-                let mut b = b.lock().unwrap_or_else(|e| e.into_inner());
+                let mut b = b.lock_unpoisoned();
                 b.limit = limit;
                 b.notify.notify_waiters();
             }
@@ -1169,11 +1142,10 @@ impl Limiter {
     }
 
     fn add_allocation_config(&self, id: &str) -> bool {
-        crate::config::is_graph_id(id)
+        crate::ids::is_graph_id(id)
             && self
                 .known
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
+                .write_unpoisoned()
                 .allocation_configs
                 .insert(id.to_string())
     }
@@ -1184,10 +1156,10 @@ impl Limiter {
     /// a caller naming ever new objects cannot grow the map without bound. Returns how many went.
     pub fn sweep(&self) -> usize {
         let now = self.clock.now();
-        let mut map = self.buckets.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.buckets.write_unpoisoned();
         let before = map.len();
         map.retain(|_, b| {
-            let mut b = b.lock().unwrap_or_else(|e| e.into_inner());
+            let mut b = b.lock_unpoisoned();
             b.prune(now, self.window);
             !(b.done.is_empty() && b.inflight == 0 && b.blocked_until <= now && b.queue.is_empty())
         });
@@ -1197,8 +1169,7 @@ impl Limiter {
     /// Every bucket used so far, copied out so no map lock is held while they are read.
     fn all_buckets(&self) -> Vec<(BucketKey, SharedBucket)> {
         self.buckets
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .read_unpoisoned()
             .iter()
             .map(|(k, b)| (k.clone(), b.clone()))
             .collect()
@@ -1208,15 +1179,11 @@ impl Limiter {
     pub fn snapshot(&self) -> Vec<BucketView> {
         let now = self.clock.now();
         let buckets = self.all_buckets();
-        let app_blocks = self
-            .app_blocked_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let app_blocks = self.app_blocked_until.lock_unpoisoned().clone();
         let mut out: Vec<BucketView> = buckets
             .into_iter()
             .map(|(key, b)| {
-                let mut b = b.lock().unwrap_or_else(|e| e.into_inner());
+                let mut b = b.lock_unpoisoned();
                 b.prune(now, self.window);
                 let blocked = b
                     .blocked_until
@@ -1242,11 +1209,7 @@ impl Limiter {
 
     /// Meta's latest app-wide usage (`X-App-Usage`) per app name, for the admin view and metrics.
     pub fn app_usage(&self) -> Vec<(String, Option<Reported>)> {
-        let reported = self
-            .app_reported
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let reported = self.app_reported.lock_unpoisoned().clone();
         self.apps
             .iter()
             .zip(reported)
@@ -1272,12 +1235,7 @@ impl Limiter {
                 scope: Scope::CreditLine,
             });
         }
-        for k in self
-            .buckets
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-        {
+        for k in self.buckets.read_unpoisoned().keys() {
             if !keys.contains(k) {
                 keys.push(k.clone());
             }
@@ -1316,13 +1274,8 @@ impl Limiter {
 
     /// Bytes used by one bucket: the struct, its `Arc<Mutex<_>>`, and its heap.
     pub fn bucket_bytes(&self, key: &BucketKey) -> Option<usize> {
-        let b = self
-            .buckets
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)?
-            .clone();
-        let b = b.lock().unwrap_or_else(|e| e.into_inner());
+        let b = self.buckets.read_unpoisoned().get(key)?.clone();
+        let b = b.lock_unpoisoned();
         Some(std::mem::size_of::<Mutex<Bucket>>() + 16 + b.heap_bytes())
     }
 
@@ -1344,7 +1297,7 @@ impl Limiter {
             active: Vec::new(),
         };
         for (key, b) in buckets {
-            let mut b = b.lock().unwrap_or_else(|e| e.into_inner());
+            let mut b = b.lock_unpoisoned();
             b.prune(now, self.window);
             let mut done: Vec<Micros> = b.done.iter().copied().collect();
             done.extend(std::iter::repeat_n(now, b.inflight as usize));
@@ -1360,20 +1313,14 @@ impl Limiter {
         }
         state.allocation_configs = self
             .known
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .read_unpoisoned()
             .allocation_configs
             .iter()
             .cloned()
             .collect();
         state.allocation_configs.sort();
         for a in &self.apps {
-            for (w, active) in a
-                .learned_active
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-            {
+            for (w, active) in a.learned_active.lock_unpoisoned().iter() {
                 state.active.push((a.name.clone(), w.clone(), *active));
             }
         }
@@ -1414,7 +1361,7 @@ impl Limiter {
                 continue;
             };
             let bucket = self.bucket(&key, limit);
-            let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
+            let mut b = bucket.lock_unpoisoned();
             for t in sb.done {
                 if t + self.window > now {
                     b.record(t);
@@ -1423,7 +1370,7 @@ impl Limiter {
             }
             b.blocked_until = b.blocked_until.max(sb.blocked_until);
         }
-        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        let mut known = self.known.write_unpoisoned();
         known.allocation_configs.extend(state.allocation_configs);
         Ok(restored)
     }
@@ -1437,18 +1384,14 @@ struct QueueGuard {
 
 impl QueueGuard {
     fn enter(bucket: SharedBucket, ticket: u64) -> QueueGuard {
-        bucket
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .queue
-            .push_back(ticket);
+        bucket.lock_unpoisoned().queue.push_back(ticket);
         QueueGuard { bucket, ticket }
     }
 }
 
 impl Drop for QueueGuard {
     fn drop(&mut self) {
-        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = self.bucket.lock_unpoisoned();
         b.queue.retain(|&t| t != self.ticket);
         b.notify.notify_waiters();
     }

@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{Method, StatusCode};
@@ -25,6 +25,7 @@ use crate::cache::ResponseCache;
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::limits::{BucketView, Limiter, Refusal, RefusalReason, Reported, Scope};
+use crate::sync::{MutexExt, RwLockExt};
 
 /// `Content-Type` of `/metrics`: Prometheus text format 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -261,16 +262,11 @@ impl<L> Default for Counters<L> {
 
 impl<L: Clone + Hash + Eq + EncodeLabelSet + std::fmt::Debug> Counters<L> {
     fn inc(&self, family: &Family<L, Counter>, labels: L) {
-        if let Some(c) = self
-            .map
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&labels)
-        {
+        if let Some(c) = self.map.read_unpoisoned().get(&labels) {
             c.inc();
             return;
         }
-        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.map.write_unpoisoned();
         map.entry(labels)
             .or_insert_with_key(|l| family.get_or_create(l).clone())
             .inc();
@@ -525,7 +521,7 @@ impl Metrics {
         );
         self.upstream_duration.observe(elapsed.as_secs_f64());
         let error = outcome.err().map(|e| e.to_string());
-        *self.upstream.lock().unwrap_or_else(|e| e.into_inner()) = Some(UpstreamOutcome {
+        *self.upstream.lock_unpoisoned() = Some(UpstreamOutcome {
             at: Instant::now(),
             error,
         });
@@ -546,7 +542,7 @@ impl Metrics {
                 bucket: bucket.clone(),
             })
             .inc();
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut recent = self.recent.lock_unpoisoned();
         if recent.len() == RECENT_REJECTIONS {
             recent.pop_front();
         }
@@ -579,20 +575,12 @@ impl Metrics {
 
     /// The latest transport-level outcome of a call to Meta.
     pub fn upstream_outcome(&self) -> Option<UpstreamOutcome> {
-        self.upstream
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.upstream.lock_unpoisoned().clone()
     }
 
     /// Recent refusals, oldest first.
     pub fn recent_rejections(&self) -> Vec<Rejection> {
-        self.recent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.recent.lock_unpoisoned().iter().cloned().collect()
     }
 
     /// Cache results counted so far: hit, miss, stale, bypass.
@@ -621,7 +609,7 @@ impl Metrics {
         cache: &ResponseCache,
         webhooks: Option<crate::webhooks::WebhookStats>,
     ) -> String {
-        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        let _one_at_a_time = self.scrape.lock_unpoisoned();
         if let (Some(w), Some(stats)) = (&self.webhooks, webhooks) {
             for (field, n) in &stats.events {
                 let field = if KNOWN_FIELDS.contains(&field.as_str()) {

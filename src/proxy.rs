@@ -518,7 +518,7 @@ fn check(g: &Inner, parts: &Parts) -> Result<Target, GatewayError> {
             return Err(GatewayError::BodyTooLarge { limit: s.max_body });
         }
     }
-    Target::parse(parts.uri.path(), parts.uri.query())
+    Ok(Target::parse(parts.uri.path(), parts.uri.query())?)
 }
 
 fn content_length(headers: &HeaderMap) -> Result<Option<u64>, GatewayError> {

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::sync::RwLockExt;
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
@@ -226,12 +227,7 @@ impl Shared {
     pub fn state(&self) -> &'static str {
         if self.available() {
             "up"
-        } else if self
-            .conn
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
-        {
+        } else if self.conn.read_unpoisoned().is_some() {
             "down"
         } else {
             "connecting"
@@ -251,13 +247,9 @@ impl Shared {
     }
 
     fn conn(&self) -> redis::RedisResult<ConnectionManager> {
-        self.conn
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| {
-                redis::RedisError::from((redis::ErrorKind::Io, "not connected to Redis"))
-            })
+        self.conn.read_unpoisoned().clone().ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Io, "not connected to Redis"))
+        })
     }
 
     /// `<prefix>:b:<app>:<scope>` — the base of a bucket's keys. App names and scope labels come
@@ -477,12 +469,7 @@ impl Shared {
     /// reconnecting as needed, and hands events from other replicas to `events`.
     pub async fn run(self: Arc<Self>, events: mpsc::UnboundedSender<Event>) {
         loop {
-            if self
-                .conn
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_none()
-            {
+            if self.conn.read_unpoisoned().is_none() {
                 let cfg = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
                     // Our own timeout (in `call`) fires first and is counted as slowness; this one
@@ -491,7 +478,7 @@ impl Shared {
                     .set_number_of_retries(1);
                 match self.client.get_connection_manager_with_config(cfg).await {
                     Ok(c) => {
-                        *self.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(c);
+                        *self.conn.write_unpoisoned() = Some(c);
                         self.up.store(true, Ordering::Relaxed);
                         tracing::info!("connected to Redis: buckets are shared");
                         if let Ok(facts) = self.learned().await {

@@ -6,7 +6,10 @@
 //! the auth parameters callers send. It never decides where a request goes: the upstream is fixed by
 //! config and only the path and the cleaned query are ever appended to it.
 
-use crate::error::GatewayError;
+/// A request target graphgate refuses to forward; the edge answers it as a Graph 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed request target: {0}")]
+pub struct BadTarget(pub String);
 
 /// Query and form parameters that carry credentials; they never go upstream as the caller sent them.
 pub const AUTH_PARAMS: [&str; 3] = ["access_token", "appsecret_proof", "appsecret_time"];
@@ -33,7 +36,7 @@ pub struct Param {
 impl Target {
     /// Parses an origin-form path and query. Absolute-form is checked by the caller, which knows
     /// the Host header.
-    pub fn parse(path: &str, query: Option<&str>) -> Result<Target, GatewayError> {
+    pub fn parse(path: &str, query: Option<&str>) -> Result<Target, BadTarget> {
         if !path.starts_with('/') {
             return Err(bad("the request path must start with /"));
         }
@@ -67,7 +70,7 @@ impl Target {
             }
         }
         let version = match segments.first() {
-            Some(s) if is_version(s) => Some(segments.remove(0)),
+            Some(s) if crate::ids::is_version(s) => Some(segments.remove(0)),
             _ => None,
         };
         let query = match query {
@@ -173,24 +176,8 @@ pub fn decode(s: &str, plus_is_space: bool) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| "percent-encoded bytes are not UTF-8".to_string())
 }
 
-pub(crate) fn is_version(s: &str) -> bool {
-    // `V19.0` is a version too: read as an id it would dodge the WABA's bucket.
-    let Some(rest) = s.strip_prefix('v').or_else(|| s.strip_prefix('V')) else {
-        return false;
-    };
-    let Some((major, minor)) = rest.split_once('.') else {
-        return false;
-    };
-    !major.is_empty()
-        && !minor.is_empty()
-        && major.len() <= 3
-        && minor.len() <= 3
-        && major.bytes().all(|c| c.is_ascii_digit())
-        && minor.bytes().all(|c| c.is_ascii_digit())
-}
-
-fn bad(m: &str) -> GatewayError {
-    GatewayError::BadRequest(format!("malformed request target: {m}"))
+fn bad(m: &str) -> BadTarget {
+    BadTarget(m.to_string())
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,6 +31,7 @@ use tower::Service;
 
 use crate::config::{self, ProofMode, Secret};
 use crate::error::GatewayError;
+use crate::sync::MutexExt;
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the obsolete `Keep-Alive` and
 /// `Proxy-Connection`): they describe one connection and must not be relayed.
@@ -310,7 +311,7 @@ impl Upstream {
     /// A pooled connection that is open and ready, if there is one.
     async fn checkout(&self) -> Option<Conn> {
         {
-            let mut h2 = self.pool.h2.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut h2 = self.pool.h2.lock_unpoisoned();
             match h2.as_ref() {
                 Some(c) if !c.is_closed() => return Some(Conn::H2(c.clone())),
                 Some(_) => *h2 = None,
@@ -318,12 +319,7 @@ impl Upstream {
             }
         }
         loop {
-            let idle = self
-                .pool
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop()?;
+            let idle = self.pool.idle.lock_unpoisoned().pop()?;
             if idle.since.elapsed() > self.pool.idle_timeout {
                 continue;
             }
@@ -363,7 +359,7 @@ impl Upstream {
                 .await
                 .map_err(|e| SendError::Connect(e.into()))?;
             drive(conn);
-            *self.pool.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(send.clone());
+            *self.pool.h2.lock_unpoisoned() = Some(send.clone());
             Ok(Conn::H2(send))
         } else {
             let (send, conn) = http1::handshake(stream)
@@ -389,7 +385,7 @@ impl Pool {
         if conn.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.idle.lock_unpoisoned();
         if idle.len() < self.max_idle {
             idle.push(Idle {
                 conn,
@@ -411,8 +407,7 @@ impl Pool {
                 let Some(pool) = pool.upgrade() else { return };
                 let timeout = pool.idle_timeout;
                 pool.idle
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
+                    .lock_unpoisoned()
                     .retain(|i| i.since.elapsed() <= timeout && !i.conn.is_closed());
             }
         });

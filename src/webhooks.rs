@@ -25,9 +25,11 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{is_graph_id, Config, Secret, Webhooks};
+use crate::config::{Config, Secret, Webhooks};
 use crate::error::graph_error;
+use crate::ids::is_graph_id;
 use crate::proxy::Gateway;
+use crate::sync::MutexExt;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -232,7 +234,7 @@ impl Hub {
     }
 
     fn counters(&self) -> std::sync::MutexGuard<'_, Counters> {
-        self.counters.lock().unwrap_or_else(|e| e.into_inner())
+        self.counters.lock_unpoisoned()
     }
 
     fn handshake(&self, query: &str) -> Result<String, WebhookError> {
@@ -380,7 +382,7 @@ impl Hub {
     fn reprobe(&self, gw: &Gateway, app: usize, waba: &str) {
         let key = (app, waba.to_string());
         {
-            let mut p = self.probing.lock().unwrap_or_else(|e| e.into_inner());
+            let mut p = self.probing.lock_unpoisoned();
             if let Some(again) = p.get_mut(&key) {
                 *again = true;
                 return;
@@ -394,7 +396,7 @@ impl Hub {
                 let Some(hub) = gw.inner().webhooks.as_ref() else {
                     return;
                 };
-                let mut p = hub.probing.lock().unwrap_or_else(|e| e.into_inner());
+                let mut p = hub.probing.lock_unpoisoned();
                 match p.get_mut(&key) {
                     Some(again) if *again => *again = false,
                     _ => {

@@ -1,6 +1,7 @@
 //! Unit tests of the cache's pure parts: keys, rule paths, `fields` names, request directives.
 
 use super::*;
+use crate::config::PathPattern;
 
 fn key(app: usize, owner: Option<&str>, host: &str, path: &str, query: Option<&str>) -> CacheKey {
     CacheKey::build(app, owner, host, &Target::parse(path, query).unwrap())

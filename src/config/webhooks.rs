@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde::de;
 use serde::Deserialize;
 
-use super::{is_graph_id, Dur, Secret, Size, Validator};
+use super::{Dur, Secret, Size, Validator};
+use crate::ids::is_graph_id;
 
 /// Meta's largest webhook payload is 3 MB; 3 MiB leaves a little room.
 pub const DEFAULT_WEBHOOK_MAX_BODY: u64 = 3 * 1024 * 1024;
@@ -99,7 +100,7 @@ fn check_path(p: &str) -> Result<(), &'static str> {
     if !rest.split('/').all(|s| s.chars().all(ok_char)) {
         return Err("may only use letters, digits, '.', '_' and '-' between slashes");
     }
-    if is_graph_id(segs[0]) || crate::target::is_version(segs[0]) {
+    if is_graph_id(segs[0]) || crate::ids::is_version(segs[0]) {
         return Err("must not start with a Graph id or version (it would hide Graph paths)");
     }
     Ok(())

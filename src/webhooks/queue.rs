@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use crate::config::{Subscriber, Webhooks};
 
 use super::{signature, SubscriberStats};
+use crate::sync::MutexExt;
 
 type DeliveryClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -95,7 +96,7 @@ pub struct Queue {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock_unpoisoned()
 }
 
 fn now_ms() -> u64 {
