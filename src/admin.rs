@@ -22,9 +22,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::{OnLimit, Secret};
+use crate::gateway::Gateway;
 use crate::limits::Reported;
 use crate::metrics::{self, Rejection};
-use crate::proxy::Gateway;
 
 /// A successful call to Meta this recent makes `/readyz` answer without a connect check.
 pub const READY_FRESH: Duration = Duration::from_secs(60);
@@ -109,7 +109,7 @@ async fn healthz() -> Response {
 /// this listener serves at all.
 async fn readyz(State(gw): State<Gateway>) -> Response {
     // With `on_backend_error = "reject"`, a replica without Redis refuses every call: not ready.
-    let limiter = &gw.inner().limiter;
+    let limiter = gw.limiter();
     let backend = limiter.backend_state();
     if limiter.backend_rejects() && backend != "up" {
         return (
@@ -122,7 +122,7 @@ async fn readyz(State(gw): State<Gateway>) -> Response {
         )
             .into_response();
     }
-    let m = &gw.inner().metrics;
+    let m = gw.metrics();
     let last = m.upstream_outcome();
     if let Some(o) = &last {
         let age = o.at.elapsed();
@@ -187,12 +187,15 @@ async fn connect_check(gw: &Gateway) -> Result<String, String> {
 // ---------------------------------------------------------------- metrics
 
 async fn metrics_text(State(gw): State<Gateway>) -> Response {
-    let g = gw.inner();
+    let g = &gw;
     // From Redis when the buckets are shared, so every replica reports the same budget.
-    let buckets = g.limiter.view().await;
-    let body = g
-        .metrics
-        .render(buckets, &g.limiter, &g.cache, crate::webhooks::stats(&gw));
+    let buckets = g.limiter().view().await;
+    let body = g.metrics().render(
+        buckets,
+        g.limiter(),
+        g.cache(),
+        gw.webhooks().map(|h| h.stats()),
+    );
     (
         [(
             header::CONTENT_TYPE,
@@ -242,10 +245,10 @@ struct AppUsage {
 }
 
 async fn limits(State(gw): State<Gateway>) -> Response {
-    let g = gw.inner();
+    let g = &gw;
     let now = unix_now();
     let buckets = g
-        .limiter
+        .limiter()
         .view()
         .await
         .into_iter()
@@ -276,20 +279,20 @@ async fn limits(State(gw): State<Gateway>) -> Response {
         })
         .collect();
     let app_usage = g
-        .limiter
+        .limiter()
         .app_usage()
         .into_iter()
         .map(|(app, meta_usage)| AppUsage { app, meta_usage })
         .collect();
     Json(LimitsView {
-        window_secs: g.limiter.window().as_secs(),
-        on_limit: match g.limiter.on_limit() {
+        window_secs: g.limiter().window().as_secs(),
+        on_limit: match g.limiter().on_limit() {
             OnLimit::Reject => "reject",
             OnLimit::Wait => "wait",
         },
         buckets,
         app_usage,
-        recent_rejections: g.metrics.recent_rejections(),
+        recent_rejections: g.metrics().recent_rejections(),
     })
     .into_response()
 }
@@ -297,9 +300,9 @@ async fn limits(State(gw): State<Gateway>) -> Response {
 // ---------------------------------------------------------------- cache
 
 async fn cache_stats(State(gw): State<Gateway>) -> Response {
-    let g = gw.inner();
-    let (entries, bytes) = g.cache.usage();
-    let counts = g.metrics.cache_counts();
+    let g = &gw;
+    let (entries, bytes) = g.cache().usage();
+    let counts = g.metrics().cache_counts();
     let get = |name: &str| {
         counts
             .iter()
@@ -315,10 +318,10 @@ async fn cache_stats(State(gw): State<Gateway>) -> Response {
         .map(|(n, v)| (n.to_string(), json!(v)))
         .collect();
     Json(json!({
-        "enabled": g.config.cache.enabled,
+        "enabled": g.config().cache.enabled,
         "entries": entries,
         "bytes": bytes,
-        "max_bytes": g.config.cache.max_bytes,
+        "max_bytes": g.config().cache.max_bytes,
         "requests": requests,
         "hit_ratio": hit_ratio,
     }))
@@ -344,8 +347,8 @@ async fn purge(State(gw): State<Gateway>, body: Bytes) -> Response {
             )
         }
     };
-    let g = gw.inner();
-    let Some(app) = g.config.apps.iter().position(|a| a.name == req.app) else {
+    let g = &gw;
+    let Some(app) = g.config().apps.iter().position(|a| a.name == req.app) else {
         return error(StatusCode::NOT_FOUND, "no app with that name in the config");
     };
     if !req.prefix.starts_with('/') || req.prefix.len() > MAX_PURGE_PREFIX {
@@ -354,7 +357,7 @@ async fn purge(State(gw): State<Gateway>, body: Bytes) -> Response {
             "prefix must be a path starting with /",
         );
     }
-    let purged = g.cache.purge(app, &req.prefix);
+    let purged = g.invalidator().purge(app, &req.prefix);
     tracing::info!(app = %req.app, prefix = %req.prefix, purged, "cache purged by the admin API");
     Json(json!({ "app": req.app, "prefix": req.prefix, "purged": purged })).into_response()
 }

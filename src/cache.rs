@@ -372,7 +372,7 @@ pub fn serves_stale(e: &GatewayError) -> bool {
         | UriTooLong { .. }
         | HeadersTooLarge(_)
         | BodyTooLarge { .. }
-        | RequestBodyFailed
+        | CallerBodyFailed
         | NotCached => false,
     }
 }

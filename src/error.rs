@@ -36,8 +36,8 @@ pub enum GatewayError {
     UpstreamUnreachable,
     #[error("the upstream did not answer within {0:?}")]
     UpstreamTimeout(std::time::Duration),
-    #[error("the upstream connection failed while reading the request body")]
-    RequestBodyFailed,
+    #[error("the caller's request body failed while it was read")]
+    CallerBodyFailed,
     #[error("{}", describe_refusal(.0))]
     RateLimited(Box<Refusal>),
     /// `Cache-Control: only-if-cached` and no usable entry (RFC 9111 section 5.2.1.7).
@@ -173,7 +173,7 @@ impl GatewayError {
                 "OAuthException",
                 true,
             ),
-            RequestBodyFailed => s(
+            CallerBodyFailed => s(
                 StatusCode::BAD_REQUEST,
                 "bad-request",
                 100,
@@ -429,7 +429,7 @@ mod tests {
                 2,
                 true,
             ),
-            (RequestBodyFailed, 400, 100, false),
+            (CallerBodyFailed, 400, 100, false),
             (
                 RateLimited(Box::new(refusal(Scope::Waba("1".into())))),
                 429,

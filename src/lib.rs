@@ -27,14 +27,18 @@
 
 pub mod admin;
 pub mod auth;
+pub mod body;
 pub mod cache;
 pub mod classify;
 pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod gateway;
 pub mod ids;
+pub mod invalidate;
 pub mod limits;
+pub mod metered;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;
@@ -49,62 +53,12 @@ pub mod upstream;
 pub mod webhooks;
 
 use std::future::Future;
-use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
 pub use config::Config;
-pub use proxy::Gateway;
-
-/// The whole proxy as a hyper service: Meta's webhook path (when configured) goes to its axum
-/// routes, every other path is a Graph path and runs the pipeline. The dispatch is this one
-/// comparison rather than an axum `Router`: a router with only a fallback still matched, boxed
-/// and cloned per request, which was a tenth of a cache hit's work.
-#[derive(Clone)]
-pub struct ProxyService {
-    gw: Gateway,
-    /// The webhook path and its routes, when `[webhooks]` is configured.
-    webhooks: Option<(Arc<str>, axum::Router)>,
-}
-
-impl ProxyService {
-    pub fn new(gw: Gateway) -> ProxyService {
-        let webhooks = gw.inner().webhooks.as_ref().map(|hub| {
-            let routes = axum::Router::new()
-                .route(hub.path(), webhooks::routes())
-                .with_state(gw.clone());
-            (Arc::from(hub.path()), routes)
-        });
-        ProxyService { gw, webhooks }
-    }
-}
-
-impl<B> hyper::service::Service<http::Request<B>> for ProxyService
-where
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
-{
-    type Response = axum::response::Response;
-    type Error = std::convert::Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
-    >;
-
-    fn call(&self, req: http::Request<B>) -> Self::Future {
-        if let Some((path, routes)) = &self.webhooks {
-            if req.uri().path() == &**path {
-                let req = req.map(axum::body::Body::new);
-                let routes = routes.clone();
-                return Box::pin(async move {
-                    use tower::ServiceExt;
-                    routes.oneshot(req).await
-                });
-            }
-        }
-        let gw = self.gw.clone();
-        Box::pin(async move { Ok(proxy::handle(axum::extract::State(gw), req).await) })
-    }
-}
+pub use gateway::Gateway;
+pub use proxy::ProxyService;
 
 /// Serves the proxy on `listener` until `shutdown` resolves. Never binds its own socket.
 pub async fn run(
@@ -144,15 +98,6 @@ pub async fn run_with_admin(
             "server.auth = \"none\": every caller on the network can spend this app's budget"
         );
     }
-    let limiter = gw.inner().limiter.clone();
-    match limiter.restore() {
-        Ok(n) if n > 0 => tracing::info!(
-            calls = n,
-            "restored the rolling windows from the state file"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "could not restore the limiter state; starting empty"),
-    }
     let opts = server::ServeOptions {
         tls,
         grace: config.server.shutdown_grace,
@@ -169,45 +114,9 @@ pub async fn run_with_admin(
         rules = c.rules.len(),
         "response cache"
     );
-    // Webhook deliveries left in queue_dir resume before anything else is spawned, so an unusable
-    // queue_dir stops start-up cleanly.
-    let hooks = gw.inner().webhooks.clone();
-    if let Some(h) = &hooks {
-        h.start()?;
-    }
-    // Background work lives as long as the server: the Redis link, the probe, the state save.
-    let shared = limiter.shared().cloned().map(|shared| {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let link = tokio::spawn(shared.run(tx));
-        let gw = gw.clone();
-        let events = tokio::spawn(async move {
-            while let Some(event) = rx.recv().await {
-                apply_shared_event(&gw, &event);
-            }
-        });
-        (link, events)
-    });
-    let probe = tokio::spawn(probe::run(gw.clone()));
-    let sweeper = {
-        let limiter = limiter.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-                limiter.sweep();
-            }
-        })
-    };
-    let saver = config.limits.state_file.is_some().then(|| {
-        let (limiter, every) = (limiter.clone(), config.limits.state_interval);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if let Err(e) = limiter.save() {
-                    tracing::warn!(error = %e, "could not save the limiter state");
-                }
-            }
-        })
-    });
+    // Restores the limiter state, resumes webhook deliveries (an unusable queue_dir stops
+    // start-up here) and starts the background work that lives as long as the server.
+    let background = gw.start()?;
     let admin_opts = server::ServeOptions {
         tls: None,
         grace: config.server.shutdown_grace,
@@ -226,9 +135,12 @@ pub async fn run_with_admin(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    // The proxy's layers, outer to inner. None yet: deadlines, concurrency limits and load
+    // shedding go here, around the pipeline.
+    let service = tower::ServiceBuilder::new().service(ProxyService::new(gw.clone()));
     let proxy = server::serve(
         listener,
-        ProxyService::new(gw.clone()),
+        hyper_util::service::TowerToHyperService::new(service),
         opts,
         stopped(stop_rx.clone()),
     );
@@ -251,39 +163,6 @@ pub async fn run_with_admin(
         }
     };
     let result = result.and(admin_result);
-    probe.abort();
-    sweeper.abort();
-    if let Some(h) = &hooks {
-        h.stop();
-    }
-    if let Some((link, events)) = shared {
-        link.abort();
-        events.abort();
-    }
-    if let Some(s) = saver {
-        s.abort();
-    }
-    if let Err(e) = limiter.save() {
-        tracing::error!(error = %e, "could not save the limiter state at shutdown");
-    }
+    background.stop().await;
     result
-}
-
-/// What another replica told us: a learned fact, or cache entries to drop. After a lost
-/// subscription the whole cache goes, since invalidations may have been missed meanwhile.
-fn apply_shared_event(gw: &Gateway, event: &shared::Event) {
-    let g = gw.inner();
-    if *event == shared::Event::Resubscribed {
-        for app in 0..g.config.apps.len() {
-            g.cache.purge(app, "/");
-        }
-        tracing::info!(
-            "subscribed to other replicas' events; cleared the cache in case any were missed"
-        );
-        return;
-    }
-    if let Some((app, prefix)) = g.limiter.apply_event(event) {
-        let dropped = g.cache.purge(app, &prefix);
-        tracing::debug!(app, prefix = %prefix, dropped, "purge from another replica");
-    }
 }

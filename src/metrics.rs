@@ -177,19 +177,6 @@ impl CacheResult {
     }
 }
 
-/// What the pipeline learned about a request on its way through; filled step by step, read when
-/// the answer is counted. Unset fields are labelled `none`.
-#[derive(Debug, Default)]
-pub struct Seen {
-    pub app: Option<usize>,
-    /// The client's configured name (`anonymous` with `auth = "none"`).
-    pub client: Option<Arc<str>>,
-    pub class: Option<&'static str>,
-    /// The first bucket the call spends (`waba:<id>`, `credit_line`, `other`), for the access log.
-    pub bucket: Option<String>,
-    pub upstream_status: Option<u16>,
-}
-
 /// The outcome of the latest call to Meta, at the transport level.
 #[derive(Debug, Clone)]
 pub struct UpstreamOutcome {
@@ -468,9 +455,12 @@ impl Metrics {
     // ------------------------------------------------------------ recording
 
     /// Counts an answered request (and, for a read the cache step handled, its cache result).
+    #[allow(clippy::too_many_arguments)]
     pub fn record_request(
         &self,
-        seen: &Seen,
+        app: Option<usize>,
+        client: Option<&Arc<str>>,
+        class: Option<&'static str>,
         method: &Method,
         status: StatusCode,
         cache: CacheResult,
@@ -479,9 +469,9 @@ impl Metrics {
         self.request_counters.inc(
             &self.requests,
             RequestLabels {
-                app: self.shared_app_label(seen.app),
-                client: seen.client.clone().unwrap_or_else(|| self.none.clone()),
-                class: seen.class.unwrap_or(NONE),
+                app: self.shared_app_label(app),
+                client: client.cloned().unwrap_or_else(|| self.none.clone()),
+                class: class.unwrap_or(NONE),
                 method: method_label(method),
                 status: status_label(status.as_u16()),
                 cache: cache.label(),

@@ -2,114 +2,147 @@
 //! start-up and every `limits.active_refresh`, so its bucket gets 5000 calls as soon as it has a
 //! registered number (and falls back to 200 when it no longer has one).
 //!
-//! A probe is a real call: it takes a slot in the WABA's bucket like any other, and it is skipped
-//! (not forced) when the bucket has no room. It never runs on the request path.
+//! A probe is a real call and goes through the same metered sequence as a proxied one
+//! ([`crate::metered`]): it takes a slot in the WABA's bucket, it is skipped (not forced) when the
+//! bucket has no room, and Meta's throttling answer to it blocks the bucket. It never runs on the
+//! request path and holds only the handles it needs, never the gateway.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use http_body_util::BodyExt;
 
-use crate::limits::{self, BucketKey, Scope};
-use crate::proxy::Gateway;
-use crate::upstream;
+use crate::auth::Directory;
+use crate::config::Config;
+use crate::limits::{self, BucketKey, Limiter, Scope};
+use crate::metered::{self, Failed, Spend};
+use crate::metrics::Metrics;
+use crate::upstream::{self, Upstream};
 
-/// Probes every auto WABA once.
-pub async fn probe_all(gw: &Gateway) {
-    let g = gw.inner();
-    for (app, waba) in g.limiter.auto_wabas() {
-        match probe_one(gw, app, &waba).await {
-            Ok(Some(active)) => g.limiter.learn_active(app, &waba, active),
+/// How long a probe's answer body may take after its head.
+const BODY_DEADLINE: Duration = Duration::from_secs(30);
+/// Largest listing a probe reads (a WABA has at most a few dozen numbers).
+const MAX_BODY: u64 = 1 << 20;
+
+/// What probing needs: cheap to clone (handles only).
+#[derive(Clone)]
+pub struct Prober {
+    config: Arc<Config>,
+    directory: Arc<Directory>,
+    upstream: Arc<Upstream>,
+    limiter: Arc<Limiter>,
+    metrics: Arc<Metrics>,
+}
+
+impl Prober {
+    pub fn new(
+        config: Arc<Config>,
+        directory: Arc<Directory>,
+        upstream: Arc<Upstream>,
+        limiter: Arc<Limiter>,
+        metrics: Arc<Metrics>,
+    ) -> Prober {
+        Prober {
+            config,
+            directory,
+            upstream,
+            limiter,
+            metrics,
+        }
+    }
+
+    /// Probes every auto WABA once.
+    pub async fn probe_all(&self) {
+        for (app, waba) in self.limiter.auto_wabas() {
+            self.probe_and_learn(app, &waba).await;
+        }
+    }
+
+    /// Probes one WABA of `app` now and records what it learned (webhooks call this after a phone
+    /// number or account event). A no-op for WABAs that are not `active = "auto"`.
+    pub async fn probe_waba(&self, app: usize, waba: &str) {
+        if !self
+            .limiter
+            .auto_wabas()
+            .iter()
+            .any(|(a, w)| *a == app && w == waba)
+        {
+            return;
+        }
+        self.probe_and_learn(app, waba).await;
+    }
+
+    /// Probes now and then every `limits.active_refresh`, until the task is dropped.
+    pub async fn run(self) {
+        let every = self.config.limits.active_refresh;
+        loop {
+            self.probe_all().await;
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    async fn probe_and_learn(&self, app: usize, waba: &str) {
+        match self.probe_one(app, waba).await {
+            Ok(Some(active)) => self.limiter.learn_active(app, waba, active),
             Ok(None) => tracing::debug!(waba = %waba, "probe: the listing did not say"),
             Err(reason) => tracing::warn!(waba = %waba, reason, "probe of WABA activity skipped"),
         }
     }
-}
 
-/// Probes one WABA of `app` now and records what it learned (webhooks call this after a phone
-/// number or account event). A no-op for WABAs that are not `active = "auto"`.
-pub async fn probe_waba(gw: &Gateway, app: usize, waba: &str) {
-    let g = gw.inner();
-    if !g
-        .limiter
-        .auto_wabas()
-        .iter()
-        .any(|(a, w)| *a == app && w == waba)
-    {
-        return;
-    }
-    match probe_one(gw, app, waba).await {
-        Ok(Some(active)) => g.limiter.learn_active(app, waba, active),
-        Ok(None) => tracing::debug!(waba = %waba, "probe: the listing did not say"),
-        Err(reason) => tracing::warn!(waba = %waba, reason, "probe of WABA activity skipped"),
-    }
-}
-
-async fn probe_one(gw: &Gateway, app: usize, waba: &str) -> Result<Option<bool>, &'static str> {
-    let g = gw.inner();
-    let key = BucketKey {
-        app,
-        scope: Scope::Waba(waba.to_string()),
-    };
-    let mut permit = g
-        .limiter
-        .admit(&[(key, 1)], false, Duration::ZERO)
-        .await
-        .map_err(|_| "no budget left")?;
-    let token = g.directory.token_for(app, Some(waba));
-    let mut query = "fields=platform_type,status".to_string();
-    let a = &g.config.apps[app];
-    if let Some(secret) = &a.app_secret {
-        query.push('&');
-        query.push_str(&upstream::proof_params(secret, token.secret(), a.proof));
-    }
-    let uri = g
-        .upstream
-        .uri_for(&format!("/{waba}/phone_numbers"), &query)
-        .map_err(|_| "bad id")?;
-    let mut req = http::Request::get(uri)
-        .body(Body::empty())
-        .map_err(|_| "bad request")?;
-    upstream::outbound_headers(req.headers_mut(), token.bearer());
-    permit.sent();
-    let resp = match g.upstream.send(req).await {
-        Ok(r) => r,
-        Err(e) => {
-            if !e.reached {
-                permit.release();
+    async fn probe_one(&self, app: usize, waba: &str) -> Result<Option<bool>, &'static str> {
+        let key = BucketKey {
+            app,
+            scope: Scope::Waba(waba.to_string()),
+        };
+        let wants = [(key, 1)];
+        let spend = Spend {
+            wants: &wants,
+            reserve: false,
+            max_wait: Duration::ZERO,
+        };
+        let build = || {
+            let token = self.directory.token_for(app, Some(waba));
+            let mut query = "fields=platform_type,status".to_string();
+            let a = &self.config.apps[app];
+            if let Some(secret) = &a.app_secret {
+                query.push('&');
+                query.push_str(&upstream::proof_params(secret, token.secret(), a.proof));
             }
-            return Err("upstream failed");
+            let uri = self
+                .upstream
+                .uri_for(&format!("/{waba}/phone_numbers"), &query)?;
+            let mut req = http::Request::get(uri).body(Body::empty()).map_err(|_| {
+                crate::error::GatewayError::BadRequest("the probe cannot be built".into())
+            })?;
+            upstream::outbound_headers(req.headers_mut(), token.bearer());
+            Ok(req)
+        };
+        let answer = match metered::call(&self.limiter, &self.upstream, app, spend, build).await {
+            Ok(a) => a,
+            Err(Failed::Refused(_)) => return Err("no budget left"),
+            Err(Failed::Upstream { elapsed: None, .. }) => return Err("bad id"),
+            Err(Failed::Upstream { .. }) => return Err("upstream failed"),
+        };
+        let status = answer.response.status();
+        let deadline = tokio::time::Instant::now() + BODY_DEADLINE;
+        let body =
+            crate::body::read_whole(answer.response.into_body(), MAX_BODY, Some(deadline)).await;
+        let json = |body: &Option<bytes::Bytes>| {
+            body.as_deref()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        };
+        if !status.is_success() {
+            // learn: a throttling answer closes the bucket, as it does for a proxied call.
+            if let Some(v) = body.as_ref().ok().and_then(json) {
+                metered::learn_from_error(&self.limiter, &self.metrics, app, Some(&wants[0].0), &v);
+            }
+            return Err("Meta refused the probe");
         }
-    };
-    permit.finish();
-    let h = |n: &str| {
-        resp.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    g.limiter.observe_usage(
-        app,
-        h("x-business-use-case-usage").as_deref(),
-        h("x-app-usage").as_deref(),
-    );
-    if !resp.status().is_success() {
-        return Err("Meta refused the probe");
-    }
-    let body = tokio::time::timeout(Duration::from_secs(30), resp.into_body().collect())
-        .await
-        .map_err(|_| "slow body")?
-        .map_err(|_| "body failed")?
-        .to_bytes();
-    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|_| "not JSON")?;
-    Ok(limits::registered_in(&v))
-}
-
-/// Probes now and then every `limits.active_refresh`, until the task is dropped.
-pub async fn run(gw: Gateway) {
-    let every = gw.config().limits.active_refresh;
-    loop {
-        probe_all(&gw).await;
-        tokio::time::sleep(every).await;
+        let body = body.map_err(|e| match e {
+            crate::body::ReadError::TimedOut => "slow body",
+            crate::body::ReadError::Failed => "body failed",
+        })?;
+        let v = json(&body).ok_or("not JSON")?;
+        Ok(limits::registered_in(&v))
     }
 }

@@ -233,7 +233,7 @@ impl Upstream {
                         GatewayError::BodyTooLarge { limit } => {
                             GatewayError::BodyTooLarge { limit: *limit }
                         }
-                        _ => GatewayError::RequestBodyFailed,
+                        _ => GatewayError::CallerBodyFailed,
                     };
                     return Err(UpstreamError {
                         error,

@@ -20,7 +20,6 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http::header::{self, HeaderValue};
 use http::StatusCode;
-use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -28,7 +27,8 @@ use subtle::ConstantTimeEq;
 use crate::config::{Config, Secret, Webhooks};
 use crate::error::graph_error;
 use crate::ids::is_graph_id;
-use crate::proxy::Gateway;
+use crate::invalidate::Invalidator;
+use crate::probe::Prober;
 use crate::sync::MutexExt;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -151,9 +151,13 @@ struct Counters {
     bodies_refused: u64,
 }
 
-/// The receiver's state; one per [`Gateway`] when `[webhooks]` is configured.
+/// The receiver's state; one per gateway when `[webhooks]` is configured. It holds the handles an
+/// event acts through (invalidation, the prober), never the gateway itself.
 pub struct Hub {
     cfg: Webhooks,
+    config: Arc<Config>,
+    invalidator: Invalidator,
+    prober: Prober,
     /// sha256 of the verify token, so the compare is constant-time whatever the lengths.
     verify_digest: [u8; 32],
     /// (app index, app secret) of every app that has one: any of them may have signed.
@@ -168,10 +172,13 @@ pub struct Hub {
 
 impl Hub {
     /// `None` when `[webhooks]` is not configured.
-    pub fn new(config: &Config) -> Option<Arc<Hub>> {
+    pub fn new(config: &Arc<Config>, invalidator: Invalidator, prober: Prober) -> Option<Arc<Hub>> {
         let w = config.webhooks.as_ref()?;
         Some(Arc::new(Hub {
             cfg: w.clone(),
+            config: config.clone(),
+            invalidator,
+            prober,
             verify_digest: Sha256::digest(w.verify_token.expose().as_bytes()).into(),
             secrets: config
                 .apps
@@ -267,7 +274,7 @@ impl Hub {
 
     /// Reads and verifies the body, applies each change, queues the fan-out. Returns the number of
     /// changes seen.
-    async fn receive(&self, gw: &Gateway, req: Request) -> Result<usize, WebhookError> {
+    async fn receive(self: &Arc<Self>, req: Request) -> Result<usize, WebhookError> {
         let (parts, body) = req.into_parts();
         let declared = parts
             .headers
@@ -278,17 +285,11 @@ impl Hub {
         if declared.is_some_and(|n| n > limit) {
             return Err(WebhookError::TooLarge { limit });
         }
-        let body = Limited::new(body, limit as usize)
-            .collect()
+        // No deadline yet: the pre-authentication read budget is a hardening step of its own.
+        let body = crate::body::read_whole(body, limit, None)
             .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    WebhookError::TooLarge { limit }
-                } else {
-                    WebhookError::BodyFailed
-                }
-            })?
-            .to_bytes();
+            .map_err(|_| WebhookError::BodyFailed)?
+            .ok_or(WebhookError::TooLarge { limit })?;
         let app = verify(
             &self.secrets,
             parts.headers.get("x-hub-signature-256"),
@@ -307,7 +308,7 @@ impl Hub {
             .and_then(Value::as_array)
             .ok_or_else(|| WebhookError::Malformed("no `entry` list".into()))?;
         let object = envelope.get("object").cloned().unwrap_or(Value::Null);
-        let app_name = &gw.config().apps[app].name;
+        let app_name = &self.config.apps[app].name;
         let mut changes_seen = 0;
         for entry in entries {
             let waba = entry_id(entry);
@@ -321,7 +322,7 @@ impl Hub {
                 tracing::info!(app = %app_name, waba = %waba, field, "webhook event");
                 *self.counters().events.entry(field.to_string()).or_default() += 1;
                 if object == WABA_OBJECT {
-                    self.apply(gw, &waba, field, change.get("value"));
+                    self.apply(&waba, field, change.get("value"));
                 }
             }
             self.fan_out(&object, entry, &waba, changes).await;
@@ -331,11 +332,11 @@ impl Hub {
 
     /// What one change does to graphgate's own state. Ids come from a verified body, yet they only
     /// ever name cache prefixes after passing `is_graph_id`.
-    fn apply(&self, gw: &Gateway, waba: &str, field: &str, value: Option<&Value>) {
+    fn apply(self: &Arc<Self>, waba: &str, field: &str, value: Option<&Value>) {
         if !is_graph_id(waba) {
             return;
         }
-        let config = gw.config();
+        let config = &self.config;
         let apps = 0..config.apps.len();
         if TEMPLATE_FIELDS.contains(&field) {
             // `/{waba}` covers `/{waba}/message_templates` and the WABA object views (the cache's
@@ -345,9 +346,9 @@ impl Hub {
                 .and_then(id_of)
                 .filter(|t| is_graph_id(t));
             for app in apps {
-                let mut n = purge(gw, app, &format!("/{waba}"));
+                let mut n = self.invalidator.purge(app, &format!("/{waba}"));
                 if let Some(t) = &template {
-                    n += purge(gw, app, &format!("/{t}"));
+                    n += self.invalidator.purge(app, &format!("/{t}"));
                 }
                 tracing::debug!(
                     app,
@@ -364,7 +365,10 @@ impl Hub {
                     prefixes.extend(w.phone_numbers.iter().map(|p| format!("/{p}")));
                     prefixes.extend(w.status_ids.iter().map(|p| format!("/{p}")));
                 }
-                let n: usize = prefixes.iter().map(|p| purge(gw, app, p)).sum();
+                let n: usize = prefixes
+                    .iter()
+                    .map(|p| self.invalidator.purge(app, p))
+                    .sum();
                 tracing::debug!(
                     app,
                     waba,
@@ -372,14 +376,14 @@ impl Hub {
                     "account event: cache entries dropped"
                 );
                 if configured.is_some() {
-                    self.reprobe(gw, app, waba);
+                    self.reprobe(app, waba);
                 }
             }
         }
     }
 
     /// Re-evaluates in the background whether `waba` is active; coalesces bursts (see `probing`).
-    fn reprobe(&self, gw: &Gateway, app: usize, waba: &str) {
+    fn reprobe(self: &Arc<Self>, app: usize, waba: &str) {
         let key = (app, waba.to_string());
         {
             let mut p = self.probing.lock_unpoisoned();
@@ -389,13 +393,10 @@ impl Hub {
             }
             p.insert(key.clone(), false);
         }
-        let gw = gw.clone();
+        let hub = self.clone();
         tokio::spawn(async move {
             loop {
-                crate::probe::probe_waba(&gw, key.0, &key.1).await;
-                let Some(hub) = gw.inner().webhooks.as_ref() else {
-                    return;
-                };
+                hub.prober.probe_waba(key.0, &key.1).await;
                 let mut p = hub.probing.lock_unpoisoned();
                 match p.get_mut(&key) {
                     Some(again) if *again => *again = false,
@@ -436,16 +437,6 @@ impl Hub {
             self.queue.enqueue(i, waba, Bytes::from(body)).await;
         }
     }
-}
-
-/// Drops cached entries under `prefix` here and, in shared mode, on every other replica (the
-/// re-probe's outcome is shared by `Limiter::learn_active` itself).
-fn purge(gw: &Gateway, app: usize, prefix: &str) -> usize {
-    let g = gw.inner();
-    if g.limiter.shared().is_some() {
-        g.limiter.share_purge(app, prefix);
-    }
-    g.cache.purge(app, prefix)
 }
 
 /// `sha256=<hex>` of HMAC-SHA256(key, body), as Meta sends and as subscribers receive.
@@ -503,19 +494,11 @@ fn entry_id(entry: &Value) -> String {
 }
 
 /// The `[webhooks] path` route: GET for the handshake, POST for events.
-pub fn routes() -> MethodRouter<Gateway> {
+pub fn routes() -> MethodRouter<Arc<Hub>> {
     get(handshake).post(receive)
 }
 
-/// The numbers for metrics; `None` when webhooks are not configured.
-pub fn stats(gw: &Gateway) -> Option<WebhookStats> {
-    gw.inner().webhooks.as_ref().map(|h| h.stats())
-}
-
-async fn handshake(State(gw): State<Gateway>, RawQuery(query): RawQuery) -> Response {
-    let Some(hub) = gw.inner().webhooks.as_ref() else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
+async fn handshake(State(hub): State<Arc<Hub>>, RawQuery(query): RawQuery) -> Response {
     match hub.handshake(query.as_deref().unwrap_or("")) {
         Ok(challenge) => {
             hub.counters().handshakes_ok += 1;
@@ -541,11 +524,8 @@ async fn handshake(State(gw): State<Gateway>, RawQuery(query): RawQuery) -> Resp
     }
 }
 
-async fn receive(State(gw): State<Gateway>, req: Request) -> Response {
-    let Some(hub) = gw.inner().webhooks.clone() else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    match hub.receive(&gw, req).await {
+async fn receive(State(hub): State<Arc<Hub>>, req: Request) -> Response {
+    match hub.receive(req).await {
         Ok(changes) => {
             tracing::debug!(changes, "webhook accepted");
             StatusCode::OK.into_response()

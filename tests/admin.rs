@@ -126,7 +126,7 @@ async fn metrics_count_three_misses_and_seven_hits_after_scripted_traffic() {
     let b = [("app", "main"), ("bucket", bucket.as_str())];
     // Used is the limiter's count: our 3 calls, raised to what Meta's rounded-down usage report
     // may stand for (docs/limits.md).
-    let snap = gw.inner().limiter.snapshot();
+    let snap = gw.limiter().snapshot();
     let used = snap.iter().find(|b| b.scope == bucket).unwrap().used;
     assert!(used >= 3);
     assert_eq!(v("graphgate_bucket_used", &b), f64::from(used));
@@ -325,7 +325,7 @@ async fn admin_limits_json_matches_the_limiter_buckets() {
         .json()
         .await
         .unwrap();
-    let snapshot = gw.inner().limiter.snapshot();
+    let snapshot = gw.limiter().snapshot();
     let buckets = v["buckets"].as_array().unwrap();
     assert_eq!(buckets.len(), snapshot.len(), "{v}");
     for b in &snapshot {

@@ -302,6 +302,61 @@ async fn auto_wabas_learn_their_limit_from_the_probe() {
     assert!(policy.contains("q=5000"), "{policy}");
 }
 
+// The probe and the proxy share one metered path: Meta's throttling answer to a probe blocks the
+// WABA's bucket exactly as an answer to a proxied call does, so the next call is refused locally.
+#[tokio::test]
+async fn a_probes_throttling_answer_blocks_the_bucket_like_a_proxied_call() {
+    let sim = start_sim(SimConfig {
+        window: Duration::from_secs(3600),
+        waba_limit: 2,
+        active_waba_limit: 2,
+        ..sim_config()
+    })
+    .await;
+    // Another consumer of the app spends Meta's budget behind graphgate's back.
+    let direct = client();
+    let proof = graphgate::sim::appsecret_proof(APP_SECRET, SYSTEM_TOKEN, None);
+    for _ in 0..2 {
+        let r = direct
+            .get(format!("{}/v19.0/{WABA}?appsecret_proof={proof}", sim.url))
+            .bearer_auth(SYSTEM_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let text = config_text(
+        &sim.url,
+        "\n[cache]\nenabled = false\n[limits]\nthrottle_block = \"1m\"\n",
+    )
+    .replace("active = true", "active = \"auto\"");
+    let cfg =
+        graphgate::Config::from_toml(&text, "t.toml", std::path::Path::new("."), &env()).unwrap();
+    let proxy = start_proxy(cfg).await;
+    // The start-up probe is the only call graphgate makes; Meta throttles it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bucket(&stats(&sim), WABA)["throttled"] != 1 {
+        assert!(Instant::now() < deadline, "the probe never reached Meta");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = get(&format!("{}/v19.0/{WABA}/message_templates", proxy.url)).await;
+    assert_eq!(r.status(), 429, "the probe's 80008 closed the bucket");
+    assert!(r.headers().contains_key("x-graphgate-error"));
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Meta throttled"),
+        "{v}"
+    );
+    assert_eq!(
+        bucket(&stats(&sim), WABA)["throttled"],
+        1,
+        "only the probe was refused by Meta"
+    );
+}
+
 // Limits that make no sense are refused at start-up, naming the key.
 #[test]
 fn nonsensical_limits_are_refused() {

@@ -39,7 +39,7 @@ fn shared_config(
 
 async fn wait_up(gw: &graphgate::Gateway) {
     let started = Instant::now();
-    while gw.inner().limiter.backend_state() != "up" {
+    while gw.limiter().backend_state() != "up" {
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "never connected to Redis"
@@ -99,7 +99,7 @@ async fn three_replicas_admit_exactly_n_across_all_of_them() {
     assert_eq!(b["throttled"], 0);
     assert!(b["max_in_window"].as_u64().unwrap() <= 100);
     // The admin view of any replica reads the shared bucket.
-    let view = reps[2].1.inner().limiter.view().await;
+    let view = reps[2].1.limiter().view().await;
     let w = view
         .iter()
         .find(|v| v.scope == format!("waba:{WABA}"))
@@ -223,18 +223,18 @@ async fn redis_going_away_falls_back_locally_and_recovers() {
     let started = Instant::now();
     loop {
         let r = get(&url).await;
-        if r.status() == 200 && gw.inner().limiter.backend_state() == "up" {
+        if r.status() == 200 && gw.limiter().backend_state() == "up" {
             break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "did not recover: {}",
-            gw.inner().limiter.backend_state()
+            gw.limiter().backend_state()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Back on Redis: the shared bucket counts again.
-    let view = gw.inner().limiter.view().await;
+    let view = gw.limiter().view().await;
     assert!(
         view.iter()
             .any(|v| v.scope == format!("waba:{WABA}") && v.used >= 1),
@@ -267,7 +267,7 @@ async fn redis_going_away_with_reject_answers_503() {
         let v: Value = r.json().await.unwrap();
         assert_eq!(graph_error(&v)["is_transient"], true);
     }
-    let limiter = &reps[0].1.inner().limiter;
+    let limiter = &reps[0].1.limiter();
     assert_eq!(
         limiter.backend_state(),
         "down",

@@ -145,7 +145,7 @@ struct Env {
 
 impl Env {
     fn stats(&self) -> graphgate::webhooks::WebhookStats {
-        graphgate::webhooks::stats(&self.gw).expect("webhooks configured")
+        self.gw.webhooks().expect("webhooks configured").stats()
     }
 
     async fn shutdown(mut self) -> SimServer {
@@ -629,7 +629,7 @@ async fn in_shared_mode_an_event_on_one_replica_invalidates_the_others() {
             graphgate::Config::from_toml(&text, "t.toml", Path::new("."), &hook_env()).unwrap();
         let (p, gw) = start_gateway(cfg).await;
         let started = Instant::now();
-        while gw.inner().limiter.backend_state() != "up" {
+        while gw.limiter().backend_state() != "up" {
             assert!(started.elapsed() < Duration::from_secs(10), "no Redis");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

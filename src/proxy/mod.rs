@@ -1,0 +1,181 @@
+//! The request path, one named step at a time:
+//! check -> authenticate -> classify -> authorize -> cache -> limit -> upstream -> rewrite -> respond.
+//!
+//! This file owns the order of the steps ([`pipeline`]) and what happens around them for every
+//! request ([`handle`]: request id, metrics, the access log); each step lives in its own file. It
+//! must never send a request upstream before the caller is authenticated and authorized, never
+//! forward a caller's key, and never buffer a body it does not need to read (uploads and downloads
+//! stream).
+
+mod authorize;
+mod batch;
+mod body;
+mod check;
+mod context;
+mod forward;
+mod respond;
+mod service;
+
+use std::time::Instant;
+
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::Method;
+
+use crate::auth;
+use crate::cache;
+use crate::classify;
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::limits::Scope;
+use crate::metrics::CacheResult;
+use context::Ctx;
+
+pub use service::ProxyService;
+
+/// A request body as the listener hands it over (hyper's, in practice). Kept generic so a body
+/// is boxed into axum's `Body` only when it is forwarded, not for every request.
+pub trait InBody:
+    http_body::Body<Data = Bytes, Error: Into<axum::BoxError>> + Send + Unpin + 'static
+{
+}
+impl<B> InBody for B where
+    B: http_body::Body<Data = Bytes, Error: Into<axum::BoxError>> + Send + Unpin + 'static
+{
+}
+
+/// The handler for every proxied request: runs the pipeline, then counts and logs the answer.
+pub async fn handle<B: InBody>(gw: Gateway, req: http::Request<B>) -> Response {
+    let started = Instant::now();
+    let request_id = check::request_id(req.headers());
+    // Checked to be printable ASCII above, so this never falls back.
+    let id = request_id.to_str().unwrap_or("");
+    // Every line logged while the request is served carries its id and method.
+    let tag = crate::telemetry::RequestTag::new(id, req.method());
+    let method = req.method().clone();
+    let mut ctx = Ctx::default();
+    let served = crate::telemetry::in_request(tag.clone(), pipeline(&gw, req, &mut ctx));
+    let mut resp = match served.await {
+        Ok(r) => r,
+        Err(e) => {
+            let _in = tag.enter();
+            if e.is_caller_error() {
+                tracing::debug!(error = %e, "request refused");
+            } else {
+                tracing::warn!(error = %e, "request failed");
+            }
+            e.into_response()
+        }
+    };
+    // Only the cache step sets X-Cache; a read refused before it is labelled BYPASS below.
+    let reached_cache = resp.headers().contains_key(cache::X_CACHE);
+    cache::label_bypass(&method, &mut resp);
+    let cache_result = CacheResult::from_header(resp.headers().get(cache::X_CACHE));
+    gw.metrics().record_request(
+        ctx.app,
+        ctx.client.as_ref(),
+        ctx.class,
+        &method,
+        resp.status(),
+        cache_result,
+        reached_cache,
+    );
+    resp.headers_mut().insert(check::X_REQUEST_ID, request_id);
+    if gw.config().server.access_log {
+        let _in = tag.enter();
+        let app = ctx
+            .app
+            .map(|a| gw.config().apps[a].name.as_str())
+            .unwrap_or("");
+        tracing::info!(
+            status = resp.status().as_u16(),
+            duration_us = started.elapsed().as_micros() as u64,
+            client = ctx.client.as_deref().unwrap_or(""),
+            app,
+            class = ctx.class.unwrap_or(""),
+            bucket = ctx.bucket.as_deref().unwrap_or(""),
+            cache = cache_result.label(),
+            upstream_status = ctx.upstream_status.unwrap_or(0),
+            "done"
+        );
+    }
+    resp
+}
+
+/// The steps, in order. Each returns what the next needs, or the error the caller gets.
+async fn pipeline<B: InBody>(
+    gw: &Gateway,
+    req: http::Request<B>,
+    ctx: &mut Ctx,
+) -> Result<Response, GatewayError> {
+    let (mut parts, body) = req.into_parts();
+
+    // check: nothing else reads a target or headers that could be ambiguous.
+    let target = check::check(&gw.config().server, &parts)?;
+
+    // authenticate: the key may sit in a form body, which is read (bounded) here.
+    let mut body = body::read(&gw.config().server, &parts, body).await?;
+    let key = auth::key_from_header(&parts.headers)
+        .or_else(|| target.param("access_token"))
+        .or_else(|| body.form_param("access_token"));
+    let caller = gw.directory().authenticate(key)?;
+    ctx.app = Some(caller.app);
+    ctx.client = Some(caller.name.clone());
+
+    // classify: which of Meta's budgets this call spends.
+    let class = gw
+        .limiter()
+        .with_known(|k| classify::classify(&parts.method, &target, k));
+    ctx.class = Some(class.label());
+
+    // authorize: the client's method and WABA allowlists, for the call and each sub-call of a batch.
+    let authorized = authorize::authorize(gw, caller, &parts, &target, &mut body)?;
+    let app = authorized.caller.app;
+
+    // cache: behind authorize, so a hit reaches only an allowed caller. A fresh entry answers a
+    // GET/HEAD here; a miss runs `forward` once for all identical concurrent callers; a 2xx
+    // POST/DELETE drops the entries under its object. See `docs/cache.md`.
+    let plan = gw.cache().plan(&cache::Lookup {
+        app,
+        method: &parts.method,
+        headers: &parts.headers,
+        target: &target,
+        token_owner: gw.directory().token_owner(app, target.root()),
+        token: gw.directory().token_for(app, target.root()),
+        link_host: respond::link_host(gw, &parts),
+        allow_no_cache: authorized.caller.allow_no_cache,
+    });
+    if plan.is_read() {
+        // HEAD is fetched as GET, so the entry has the body that later GETs need.
+        parts.method = Method::GET;
+    }
+    if gw.config().server.access_log {
+        ctx.bucket = Some(Scope::from_class(&class).label());
+    }
+
+    // limit -> upstream -> rewrite -> respond, when the cache cannot answer.
+    let upstream_status = &mut ctx.upstream_status;
+    let resp = gw
+        .cache()
+        .serve(plan, || {
+            // Boxed: the forward future is many kilobytes, and every future that held it inline
+            // would be copied whole on each move, hits included.
+            Box::pin(forward::forward(
+                gw,
+                &parts,
+                &target,
+                body,
+                &authorized,
+                &class,
+                upstream_status,
+            ))
+        })
+        .await?;
+
+    // The cache dropped this object's entries here; other replicas drop theirs too.
+    let is_write = matches!(parts.method, Method::POST | Method::DELETE);
+    if let (true, true, Some(root)) = (is_write, resp.status().is_success(), target.root()) {
+        gw.invalidator().tell_others(app, &format!("/{root}"));
+    }
+    Ok(resp)
+}

@@ -1,0 +1,62 @@
+//! The listener's service: a `tower::Service` that sends Meta's webhook path (when configured) to
+//! the webhook routes and every other path through the pipeline. Layers (timeouts, concurrency
+//! limits, load shedding) go around it in one `ServiceBuilder`, in [`crate::run_with_admin`].
+//!
+//! The dispatch is one comparison rather than an axum `Router`: a router with only a fallback still
+//! matched, boxed and cloned per request, which was a tenth of a cache hit's work.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::response::Response;
+
+use super::InBody;
+use crate::gateway::Gateway;
+
+/// The whole proxy for one listener; cheap to clone.
+#[derive(Clone)]
+pub struct ProxyService {
+    gw: Gateway,
+    /// The webhook path and its routes, when `[webhooks]` is configured.
+    webhooks: Option<(Arc<str>, axum::Router)>,
+}
+
+impl ProxyService {
+    pub fn new(gw: Gateway) -> ProxyService {
+        let webhooks = gw.webhooks().map(|hub| {
+            let routes = axum::Router::new()
+                .route(hub.path(), crate::webhooks::routes())
+                .with_state(hub.clone());
+            (Arc::from(hub.path()), routes)
+        });
+        ProxyService { gw, webhooks }
+    }
+}
+
+impl<B: InBody> tower::Service<http::Request<B>> for ProxyService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if let Some((path, routes)) = &self.webhooks {
+            if req.uri().path() == &**path {
+                let req = req.map(axum::body::Body::new);
+                let routes = routes.clone();
+                return Box::pin(async move {
+                    use tower::ServiceExt;
+                    routes.oneshot(req).await
+                });
+            }
+        }
+        let gw = self.gw.clone();
+        Box::pin(async move { Ok(super::handle(gw, req).await) })
+    }
+}
