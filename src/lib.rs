@@ -20,12 +20,12 @@
 //! - [`webhooks`]: Meta's webhooks: handshake, signatures, cache invalidation, durable fan-out.
 //! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2 settings, graceful shutdown.
 //! - [`telemetry`]: tracing setup (JSON lines or text).
-//! - [`metrics`]: the Prometheus registry of one gateway; labels only from config or fixed sets.
-//! - [`admin`]: the admin listener: health, readiness, `/metrics`, limits and cache JSON, status page.
+//! - [`ops`]: what operators see: the admin listener (health, readiness, `/metrics`, limits and
+//!   cache JSON, purge, status page) and the Prometheus registry of one gateway, which the request
+//!   path and the webhook receiver count into; labels only from config or fixed sets.
 //! - [`sim`]: a local twin of the Graph API for tests, benchmarks and the demo.
 //! - [`demo`]: the simulator and the proxy in one process, ready for curl.
 
-pub mod admin;
 pub mod auth;
 pub mod cache;
 pub mod classify;
@@ -35,7 +35,7 @@ pub mod demo;
 pub mod error;
 pub mod ids;
 pub mod limits;
-pub mod metrics;
+pub mod ops;
 pub mod probe;
 pub mod proxy;
 pub mod rewrite;
@@ -124,7 +124,7 @@ pub async fn run_with(
     run_with_admin(listener, None, gw, shutdown).await
 }
 
-/// Like [`run_with`], plus the admin listener ([`admin::router`]) on `admin` when given. The binary
+/// Like [`run_with`], plus the admin listener ([`ops::admin::router`]) on `admin` when given. The binary
 /// binds `server.admin_listen`; tests pass `127.0.0.1:0`. Both stop on the same `shutdown`.
 pub async fn run_with_admin(
     listener: TcpListener,
@@ -235,7 +235,7 @@ pub async fn run_with_admin(
     let admin = async {
         match admin {
             Some(l) => {
-                let svc = hyper_util::service::TowerToHyperService::new(admin::router(gw));
+                let svc = hyper_util::service::TowerToHyperService::new(ops::admin::router(gw));
                 server::serve(l, svc, admin_opts, stopped(stop_rx)).await
             }
             None => Ok(()),

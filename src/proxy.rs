@@ -24,7 +24,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::limits::{self, BucketKey, Limiter, Scope};
-use crate::metrics::{CacheResult, Metrics, Seen};
+use crate::ops::metrics::{CacheResult, Metrics, Seen};
 use crate::rewrite::{self, Rewriter};
 use crate::target::{self, is_auth_param, join_raw, Param, Target};
 use crate::upstream::{self, Upstream};

@@ -275,7 +275,7 @@ async fn redis_going_away_with_reject_answers_503() {
     );
     assert!(limiter.backend_rejects());
     let ready = tower::ServiceExt::oneshot(
-        graphgate::admin::router(reps[0].1.clone()),
+        graphgate::ops::admin::router(reps[0].1.clone()),
         http::Request::get("/readyz")
             .body(axum::body::Body::empty())
             .unwrap(),

@@ -12,7 +12,7 @@ use graphgate::config::Config;
 use graphgate::Gateway;
 use support::*;
 
-/// The status page's colours (src/admin/status.html): budget used, a full or blocked bucket, the
+/// The status page's colours (src/ops/status.html): budget used, a full or blocked bucket, the
 /// cache hit ratio, and the empty track behind every bar.
 const USED: [u8; 3] = [0x25, 0x63, 0xeb];
 const FULL: [u8; 3] = [0xdc, 0x26, 0x26];

@@ -144,7 +144,7 @@ struct Env {
 }
 
 impl Env {
-    fn stats(&self) -> graphgate::webhooks::WebhookStats {
+    fn stats(&self) -> graphgate::ops::metrics::WebhookStats {
         graphgate::webhooks::stats(&self.gw).expect("webhooks configured")
     }
 
@@ -379,7 +379,7 @@ async fn only_a_valid_signature_lets_an_event_act() {
     assert_eq!(e.stats().events["message_template_status_update"], 1);
     // The same figures on /metrics.
     let resp = tower::ServiceExt::oneshot(
-        graphgate::admin::router(e.gw.clone()),
+        graphgate::ops::admin::router(e.gw.clone()),
         http::Request::get("/metrics")
             .body(axum::body::Body::empty())
             .unwrap(),
