@@ -20,8 +20,9 @@
 //! - [`webhooks`]: Meta's webhooks: handshake, signatures, cache invalidation, durable fan-out.
 //! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2 settings, graceful shutdown.
 //! - [`telemetry`]: tracing setup (JSON lines or text).
-//! - [`metrics`]: the Prometheus registry of one gateway; labels only from config or fixed sets.
-//! - [`admin`]: the admin listener: health, readiness, `/metrics`, limits and cache JSON, status page.
+//! - [`ops`]: what operators see: the admin listener (health, readiness, `/metrics`, limits and
+//!   cache JSON, purge, status page) and the Prometheus registry of one gateway, which the request
+//!   path and the webhook receiver count into; labels only from config or fixed sets.
 //! - [`sim`]: a local twin of the Graph API for tests, benchmarks and the demo.
 //! - [`demo`]: the simulator and the proxy in one process, ready for curl.
 

@@ -28,6 +28,7 @@ use crate::config::{Config, Secret, Webhooks};
 use crate::error::graph_error;
 use crate::ids::is_graph_id;
 use crate::invalidate::Invalidator;
+use crate::metrics::WebhookStats;
 use crate::probe::Prober;
 use crate::sync::MutexExt;
 
@@ -110,36 +111,6 @@ impl IntoResponse for WebhookError {
             &format!("(#{code}) graphgate: {self}"),
         )
     }
-}
-
-/// Counters for the metrics endpoint (`webhooks::stats`). Monotonic except `queue_depth`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WebhookStats {
-    /// Verified changes received, by `field` (unknown fields included).
-    pub events: BTreeMap<String, u64>,
-    pub signature_failures: u64,
-    pub handshakes_ok: u64,
-    pub handshakes_refused: u64,
-    /// Bodies refused after the signature check or for size: malformed JSON, over `max_body`.
-    pub bodies_refused: u64,
-    pub subscribers: BTreeMap<String, SubscriberStats>,
-}
-
-/// Deliveries of one subscriber, by outcome, and what waits now.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SubscriberStats {
-    pub delivered: u64,
-    /// Attempts that failed (each retry counts).
-    pub failed_attempts: u64,
-    /// Given up after `max_attempts`.
-    pub gave_up: u64,
-    /// Given up after `max_age`.
-    pub expired: u64,
-    /// Refused because `max_queue` deliveries were already waiting.
-    pub queue_full: u64,
-    /// Kept in memory only because the file could not be written.
-    pub persist_failures: u64,
-    pub queue_depth: u64,
 }
 
 #[derive(Default)]

@@ -144,7 +144,7 @@ struct Env {
 }
 
 impl Env {
-    fn stats(&self) -> graphgate::webhooks::WebhookStats {
+    fn stats(&self) -> graphgate::metrics::WebhookStats {
         self.gw.webhooks().expect("webhooks configured").stats()
     }
 

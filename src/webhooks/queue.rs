@@ -25,7 +25,8 @@ use tokio::sync::watch;
 
 use crate::config::{Subscriber, Webhooks};
 
-use super::{signature, SubscriberStats};
+use super::signature;
+use crate::metrics::SubscriberStats;
 use crate::sync::MutexExt;
 
 type DeliveryClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;

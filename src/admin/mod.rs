@@ -1,5 +1,6 @@
 //! The admin listener's router: `/healthz`, `/readyz`, `/metrics`, `/admin/limits`,
-//! `/admin/cache`, `POST /admin/cache/purge`, and the status page at `/admin` and `/`.
+//! `/admin/cache`, `POST /admin/cache/purge`, and the status page (`status.rs`) at `/admin` and
+//! `/`.
 //!
 //! It is served only on `server.admin_listen`, never on the proxy port (there every path is a Graph
 //! path). When `server.admin_token` is set, every path but `/healthz` needs it as a bearer token.
@@ -24,7 +25,9 @@ use subtle::ConstantTimeEq;
 use crate::config::{OnLimit, Secret};
 use crate::gateway::Gateway;
 use crate::limits::Reported;
+
 use crate::metrics::{self, Rejection};
+mod status;
 
 /// A successful call to Meta this recent makes `/readyz` answer without a connect check.
 pub const READY_FRESH: Duration = Duration::from_secs(60);
@@ -36,9 +39,6 @@ const READY_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest `prefix` a purge accepts (the proxy's own URI limit is of the same order).
 const MAX_PURGE_PREFIX: usize = 2048;
 
-/// The status page: one self-contained file, no CDN, no build step.
-const STATUS_PAGE: &str = include_str!("admin/status.html");
-
 /// The admin router, with the token check in front of every route.
 pub fn router(gw: Gateway) -> Router {
     Router::new()
@@ -48,8 +48,8 @@ pub fn router(gw: Gateway) -> Router {
         .route("/admin/limits", get(limits))
         .route("/admin/cache", get(cache_stats))
         .route("/admin/cache/purge", post(purge))
-        .route("/admin", get(status_page))
-        .route("/", get(status_page))
+        .route("/admin", get(status::page))
+        .route("/", get(status::page))
         .fallback(not_found)
         // Outermost, so unknown paths need the token too and reveal nothing without it.
         .layer(middleware::from_fn_with_state(gw.clone(), require_token))
@@ -360,29 +360,6 @@ async fn purge(State(gw): State<Gateway>, body: Bytes) -> Response {
     let purged = g.invalidator().purge(app, &req.prefix);
     tracing::info!(app = %req.app, prefix = %req.prefix, purged, "cache purged by the admin API");
     Json(json!({ "app": req.app, "prefix": req.prefix, "purged": purged })).into_response()
-}
-
-// ---------------------------------------------------------------- status page
-
-async fn status_page() -> Response {
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-            // Everything is inline; the page may talk only to this listener.
-            (
-                header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static(
-                    "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'",
-                ),
-            ),
-        ],
-        STATUS_PAGE,
-    )
-        .into_response()
 }
 
 fn unix_now() -> u64 {

@@ -1,0 +1,431 @@
+//! Prometheus metrics for one gateway, in a registry of its own (prometheus-client), plus the two
+//! facts the admin listener reads besides them: how the last upstream call went (for `/readyz`) and
+//! the most recent rate-limit refusals (for the status page).
+//!
+//! Counters are bumped by the pipeline as requests pass; gauges (buckets, Meta's usage, the cache)
+//! are refreshed from snapshots at scrape time (`scrape.rs`). This module must never take a label
+//! value from a request: every label is a name from config (app, client, configured WABA id) or a
+//! member of a fixed set (`labels.rs`), so no caller can create a new series. It must never block
+//! on I/O either, and never import the request path, the admin listener or the webhook receiver:
+//! they count into it (the receiver's figures are typed here, in `webhooks.rs`).
+
+mod counters;
+mod labels;
+mod scrape;
+mod webhooks;
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::{Method, StatusCode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::error::GatewayError;
+use crate::limits::{Refusal, RefusalReason, Scope};
+use crate::sync::MutexExt;
+
+use counters::Counters;
+pub use labels::{method_label, status_label, CacheResult};
+use labels::{
+    BucketLabels, CacheLabels, RequestLabels, ThrottleLabels, UpstreamLabels, UsageLabels,
+    VersionLabels, NONE,
+};
+use webhooks::WebhookMetrics;
+pub use webhooks::{SubscriberStats, WebhookStats};
+
+/// `Content-Type` of `/metrics`: Prometheus text format 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Upstream latency buckets (seconds): Meta answers in tens to hundreds of milliseconds; the tail
+/// up to `upstream.request_timeout` matters most.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// How many refusals the status page can list.
+const RECENT_REJECTIONS: usize = 50;
+
+/// The outcome of the latest call to Meta, at the transport level.
+#[derive(Debug, Clone)]
+pub struct UpstreamOutcome {
+    pub at: Instant,
+    /// `None` when Meta answered (any status); the failure otherwise.
+    pub error: Option<String>,
+}
+
+/// One refused call, for the status page.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejection {
+    pub at_unix: u64,
+    pub app: String,
+    pub bucket: String,
+    /// `full`, `blocked` (Meta throttled), `client_quota` or `unavailable` (Redis down, reject mode).
+    pub reason: &'static str,
+    pub retry_after_secs: u64,
+}
+
+/// Per-app label material from config.
+struct AppLabelSet {
+    name: String,
+    shared_name: Arc<str>,
+    wabas: HashSet<String>,
+}
+
+/// One gateway's metrics. Shared through the gateway state; every method takes `&self`.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_counters: Counters<RequestLabels>,
+    upstream_requests: Family<UpstreamLabels, Counter>,
+    upstream_counters: Counters<UpstreamLabels>,
+    upstream_duration: Histogram,
+    rejected: Family<BucketLabels, Counter>,
+    waiting: Gauge,
+    bucket_used: Family<BucketLabels, Gauge>,
+    bucket_limit: Family<BucketLabels, Gauge>,
+    usage: Family<UsageLabels, Gauge>,
+    throttled: Family<ThrottleLabels, Counter>,
+    cache_entries: Gauge,
+    cache_bytes: Gauge,
+    backend_up: Gauge,
+    cache_requests: Family<CacheLabels, Counter>,
+    apps: Vec<AppLabelSet>,
+    none: Arc<str>,
+    // The three locks below are held only to copy or replace a small value, never across an await.
+    upstream: Mutex<Option<UpstreamOutcome>>,
+    recent: Mutex<VecDeque<Rejection>>,
+    /// Serializes scrapes: each refreshes the gauge families (clear, then set) before encoding.
+    scrape: Mutex<()>,
+    webhooks: Option<WebhookMetrics>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new(config: &Config) -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let upstream_requests = Family::<UpstreamLabels, Counter>::default();
+        let upstream_duration = Histogram::new(LATENCY_BUCKETS);
+        let rejected = Family::<BucketLabels, Counter>::default();
+        let waiting = Gauge::default();
+        let bucket_used = Family::<BucketLabels, Gauge>::default();
+        let bucket_limit = Family::<BucketLabels, Gauge>::default();
+        let usage = Family::<UsageLabels, Gauge>::default();
+        let throttled = Family::<ThrottleLabels, Counter>::default();
+        let cache_entries = Gauge::default();
+        let cache_bytes = Gauge::default();
+        let backend_up = Gauge::default();
+        let cache_requests = Family::<CacheLabels, Counter>::default();
+        let build_info = Family::<VersionLabels, Gauge>::default();
+        let webhooks = config
+            .webhooks
+            .as_ref()
+            .map(|_| WebhookMetrics::register(&mut registry));
+        build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+
+        // Counter names go in without `_total`: the encoder appends it.
+        let r = &mut registry;
+        r.register(
+            "graphgate_requests",
+            "Requests answered by the proxy",
+            requests.clone(),
+        );
+        r.register(
+            "graphgate_upstream_requests",
+            "Calls sent to the Graph API, by the status Meta answered (or error/timeout)",
+            upstream_requests.clone(),
+        );
+        r.register(
+            "graphgate_upstream_request_duration_seconds",
+            "Time from sending a call to Meta until its response head arrived",
+            upstream_duration.clone(),
+        );
+        r.register(
+            "graphgate_ratelimit_rejected",
+            "Calls refused by graphgate's budgets (bucket client_quota: the client's own rate)",
+            rejected.clone(),
+        );
+        r.register(
+            "graphgate_ratelimit_waiting",
+            "Calls waiting for a slot in wait mode",
+            waiting.clone(),
+        );
+        r.register(
+            "graphgate_bucket_used",
+            "Calls counted in the bucket's rolling window, in flight included",
+            bucket_used.clone(),
+        );
+        r.register(
+            "graphgate_bucket_limit",
+            "Calls the bucket allows per rolling window",
+            bucket_limit.clone(),
+        );
+        r.register(
+            "graphgate_upstream_usage_percent",
+            "Meta's latest reported usage (X-Business-Use-Case-Usage, X-App-Usage)",
+            usage.clone(),
+        );
+        r.register(
+            "graphgate_upstream_throttled",
+            "Throttling errors Meta answered, by error code",
+            throttled.clone(),
+        );
+        r.register(
+            "graphgate_cache_entries",
+            "Responses held by the cache",
+            cache_entries.clone(),
+        );
+        r.register(
+            "graphgate_cache_bytes",
+            "Weighed bytes held by the cache",
+            cache_bytes.clone(),
+        );
+        r.register(
+            "graphgate_cache_requests",
+            "Cacheable reads by what the cache did: hit, miss, stale or bypass",
+            cache_requests.clone(),
+        );
+        r.register(
+            "graphgate_limits_backend_up",
+            "1 when the rate-limit backend answers (always, in memory), 0 while Redis is away",
+            backend_up.clone(),
+        );
+        r.register(
+            "graphgate_build_info",
+            "graphgate's version; always 1",
+            build_info,
+        );
+
+        let apps = config
+            .apps
+            .iter()
+            .map(|a| AppLabelSet {
+                name: a.name.clone(),
+                shared_name: Arc::from(a.name.as_str()),
+                wabas: a.wabas.iter().map(|w| w.id.clone()).collect(),
+            })
+            .collect();
+        Metrics {
+            registry,
+            requests,
+            request_counters: Counters::default(),
+            upstream_requests,
+            upstream_counters: Counters::default(),
+            upstream_duration,
+            rejected,
+            waiting,
+            bucket_used,
+            bucket_limit,
+            usage,
+            throttled,
+            cache_entries,
+            cache_bytes,
+            backend_up,
+            cache_requests,
+            apps,
+            none: Arc::from(NONE),
+            upstream: Mutex::new(None),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_REJECTIONS)),
+            scrape: Mutex::new(()),
+            webhooks,
+        }
+    }
+
+    fn shared_app_label(&self, app: Option<usize>) -> Arc<str> {
+        app.and_then(|i| self.apps.get(i))
+            .map_or_else(|| self.none.clone(), |a| a.shared_name.clone())
+    }
+
+    fn app_label(&self, app: Option<usize>) -> String {
+        self.shared_app_label(app).to_string()
+    }
+
+    /// `waba:<id>` for a WABA configured in the app, `waba:other` for any other (a caller may name
+    /// any id), `credit_line` or `other`.
+    pub fn bucket_label(&self, app: usize, scope: &Scope) -> String {
+        match scope {
+            Scope::Waba(id) => self.waba_label(app, id),
+            Scope::CreditLine | Scope::Other => scope.label(),
+        }
+    }
+
+    fn waba_label(&self, app: usize, id: &str) -> String {
+        if self.is_configured(app, id) {
+            format!("waba:{id}")
+        } else {
+            "waba:other".into()
+        }
+    }
+
+    fn is_configured(&self, app: usize, waba: &str) -> bool {
+        self.apps.get(app).is_some_and(|a| a.wabas.contains(waba))
+    }
+
+    fn app_index(&self, name: &str) -> Option<usize> {
+        self.apps.iter().position(|a| a.name == name)
+    }
+
+    // ------------------------------------------------------------ recording
+
+    /// Counts an answered request (and, for a read the cache step handled, its cache result).
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_request(
+        &self,
+        app: Option<usize>,
+        client: Option<&Arc<str>>,
+        class: Option<&'static str>,
+        method: &Method,
+        status: StatusCode,
+        cache: CacheResult,
+        reached_cache: bool,
+    ) {
+        self.request_counters.inc(
+            &self.requests,
+            RequestLabels {
+                app: self.shared_app_label(app),
+                client: client.cloned().unwrap_or_else(|| self.none.clone()),
+                class: class.unwrap_or(NONE),
+                method: method_label(method),
+                status: status_label(status.as_u16()),
+                cache: cache.label(),
+            },
+        );
+        if reached_cache && cache != CacheResult::None {
+            self.cache_requests
+                .get_or_create(&CacheLabels {
+                    result: cache.label(),
+                })
+                .inc();
+        }
+    }
+
+    /// Counts one call to Meta and remembers whether it got through (for `/readyz`). Failures that
+    /// are the caller's (a body too large, a caller who went away) say nothing about Meta.
+    pub fn record_upstream(
+        &self,
+        app: usize,
+        class: &'static str,
+        outcome: Result<StatusCode, &GatewayError>,
+        elapsed: Duration,
+    ) {
+        let status = match outcome {
+            Ok(s) => status_label(s.as_u16()),
+            Err(GatewayError::UpstreamTimeout(_)) => "timeout",
+            Err(GatewayError::UpstreamUnreachable) => "error",
+            Err(_) => return,
+        };
+        self.upstream_counters.inc(
+            &self.upstream_requests,
+            UpstreamLabels {
+                app: self.shared_app_label(Some(app)),
+                class,
+                status,
+            },
+        );
+        self.upstream_duration.observe(elapsed.as_secs_f64());
+        let error = outcome.err().map(|e| e.to_string());
+        *self.upstream.lock_unpoisoned() = Some(UpstreamOutcome {
+            at: Instant::now(),
+            error,
+        });
+    }
+
+    /// Counts a call graphgate refused for a budget and keeps it in the recent list.
+    pub fn record_rejection(&self, app: usize, refusal: &Refusal) {
+        let (bucket, reason) = match refusal.reason {
+            RefusalReason::ClientQuota => ("client_quota".to_string(), "client_quota"),
+            RefusalReason::Full => (self.bucket_label(app, &refusal.scope), "full"),
+            RefusalReason::Blocked => (self.bucket_label(app, &refusal.scope), "blocked"),
+            RefusalReason::Unavailable => (self.bucket_label(app, &refusal.scope), "unavailable"),
+        };
+        let app_name = self.app_label(Some(app));
+        self.rejected
+            .get_or_create(&BucketLabels {
+                app: app_name.clone(),
+                bucket: bucket.clone(),
+            })
+            .inc();
+        let mut recent = self.recent.lock_unpoisoned();
+        if recent.len() == RECENT_REJECTIONS {
+            recent.pop_front();
+        }
+        recent.push_back(Rejection {
+            at_unix: unix_now(),
+            app: app_name,
+            bucket,
+            reason,
+            retry_after_secs: refusal.retry_after.as_secs_f64().ceil() as u64,
+        });
+    }
+
+    /// Counts a throttling error from Meta. `code` is one of [`crate::limits::is_throttling_code`]'s
+    /// fixed set, so it is a safe label.
+    pub fn record_throttle(&self, app: usize, code: u64) {
+        let code = if crate::limits::is_throttling_code(code) {
+            code.to_string()
+        } else {
+            "other".into()
+        };
+        self.throttled
+            .get_or_create(&ThrottleLabels {
+                app: self.app_label(Some(app)),
+                code,
+            })
+            .inc();
+    }
+
+    // ------------------------------------------------------------ reading
+
+    /// The latest transport-level outcome of a call to Meta.
+    pub fn upstream_outcome(&self) -> Option<UpstreamOutcome> {
+        self.upstream.lock_unpoisoned().clone()
+    }
+
+    /// Recent refusals, oldest first.
+    pub fn recent_rejections(&self) -> Vec<Rejection> {
+        self.recent.lock_unpoisoned().iter().cloned().collect()
+    }
+
+    /// Cache results counted so far: hit, miss, stale, bypass.
+    pub fn cache_counts(&self) -> [(&'static str, u64); 4] {
+        [
+            CacheResult::Hit,
+            CacheResult::Miss,
+            CacheResult::Stale,
+            CacheResult::Bypass,
+        ]
+        .map(|r| {
+            let n = self
+                .cache_requests
+                .get(&CacheLabels { result: r.label() })
+                .map_or(0, |c| c.get());
+            (r.label(), n)
+        })
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn clamp_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
