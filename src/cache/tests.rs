@@ -1,7 +1,18 @@
 //! Unit tests of the cache's pure parts: keys, rule paths, `fields` names, request directives.
 
-use super::*;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::HeaderMap;
+
+use super::directives::Directives;
+use super::entry::has_graph_error;
+use super::key::CacheKey;
+use super::plan::field_names;
+use super::serves_stale;
 use crate::config::PathPattern;
+use crate::error::GatewayError;
+use crate::target::Target;
 
 fn key(app: usize, owner: Option<&str>, host: &str, path: &str, query: Option<&str>) -> CacheKey {
     CacheKey::build(app, owner, host, &Target::parse(path, query).unwrap())
