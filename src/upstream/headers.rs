@@ -1,0 +1,83 @@
+//! Header hygiene both ways: hop-by-hop headers out of requests and responses, and a caller's
+//! request headers made fit for Meta (private and credential headers out, our bearer in).
+//!
+//! It must never forward a caller's credentials or internal addresses to Meta, and never relay a
+//! header that describes one connection. It only edits header maps: no I/O, no config.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the obsolete `Keep-Alive` and
+/// `Proxy-Connection`): they describe one connection and must not be relayed.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Request headers that would tell Meta about our callers or network, or carry the caller's key.
+const PRIVATE_REQUEST_HEADERS: [HeaderName; 9] = [
+    header::HOST,
+    header::AUTHORIZATION,
+    header::FORWARDED,
+    header::VIA,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-request-id"),
+];
+
+/// Removes hop-by-hop headers, including any named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed = connection_listed(headers);
+    retain_headers(headers, |n| !is_hop_by_hop(n, &listed));
+}
+
+/// Header names the `Connection` header lists: hop-by-hop for this message only.
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect()
+}
+
+fn is_hop_by_hop(name: &HeaderName, listed: &[HeaderName]) -> bool {
+    // `Upgrade` is hop-by-hop too; graphgate never upgrades connections to Meta.
+    HOP_BY_HOP.contains(name) || name == header::UPGRADE || listed.contains(name)
+}
+
+/// Removes the headers `keep` rejects: one scan of the (short) header list, then a removal only
+/// for names actually present, instead of a hashed removal for every name on the deny lists.
+fn retain_headers(headers: &mut HeaderMap, keep: impl Fn(&HeaderName) -> bool) {
+    let unwanted: Vec<HeaderName> = headers.keys().filter(|n| !keep(n)).cloned().collect();
+    for name in unwanted {
+        headers.remove(name);
+    }
+}
+
+/// Prepares a caller's headers for Meta: hop-by-hop and private headers out, our token (its
+/// `Authorization` value, see [`crate::auth::Token::bearer`]) in.
+pub fn outbound_headers(headers: &mut HeaderMap, bearer: HeaderValue) {
+    let listed = connection_listed(headers);
+    retain_headers(headers, |n| {
+        !is_hop_by_hop(n, &listed)
+            && !PRIVATE_REQUEST_HEADERS.contains(n)
+            && !n.as_str().starts_with("x-graphgate-")
+            && !n.as_str().starts_with("x-http-method-override")
+    });
+    headers.insert(header::AUTHORIZATION, bearer);
+    // graphgate reads Meta's JSON (paging links, errors, usage) and caches it for every caller, so
+    // it asks for plain bytes whatever the caller accepts.
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+}
