@@ -7,6 +7,7 @@
 //! Meta wait on a subscriber, and never log or echo a secret, signature or event body.
 
 pub mod queue;
+mod signing;
 #[cfg(test)]
 mod tests;
 
@@ -17,7 +18,6 @@ use axum::extract::{RawQuery, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
 use http::header::{self, HeaderValue};
 use http::StatusCode;
 use serde_json::Value;
@@ -32,7 +32,7 @@ use crate::metrics::WebhookStats;
 use crate::probe::Prober;
 use crate::sync::MutexExt;
 
-type HmacSha256 = Hmac<Sha256>;
+pub use signing::signature;
 
 /// Fields whose events change a WABA's templates: its cached template views are dropped.
 pub const TEMPLATE_FIELDS: [&str; 4] = [
@@ -410,14 +410,6 @@ impl Hub {
     }
 }
 
-/// `sha256=<hex>` of HMAC-SHA256(key, body), as Meta sends and as subscribers receive.
-pub fn signature(key: &[u8], body: &[u8]) -> String {
-    // HMAC takes keys of any length, so this cannot fail.
-    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC accepts any key length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 /// The app whose secret signed `body`, comparing in constant time (`verify_slice`).
 fn verify(
     secrets: &[(usize, Secret)],
@@ -434,16 +426,7 @@ fn verify(
     if sig.len() != 32 {
         return Err(WebhookError::BadSignature);
     }
-    for (app, secret) in secrets {
-        let Ok(mut mac) = HmacSha256::new_from_slice(secret.expose().as_bytes()) else {
-            continue;
-        };
-        mac.update(body);
-        if mac.verify_slice(&sig).is_ok() {
-            return Ok(*app);
-        }
-    }
-    Err(WebhookError::BadSignature)
+    signing::signed_by(secrets, &sig, body).ok_or(WebhookError::BadSignature)
 }
 
 /// Graph ids arrive as strings, sometimes as numbers.

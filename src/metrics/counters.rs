@@ -1,5 +1,5 @@
 //! A read-mostly map from label set to counter handle, in front of a family's own map, for the two
-//! counters bumped on every request.
+//! counters bumped on every request, and how a count becomes a gauge value.
 //!
 //! It owns only the lookup; the family stays the source of truth. It must never count anywhere but
 //! in the family's own counter, so `/metrics` always reads the same numbers.
@@ -41,4 +41,9 @@ impl<L: Clone + Hash + Eq + EncodeLabelSet + std::fmt::Debug> Counters<L> {
             .or_insert_with_key(|l| family.get_or_create(l).clone())
             .inc();
     }
+}
+
+/// A count as a gauge value (gauges are `i64`), saturating instead of wrapping.
+pub(super) fn clamp_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -11,8 +11,9 @@ use crate::cache::ResponseCache;
 use crate::limits::{BucketView, Limiter, Reported};
 use crate::sync::MutexExt;
 
+use super::counters::clamp_i64;
 use super::labels::{BucketLabels, UsageLabels};
-use super::{clamp_i64, Metrics, WebhookStats};
+use super::{Metrics, WebhookStats};
 
 impl Metrics {
     /// Refreshes the gauges from `buckets` ([`Limiter::view`]), the limiter and the cache, then

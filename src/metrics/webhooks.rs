@@ -14,7 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::clamp_i64;
+use super::counters::clamp_i64;
 
 /// Counters for the metrics endpoint (`webhooks::stats`). Monotonic except `queue_depth`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -10,10 +10,11 @@ use http::Method;
 
 use super::batch;
 use super::body::{has_no_body, ReqBody};
+use super::params::{ids_of, reject_duplicates};
 use crate::auth::Caller;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::target::{Param, Target};
+use crate::target::Target;
 
 /// What the authorize step allowed.
 pub struct Authorized {
@@ -91,29 +92,4 @@ pub fn authorize(
         sub_calls,
         batch_root,
     })
-}
-
-/// Parameters whose second copy a server may read instead of the first: refused, so what
-/// graphgate checks is what Meta acts on.
-pub fn reject_duplicates(params: &[Param]) -> Result<(), GatewayError> {
-    for key in ["ids", "batch", "method", "fields", "access_token"] {
-        if params.iter().filter(|p| p.key == key).count() > 1 {
-            return Err(GatewayError::BadRequest(format!(
-                "the parameter `{key}` is given more than once"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// The ids of a multi-id call (`?ids=a,b,c`).
-pub fn ids_of(t: &Target) -> Vec<&str> {
-    t.param("ids")
-        .map(|v| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
-        .unwrap_or_default()
 }

@@ -7,7 +7,7 @@
 
 use http::Method;
 
-use super::authorize::{ids_of, reject_duplicates};
+use super::params::{ids_of, reject_duplicates};
 use crate::auth::Caller;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;

@@ -7,16 +7,26 @@
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::header;
+use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::HeaderMap;
 use http_body_util::{BodyExt, Limited};
 
 use super::check::content_length;
-use super::InBody;
 use crate::config::Server;
 use crate::error::GatewayError;
 use crate::target::{self, Param};
+
+/// A request body as the listener hands it over (hyper's, in practice). Kept generic so a body
+/// is boxed into axum's `Body` only when it is forwarded, not for every request.
+pub trait InBody:
+    http_body::Body<Data = Bytes, Error: Into<axum::BoxError>> + Send + Unpin + 'static
+{
+}
+impl<B> InBody for B where
+    B: http_body::Body<Data = Bytes, Error: Into<axum::BoxError>> + Send + Unpin + 'static
+{
+}
 
 /// A request body as the pipeline holds it.
 pub enum ReqBody {
@@ -113,4 +123,9 @@ pub fn strip_json_credentials(bytes: Bytes) -> Bytes {
         }
         _ => bytes,
     }
+}
+
+/// Sets `Content-Length` for a body graphgate rewrote.
+pub fn set_length(headers: &mut HeaderMap, len: usize) {
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
 }

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::Response;
-use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{HeaderMap, Method};
 
-use super::authorize::{ids_of, Authorized};
-use super::body::{strip_json_credentials, ReqBody};
+use super::authorize::Authorized;
+use super::body::{set_length, strip_json_credentials, ReqBody};
+use super::params::ids_of;
 use super::respond;
 use crate::auth::{self, Caller};
 use crate::classify::{self, Class};
@@ -210,8 +210,4 @@ fn build_request(
         .map_err(|_| GatewayError::BadRequest("the request cannot be forwarded".into()))?;
     *req.headers_mut() = headers;
     Ok(req)
-}
-
-pub fn set_length(headers: &mut HeaderMap, len: usize) {
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
 }

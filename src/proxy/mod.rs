@@ -13,13 +13,13 @@ mod body;
 mod check;
 mod context;
 mod forward;
+mod params;
 mod respond;
 mod service;
 
 use std::time::Instant;
 
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use http::Method;
 
 use crate::auth;
@@ -31,18 +31,8 @@ use crate::limits::Scope;
 use crate::metrics::CacheResult;
 use context::Ctx;
 
+pub use body::InBody;
 pub use service::ProxyService;
-
-/// A request body as the listener hands it over (hyper's, in practice). Kept generic so a body
-/// is boxed into axum's `Body` only when it is forwarded, not for every request.
-pub trait InBody:
-    http_body::Body<Data = Bytes, Error: Into<axum::BoxError>> + Send + Unpin + 'static
-{
-}
-impl<B> InBody for B where
-    B: http_body::Body<Data = Bytes, Error: Into<axum::BoxError>> + Send + Unpin + 'static
-{
-}
 
 /// The handler for every proxied request: runs the pipeline, then counts and logs the answer.
 pub async fn handle<B: InBody>(gw: Gateway, req: http::Request<B>) -> Response {

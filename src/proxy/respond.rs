@@ -12,9 +12,8 @@ use http::request::Parts;
 use http::Method;
 use http_body_util::BodyExt;
 
-use super::body::content_type;
+use super::body::{content_type, set_length};
 use super::check::content_length;
-use super::forward::set_length;
 use crate::body::{Read, ReadError};
 use crate::classify::Class;
 use crate::error::GatewayError;

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 
 use axum::response::Response;
 
-use super::InBody;
+use super::body::InBody;
 use crate::gateway::Gateway;
 
 /// The whole proxy for one listener; cheap to clone.

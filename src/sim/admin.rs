@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::faults::Faults;
-use super::Sim;
+use super::state::Sim;
 
 /// Bytes per generated chunk for `/__sim/blob`.
 const BLOB_CHUNK: usize = 64 * 1024;

@@ -14,8 +14,8 @@ use super::error::{trace_id, GraphError};
 use super::faults::Plan;
 use super::limits::{Admission, BucketKey, Scope};
 use super::routes::{self, Call, Params};
+use super::state::{lock, Sim};
 use super::stats::{ProofSeen, RequestSeen};
-use super::{lock, Sim};
 
 /// Larger Graph request bodies are refused; real ones are a few KiB.
 const MAX_BODY: usize = 8 * 1024 * 1024;

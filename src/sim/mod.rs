@@ -8,7 +8,7 @@
 //! - `graph`: the request pipeline (log, faults, auth, proof, access, count, answer) and Meta's headers.
 //! - `auth`: tokens and appsecret_proof.  `limits`: exact rolling windows.  `paging`: cursors and links.
 //! - `error`: Graph-shaped errors.  `faults`: [`Faults`].  `stats`: [`SimStats`] and the request log.
-//! - `admin`: `/__sim/*` helpers.
+//! - `admin`: `/__sim/*` helpers.  `state`: [`Sim`], the state they all share.
 
 mod admin;
 mod auth;
@@ -20,12 +20,10 @@ mod graph;
 mod limits;
 mod paging;
 mod routes;
+mod state;
 mod stats;
 #[cfg(test)]
 mod tests;
-
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use auth::appsecret_proof;
 pub use config::{
@@ -36,121 +34,14 @@ pub use data::seed;
 pub use faults::Faults;
 pub use stats::{BucketStats, ProofSeen, RequestSeen, SimStats};
 
-use data::Data;
-use limits::{Limits, Scope};
-use stats::Journal;
-
-/// A running simulator's state; cheap to clone (one `Arc`).
-#[derive(Clone)]
-pub struct Sim {
-    inner: Arc<Inner>,
-}
-
-/// Each lock guards one concern and is held only for short, non-async critical sections. Order when more
-/// than one is needed: data before limits (the pipeline never holds two at once).
-struct Inner {
-    cfg: SimConfig,
-    /// Token string -> its grant, built once from `cfg.tokens`.
-    tokens: HashMap<String, SimToken>,
-    /// Graph objects; mutated by POST/DELETE.
-    data: Mutex<Data>,
-    /// Rolling windows; every counted call takes it once.
-    limits: Mutex<Limits>,
-    /// Request log, tokens and proofs seen.
-    journal: Mutex<Journal>,
-    faults: Mutex<Faults>,
-}
-
-/// Locks, recovering from poisoning: a panicked holder cannot leave these structures half-written in a way
-/// that matters more than refusing all later requests would.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub use state::Sim;
 
 impl Sim {
-    pub fn new(cfg: SimConfig) -> Sim {
-        let tokens = cfg
-            .tokens
-            .iter()
-            .map(|t| (t.token.clone(), t.clone()))
-            .collect();
-        Sim {
-            inner: Arc::new(Inner {
-                cfg,
-                tokens,
-                data: Mutex::new(Data::seeded()),
-                limits: Mutex::new(Limits::default()),
-                journal: Mutex::new(Journal::default()),
-                faults: Mutex::new(Faults::default()),
-            }),
-        }
-    }
-
     /// Every route: `/__sim/*` helpers first, everything else is a Graph call.
     pub fn router(&self) -> axum::Router {
         admin::router()
             .fallback(graph::handle)
             .with_state(self.clone())
-    }
-
-    /// Same data as `GET /__sim/stats`.
-    pub fn stats(&self) -> SimStats {
-        let cfg = &self.inner.cfg;
-        // Read which WABAs are active first, so the data and limits locks are never held together.
-        let active: HashSet<String> = {
-            let data = lock(&self.inner.data);
-            data.waba_ids()
-                .into_iter()
-                .filter(|w| data.is_active(w))
-                .collect()
-        };
-        let buckets = lock(&self.inner.limits).snapshot(
-            tokio::time::Instant::now(),
-            cfg.window,
-            |k| match &k.scope {
-                Scope::Waba(w) if active.contains(w) => cfg.active_waba_limit,
-                Scope::Waba(_) => cfg.waba_limit,
-                Scope::CreditLine => cfg.credit_limit,
-            },
-        );
-        let mut s = lock(&self.inner.journal).snapshot();
-        s.buckets = buckets
-            .into_iter()
-            .map(|b| {
-                (
-                    b.label,
-                    BucketStats {
-                        calls: b.calls,
-                        throttled: b.throttled,
-                        max_in_window: b.max_in_window,
-                        in_window: b.in_window,
-                        limit: b.limit,
-                    },
-                )
-            })
-            .collect();
-        s
-    }
-
-    /// Sets a phone number's `platform_type` (`CLOUD_API` registers it, `NOT_APPLICABLE` does not),
-    /// for tests of WABAs becoming active or inactive. False when the number is unknown.
-    pub fn set_platform_type(&self, phone: &str, platform_type: &str) -> bool {
-        lock(&self.inner.data).set_platform_type(phone, platform_type)
-    }
-
-    pub fn set_faults(&self, f: Faults) {
-        *lock(&self.inner.faults) = f;
-    }
-
-    pub fn faults(&self) -> Faults {
-        lock(&self.inner.faults).clone()
-    }
-
-    /// Clears counters, windows, the request log, tokens and proofs seen, and faults. Data stays.
-    pub fn reset(&self) {
-        lock(&self.inner.limits).clear();
-        *lock(&self.inner.journal) = Journal::default();
-        *lock(&self.inner.faults) = Faults::default();
     }
 }
 

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::config::{Subscriber, Webhooks};
 
-use super::signature;
+use super::signing::signature;
 use crate::metrics::SubscriberStats;
 use crate::sync::MutexExt;
 
