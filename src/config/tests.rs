@@ -1,6 +1,8 @@
 use super::*;
 
+use std::collections::HashMap;
 use std::io::Write;
+use std::path::Path;
 
 /// The token the minimal config reads from `TEST_TOKEN`; no error or dump may ever contain it.
 const TOKEN: &str = "EAAtokenSECRET0123456789";

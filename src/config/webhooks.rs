@@ -11,7 +11,9 @@ use std::time::Duration;
 use serde::de;
 use serde::Deserialize;
 
-use super::{Dur, Secret, Size, Validator};
+use super::check::Validator;
+use super::scalar::{Dur, Size};
+use super::Secret;
 use crate::ids::is_graph_id;
 
 /// Meta's largest webhook payload is 3 MB; 3 MiB leaves a little room.
@@ -246,8 +248,8 @@ mod tests {
     use std::collections::HashMap;
     use std::path::Path;
 
+    use super::super::Config;
     use super::*;
-    use crate::config::Config;
 
     const TEXT: &str = r#"
 [[app]]
