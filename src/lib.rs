@@ -12,11 +12,11 @@
 //! - [`upstream`]: the pooled rustls client to Meta, header hygiene, token and `appsecret_proof`.
 //! - [`rewrite`]: paging links rewritten to the proxy, without credentials.
 //! - [`clock`]: injected time (system or manual) for the limiter.
-//! - [`limits`]: exact rolling-window buckets, Meta's feedback, wait mode, client quotas, persistence.
+//! - [`limits`]: exact rolling-window buckets, Meta's feedback, wait mode, client quotas, persistence;
+//!   [`limits::redis`] shares buckets, learned facts and cache invalidations with other replicas.
 //! - [`probe`]: start-up and periodic checks of whether `active = "auto"` WABAs have a registered number.
 //! - [`proxy`]: the request pipeline, check -> authenticate -> classify -> authorize -> cache ->
 //!   limit -> upstream -> rewrite -> respond.
-//! - [`shared`]: buckets, learned facts and cache invalidations shared by replicas through Redis.
 //! - [`webhooks`]: Meta's webhooks: handshake, signatures, cache invalidation, durable fan-out.
 //! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2 settings, graceful shutdown.
 //! - [`telemetry`]: tracing setup (JSON lines or text).
@@ -40,7 +40,6 @@ pub mod probe;
 pub mod proxy;
 pub mod rewrite;
 pub mod server;
-pub mod shared;
 pub mod sim;
 pub mod sync;
 pub mod target;
@@ -176,7 +175,7 @@ pub async fn run_with_admin(
         h.start()?;
     }
     // Background work lives as long as the server: the Redis link, the probe, the state save.
-    let shared = limiter.shared().cloned().map(|shared| {
+    let shared = limiter.redis().cloned().map(|shared| {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let link = tokio::spawn(shared.run(tx));
         let gw = gw.clone();
@@ -271,9 +270,9 @@ pub async fn run_with_admin(
 
 /// What another replica told us: a learned fact, or cache entries to drop. After a lost
 /// subscription the whole cache goes, since invalidations may have been missed meanwhile.
-fn apply_shared_event(gw: &Gateway, event: &shared::Event) {
+fn apply_shared_event(gw: &Gateway, event: &limits::redis::Event) {
     let g = gw.inner();
-    if *event == shared::Event::Resubscribed {
+    if *event == limits::redis::Event::Resubscribed {
         for app in 0..g.config.apps.len() {
             g.cache.purge(app, "/");
         }

@@ -298,7 +298,7 @@ async fn pipeline<B: InBody>(
     // The cache dropped this object's entries here; other replicas drop theirs too.
     let is_write = matches!(parts.method, Method::POST | Method::DELETE);
     if let (true, true, Some(root)) = (is_write, resp.status().is_success(), target.root()) {
-        if g.limiter.shared().is_some() {
+        if g.limiter.redis().is_some() {
             g.limiter.share_purge(caller.app, &format!("/{root}"));
         }
     }

@@ -442,7 +442,7 @@ impl Hub {
 /// re-probe's outcome is shared by `Limiter::learn_active` itself).
 fn purge(gw: &Gateway, app: usize, prefix: &str) -> usize {
     let g = gw.inner();
-    if g.limiter.shared().is_some() {
+    if g.limiter.redis().is_some() {
         g.limiter.share_purge(app, prefix);
     }
     g.cache.purge(app, prefix)
