@@ -65,7 +65,8 @@ impl Gateway {
         let upstream = Arc::new(Upstream::new(&config.upstream));
         let limiter = Arc::new(Limiter::new(&config, clock));
         let metrics = Arc::new(Metrics::new(&config));
-        let invalidator = Invalidator::new(cache.clone(), limiter.clone(), config.apps.len());
+        let app_names = config.apps.iter().map(|a| a.name.clone()).collect();
+        let invalidator = Invalidator::new(cache.clone(), limiter.clone(), app_names);
         let prober = Prober::new(
             config.clone(),
             directory.clone(),
@@ -174,7 +175,7 @@ impl Gateway {
             h.start()?;
         }
         let mut tasks = JoinSet::new();
-        if let Some(link) = limiter.shared().cloned() {
+        if let Some(link) = limiter.redis().cloned() {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             tasks.spawn(link.run(tx));
             let invalidator = self.invalidator().clone();

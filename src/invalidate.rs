@@ -8,24 +8,28 @@
 use std::sync::Arc;
 
 use crate::cache::ResponseCache;
+use crate::limits::redis::{Event, RedisLink};
 use crate::limits::Limiter;
-use crate::shared::Event;
 
-/// Drops cached entries; cheap to clone (two handles).
+/// Drops cached entries; cheap to clone (handles only).
 #[derive(Clone)]
 pub struct Invalidator {
     cache: Arc<ResponseCache>,
-    /// The Redis link rides on the limiter's connection.
+    /// The link to the other replicas, when buckets are shared through Redis.
+    link: Option<Arc<RedisLink>>,
+    /// Facts learned by other replicas ride on the same events; they are the limiter's.
     limiter: Arc<Limiter>,
-    apps: usize,
+    /// App names by index: events name apps, never indexes (replicas may order apps differently).
+    apps: Arc<[String]>,
 }
 
 impl Invalidator {
-    pub fn new(cache: Arc<ResponseCache>, limiter: Arc<Limiter>, apps: usize) -> Invalidator {
+    pub fn new(cache: Arc<ResponseCache>, limiter: Arc<Limiter>, apps: Vec<String>) -> Invalidator {
         Invalidator {
             cache,
+            link: limiter.redis().cloned(),
             limiter,
-            apps,
+            apps: apps.into(),
         }
     }
 
@@ -39,26 +43,35 @@ impl Invalidator {
     /// Tells the other replicas only: for a successful write, whose own entries the cache step
     /// already dropped here.
     pub fn tell_others(&self, app: usize, prefix: &str) {
-        if self.limiter.shared().is_some() {
-            self.limiter.share_purge(app, prefix);
+        if let (Some(link), Some(name)) = (&self.link, self.apps.get(app)) {
+            link.publish(Event::Purge {
+                app: name.clone(),
+                prefix: prefix.to_string(),
+            });
         }
     }
 
-    /// Applies what another replica announced: a learned fact, or entries to drop. After a lost
+    /// Applies what another replica announced: entries to drop, or a learned fact. After a lost
     /// subscription the whole cache goes, since invalidations may have been missed meanwhile.
     pub fn apply(&self, event: &Event) {
-        if *event == Event::Resubscribed {
-            for app in 0..self.apps {
-                self.cache.purge(app, "/");
+        match event {
+            Event::Resubscribed => {
+                for app in 0..self.apps.len() {
+                    self.cache.purge(app, "/");
+                }
+                tracing::info!(
+                    "subscribed to other replicas' events; cleared the cache in case any were missed"
+                );
             }
-            tracing::info!(
-                "subscribed to other replicas' events; cleared the cache in case any were missed"
-            );
-            return;
-        }
-        if let Some((app, prefix)) = self.limiter.apply_event(event) {
-            let dropped = self.cache.purge(app, &prefix);
-            tracing::debug!(app, prefix = %prefix, dropped, "purge from another replica");
+            Event::Purge { app, prefix } => {
+                if let Some(i) = self.apps.iter().position(|a| a == app) {
+                    let dropped = self.cache.purge(i, prefix);
+                    tracing::debug!(app = i, prefix = %prefix, dropped, "purge from another replica");
+                }
+            }
+            Event::Active { .. } | Event::AllocationConfig { .. } => {
+                self.limiter.apply_event(event)
+            }
         }
     }
 }

@@ -12,11 +12,11 @@
 //! - [`upstream`]: the pooled rustls client to Meta, header hygiene, token and `appsecret_proof`.
 //! - [`rewrite`]: paging links rewritten to the proxy, without credentials.
 //! - [`clock`]: injected time (system or manual) for the limiter.
-//! - [`limits`]: exact rolling-window buckets, Meta's feedback, wait mode, client quotas, persistence.
+//! - [`limits`]: exact rolling-window buckets, Meta's feedback, wait mode, client quotas, persistence;
+//!   [`limits::redis`] shares buckets, learned facts and cache invalidations with other replicas.
 //! - [`probe`]: start-up and periodic checks of whether `active = "auto"` WABAs have a registered number.
 //! - [`proxy`]: the request pipeline, check -> authenticate -> classify -> authorize -> cache ->
 //!   limit -> upstream -> rewrite -> respond.
-//! - [`shared`]: buckets, learned facts and cache invalidations shared by replicas through Redis.
 //! - [`webhooks`]: Meta's webhooks: handshake, signatures, cache invalidation, durable fan-out.
 //! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2 settings, graceful shutdown.
 //! - [`telemetry`]: tracing setup (JSON lines or text).
@@ -45,7 +45,6 @@ pub mod probe;
 pub mod proxy;
 pub mod rewrite;
 pub mod server;
-pub mod shared;
 pub mod sim;
 pub mod sync;
 pub mod target;

@@ -1,7 +1,7 @@
 use super::*;
 use crate::clock::{Clock, ManualClock};
 use std::collections::HashMap as Env;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 const SEC: Micros = 1_000_000;
 

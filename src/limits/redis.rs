@@ -1,10 +1,11 @@
-//! Shared state for several replicas in Redis: the rolling-window buckets (one atomic Lua script per
-//! admission, time from Redis `TIME`), blocks learned from Meta, learned facts (active WABAs,
-//! allocation configs) and cache invalidations over pub/sub.
+//! The link to Redis that lets several replicas spend one budget: the rolling-window buckets (one
+//! atomic Lua script per admission, time from Redis `TIME`), blocks learned from Meta, learned facts
+//! (active WABAs, allocation configs) and cache invalidations over pub/sub.
 //!
-//! It owns the Redis connections and the wire format of keys, scripts and events. It must never
-//! block a request longer than `limits.backend_timeout` (the caller enforces it and falls back),
-//! never panic when Redis is away, and never put a token or key into Redis.
+//! It owns the Redis connections and the wire format of keys, scripts and events; it knows nothing
+//! of limits or apps beyond the names and numbers it is handed. It must never block a request
+//! longer than `limits.backend_timeout` (the caller enforces it and falls back), never panic when
+//! Redis is away, and never put a token or key into Redis.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -174,7 +175,8 @@ pub enum Admission {
     },
 }
 
-pub struct Shared {
+/// One process's link to Redis, held by the limiter and by permits admitted through it.
+pub struct RedisLink {
     client: redis::Client,
     conn: RwLock<Option<ConnectionManager>>,
     prefix: String,
@@ -192,10 +194,10 @@ pub struct Shared {
     peek: redis::Script,
 }
 
-impl Shared {
-    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Shared, String> {
+impl RedisLink {
+    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<RedisLink, String> {
         let client = redis::Client::open(url).map_err(|e| format!("limits.redis_url: {e}"))?;
-        Ok(Shared {
+        Ok(RedisLink {
             client,
             conn: RwLock::new(None),
             prefix: prefix.to_string(),
@@ -410,6 +412,20 @@ impl Shared {
             Duration::from_micros(g(2)),
             Duration::from_micros(g(3)),
         ))
+    }
+
+    /// Shares `event` with the other replicas in the background (outside a runtime: not at all);
+    /// a failure is logged, never waited for.
+    pub fn publish(self: &Arc<Self>, event: Event) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let link = self.clone();
+        handle.spawn(async move {
+            if let Err(e) = link.share(event).await {
+                tracing::warn!(error = %e, "could not share a learned fact through Redis");
+            }
+        });
     }
 
     /// Stores a learned fact and tells the other replicas.

@@ -1,0 +1,576 @@
+//! Rolling-window buckets per app, per WABA and per credit line, counted exactly as Meta counts
+//! them, plus Meta's own view of them (usage headers, throttling errors) and per-client quotas.
+//!
+//! A bucket is a sliding log: the completion times of calls in the last window plus the calls in
+//! flight. A call holds a slot from admission; its time in the log is when its response came back
+//! (the latest moment Meta can have counted it). Check-and-take is one step under the bucket's
+//! lock, and a refused call is never recorded. This module must never let more than `limit` calls
+//! into any window of a bucket, never sleep or poll while holding a lock, and never read bodies.
+//! See docs/limits.md for why a token bucket or fixed window would not do.
+//!
+//! This file is the [`Limiter`], the facade the rest of the crate uses: it holds one of each room
+//! below and runs a call through them. The rooms never import this file or each other in a circle:
+//! - `types`: keys, refusals, budgets, reports, views (imports nothing from the crate);
+//! - `log`: one bucket's sliding log and the map of them;
+//! - `learned`: each app's limits, learned WABA activity and allocation configs;
+//! - `feedback`: Meta's usage headers, throttling codes and the blocks they cause;
+//! - `quota`: each client's own `rate`;
+//! - `permit`: the all-or-nothing take and the [`Permit`] that settles it;
+//! - `wait`: the FIFO wait queue of `on_limit = "wait"`;
+//! - `redis`: the link to Redis (connections, keys, scripts, events);
+//! - `replicas`: admission through Redis, and the feedback and facts told to other replicas;
+//! - `persist`: `limits.state_file`;
+//! - `view`: the admin view and metrics' reading of the buckets.
+
+mod feedback;
+mod learned;
+mod log;
+mod permit;
+mod persist;
+mod quota;
+pub mod redis;
+mod replicas;
+mod types;
+mod view;
+mod wait;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use feedback::is_throttling_code;
+pub use learned::{allocation_ids_in, registered_in};
+pub use permit::Permit;
+pub use types::{BucketKey, BucketView, Budget, Refusal, RefusalReason, Reported, Scope};
+
+use self::feedback::Feedback;
+use self::learned::Apps;
+use self::log::{LogHandle, Logs};
+use self::permit::{Mirror, Rules, Want};
+use self::quota::Quotas;
+use self::redis::{Event, RedisLink};
+use self::replicas::Raise;
+use self::wait::Tickets;
+use crate::classify::{Class, Known};
+use crate::clock::{micros, Micros, SharedClock};
+use crate::config::{Config, OnBackendError, OnLimit};
+use crate::sync::MutexExt;
+
+// Here rather than in `types`, which imports nothing from the crate.
+impl Scope {
+    pub fn from_class(class: &Class) -> Scope {
+        match class {
+            Class::Waba(id) => Scope::Waba(id.clone()),
+            Class::CreditLine => Scope::CreditLine,
+            Class::Other => Scope::Other,
+        }
+    }
+}
+
+/// Per-process limiter state. Cheap to share behind an `Arc`.
+pub struct Limiter {
+    clock: SharedClock,
+    window: Micros,
+    on_limit: OnLimit,
+    max_wait: Duration,
+    reserve_percent: u32,
+    state_file: Option<PathBuf>,
+    /// Each app's limits and what was learned: a bucket's limit now.
+    apps: Apps,
+    /// Every bucket's log, in this process.
+    logs: Logs,
+    /// App-wide blocks and reports from Meta.
+    feedback: Feedback,
+    quotas: Quotas,
+    tickets: Tickets,
+    /// Buckets shared with other replicas through Redis, when configured.
+    redis: Option<Arc<RedisLink>>,
+    on_backend_error: OnBackendError,
+    /// In local fallback, each replica spends `limit / replicas`.
+    replicas: u32,
+    /// How long a shared in-flight slot is held if its replica never settles it.
+    lease: Duration,
+}
+
+impl Limiter {
+    pub fn new(config: &Config, clock: SharedClock) -> Limiter {
+        let l = &config.limits;
+        Limiter {
+            clock,
+            window: micros(l.window),
+            on_limit: l.on_limit,
+            max_wait: l.max_wait,
+            reserve_percent: l.reserve_percent,
+            state_file: l.state_file.clone(),
+            apps: Apps::new(config),
+            logs: Logs::default(),
+            feedback: Feedback::new(config.apps.len(), l.throttle_block),
+            quotas: Quotas::new(config),
+            tickets: Tickets::new(),
+            redis: l.redis.as_ref().and_then(|r| {
+                match RedisLink::new(&r.url, &r.prefix, r.timeout) {
+                    Ok(s) => Some(Arc::new(s)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the Redis backend cannot be used");
+                        None
+                    }
+                }
+            }),
+            on_backend_error: l
+                .redis
+                .as_ref()
+                .map(|r| r.on_error)
+                .unwrap_or(OnBackendError::Local),
+            replicas: l.redis.as_ref().map(|r| r.replicas).unwrap_or(1),
+            // Longer than any call can take, so a live replica always settles first.
+            lease: config.upstream.request_timeout + Duration::from_secs(30),
+        }
+    }
+
+    pub fn now(&self) -> Micros {
+        self.clock.now()
+    }
+
+    pub fn window(&self) -> Duration {
+        Duration::from_micros(self.window)
+    }
+
+    pub fn on_limit(&self) -> OnLimit {
+        self.on_limit
+    }
+
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait
+    }
+
+    /// Runs `f` with the current object kinds (for classification).
+    pub fn with_known<R>(&self, f: impl FnOnce(&Known) -> R) -> R {
+        self.apps.with_known(f)
+    }
+
+    /// The limit of a bucket now, or `None` for an unlimited one.
+    pub fn limit_of(&self, key: &BucketKey) -> Option<u32> {
+        self.apps.limit_of(key)
+    }
+
+    /// `"memory"`, or the state of the shared backend (`"up"`, `"down"`, `"connecting"`).
+    pub fn backend_state(&self) -> &'static str {
+        self.redis.as_ref().map(|s| s.state()).unwrap_or("memory")
+    }
+
+    /// Whether calls are refused (503) while the shared backend is away.
+    pub fn backend_rejects(&self) -> bool {
+        self.redis.is_some() && self.on_backend_error == OnBackendError::Reject
+    }
+
+    /// The link to Redis, when the buckets are shared.
+    pub fn redis(&self) -> Option<&Arc<RedisLink>> {
+        self.redis.as_ref()
+    }
+
+    /// A refusal on `key`'s bucket: the one way this file builds one.
+    fn refuse(
+        &self,
+        reason: RefusalReason,
+        key: &BucketKey,
+        limit: u32,
+        retry_after: Duration,
+    ) -> Refusal {
+        let (app, window) = (self.apps.name(key.app), self.window());
+        Refusal::new(reason, app, key.scope.clone(), limit, window, retry_after)
+    }
+
+    // ------------------------------------------------------------ admission
+
+    /// The client's own `rate` quota (governor GCRA), checked before any Meta bucket.
+    pub fn check_client_quota(&self, client: Option<usize>, app: usize) -> Result<(), Refusal> {
+        self.quotas.check(client).map_err(|wait| {
+            let key = BucketKey {
+                app,
+                scope: Scope::Other,
+            };
+            self.refuse(RefusalReason::ClientQuota, &key, 0, wait)
+        })
+    }
+
+    /// Admits a call or refuses it at once.
+    pub fn try_admit(
+        self: &Arc<Self>,
+        wants: &[(BucketKey, u32)],
+        reserve: bool,
+    ) -> Result<Permit, Refusal> {
+        self.try_take(wants, reserve, None, 1).map_err(|(r, _)| r)
+    }
+
+    /// Admits a call: through Redis when the buckets are shared, else (or when Redis is away and
+    /// the policy allows) in this process. Waits up to `max_wait` in `wait` mode.
+    pub async fn admit(
+        self: &Arc<Self>,
+        wants: &[(BucketKey, u32)],
+        reserve: bool,
+        max_wait: Duration,
+    ) -> Result<Permit, Refusal> {
+        let Some(link) = &self.redis else {
+            return self.admit_local(wants, reserve, max_wait, 1).await;
+        };
+        // A block learned here counts at once, even before it has reached Redis.
+        if let Some(r) = self.local_block(wants) {
+            return Err(r);
+        }
+        if link.available() {
+            let at = replicas::Admit {
+                link,
+                apps: &self.apps,
+                clock: &self.clock,
+                window: self.window(),
+                lease: self.lease,
+                reserve_percent: self.reserve_percent,
+            };
+            let wait = self.on_limit == OnLimit::Wait;
+            let deadline = tokio::time::Instant::now() + max_wait;
+            if let Ok(answer) =
+                replicas::admit_until(&at, wants, reserve, wait, deadline, self.clone()).await
+            {
+                return answer;
+            }
+        }
+        match self.on_backend_error {
+            OnBackendError::Local => {
+                self.admit_local(wants, reserve, max_wait, self.replicas)
+                    .await
+            }
+            OnBackendError::Reject => {
+                let (app, scope) = wants
+                    .first()
+                    .map(|(k, _)| (self.apps.name(k.app), k.scope.clone()))
+                    .unwrap_or((String::new(), Scope::Other));
+                let (window, retry) = (self.window(), Duration::from_secs(1));
+                Err(Refusal::new(
+                    RefusalReason::Unavailable,
+                    app,
+                    scope,
+                    0,
+                    window,
+                    retry,
+                ))
+            }
+        }
+    }
+
+    /// The limited buckets of `wants` with their logs, each once (a batch may name one twice),
+    /// sorted by key. In local fallback from Redis, this replica spends only `limit / share`.
+    fn pick(&self, wants: &[(BucketKey, u32)], share: u32) -> Vec<Want> {
+        let mut picked: Vec<Want> = Vec::new();
+        for (key, n) in wants {
+            let Some(limit) = self.limit_of(key) else {
+                continue;
+            };
+            let limit = limit / share.max(1);
+            match picked.iter_mut().find(|w| w.key == *key) {
+                Some(w) => w.n += n,
+                None => picked.push(Want {
+                    key: key.clone(),
+                    log: self.logs.get_or_insert(key, limit),
+                    n: *n,
+                    limit,
+                }),
+            }
+        }
+        // A consistent lock order keeps two batches from deadlocking each other.
+        picked.sort_by(|a, b| a.key.cmp(&b.key));
+        picked
+    }
+
+    /// Takes `n` slots in each keyed bucket of this process, all or nothing; buckets without a
+    /// limit are skipped. `reserve` lets the caller spend the reserved share; `ticket` is its
+    /// place in a wait queue. A refusal comes with the log that refused, to wait on.
+    fn try_take(
+        &self,
+        wants: &[(BucketKey, u32)],
+        reserve: bool,
+        ticket: Option<u64>,
+        share: u32,
+    ) -> Result<Permit, (Refusal, LogHandle)> {
+        let now = self.clock.now();
+        let picked = self.pick(wants, share);
+        let app_block = wants
+            .first()
+            .map(|(k, _)| self.feedback.app_block(k.app))
+            .unwrap_or(0);
+        // An app-wide block (Meta's code 4) stops unlimited calls too, not only counted buckets.
+        if picked.is_empty() && app_block > now {
+            if let Some((key, _)) = wants.first() {
+                let log = self.logs.get_or_insert(key, 0);
+                let retry = Duration::from_micros(app_block - now);
+                return Err((self.refuse(RefusalReason::Blocked, key, 0, retry), log));
+            }
+        }
+        let rules = Rules {
+            now,
+            window: self.window,
+            app_block,
+            reserve_percent: self.reserve_percent,
+            reserve,
+            ticket,
+        };
+        match permit::take(&picked, &rules) {
+            Ok(budgets) => {
+                let slots = picked.into_iter().map(|w| (w.log, w.n)).collect();
+                Ok(Permit::local(self.clock.clone(), slots, budgets))
+            }
+            Err(short) => {
+                let w = &picked[short.index];
+                let retry = Duration::from_micros(short.retry_at.saturating_sub(now));
+                let refusal = self.refuse(short.reason, &w.key, w.limit, retry);
+                Err((refusal, w.log.clone()))
+            }
+        }
+    }
+
+    /// Admits a call in this process, waiting in FIFO order up to `max_wait` in `wait` mode.
+    async fn admit_local(
+        &self,
+        wants: &[(BucketKey, u32)],
+        reserve: bool,
+        max_wait: Duration,
+        share: u32,
+    ) -> Result<Permit, Refusal> {
+        let (refusal, log) = match self.try_take(wants, reserve, None, share) {
+            Ok(p) => return Ok(p),
+            Err(e) => e,
+        };
+        if self.on_limit == OnLimit::Reject || refusal.reason == RefusalReason::ClientQuota {
+            return Err(refusal);
+        }
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let ticket = self.tickets.next();
+        wait::wait_in_line(log, ticket, refusal, deadline, |ticket| {
+            self.try_take(wants, reserve, Some(ticket), share)
+                .map_err(|(r, _)| r)
+        })
+        .await
+    }
+
+    /// A block (bucket or app-wide) this process knows of for any of `wants`.
+    fn local_block(&self, wants: &[(BucketKey, u32)]) -> Option<Refusal> {
+        let now = self.clock.now();
+        for (key, _) in wants {
+            let app_block = self.feedback.app_block(key.app);
+            let bucket_block = self.logs.with(key, |b| b.blocked_until).unwrap_or(0);
+            let until = app_block.max(bucket_block);
+            if until > now {
+                let limit = self.limit_of(key).unwrap_or(0);
+                let retry = Duration::from_micros(until - now);
+                return Some(self.refuse(RefusalReason::Blocked, key, limit, retry));
+            }
+        }
+        None
+    }
+
+    // ------------------------------------------------------------ Meta's view
+
+    /// Reads Meta's usage headers from a response to a call on `key` and adjusts local state:
+    /// a higher count than ours raises ours; 100% blocks until the regain time.
+    pub fn observe_usage(&self, app: usize, bucket_usage: Option<&str>, app_usage: Option<&str>) {
+        if !self.feedback.changed(app, bucket_usage, app_usage) {
+            return;
+        }
+        let now = self.clock.now();
+        for (object, rep) in bucket_usage
+            .map(feedback::bucket_reports)
+            .unwrap_or_default()
+        {
+            let key = BucketKey {
+                app,
+                scope: Scope::Waba(object),
+            };
+            let Some(limit) = self.limit_of(&key) else {
+                continue;
+            };
+            let log = self.logs.get_or_insert(&key, limit);
+            let (count, block) =
+                feedback::apply_report(&mut log.lock_unpoisoned(), rep, limit, now, self.window);
+            self.share_raise(Raise::Bucket(&key, count), block);
+        }
+        if let Some(rep) = app_usage.and_then(feedback::app_report) {
+            self.feedback.set_app_reported(app, rep);
+        }
+    }
+
+    /// Meta answered a throttling error for a call on `key`: stop calling it until regain time.
+    pub fn observe_throttle(&self, key: &BucketKey, code: u64, regain: Option<Duration>) {
+        let now = self.clock.now();
+        let until = self.feedback.throttled_until(now, regain);
+        let block = Duration::from_micros(until - now);
+        if feedback::is_app_wide(code) {
+            self.feedback.block_app(key.app, until);
+            self.share_raise(Raise::App(key.app), block);
+            return;
+        }
+        let Some(limit) = self.limit_of(key) else {
+            return;
+        };
+        let log = self.logs.get_or_insert(key, limit);
+        {
+            let mut b = log.lock_unpoisoned();
+            b.blocked_until = b.blocked_until.max(until);
+        }
+        self.share_raise(Raise::Bucket(key, 0), block);
+    }
+
+    /// Applies a raised count or a block to the shared bucket too, so every replica stops.
+    fn share_raise(&self, raise: Raise<'_>, block: Duration) {
+        if let Some(link) = &self.redis {
+            replicas::raise(link, &self.apps, raise, self.window(), block);
+        }
+    }
+
+    // ------------------------------------------------------------ learned facts
+
+    /// Records whether an `active = "auto"` WABA has a registered phone number.
+    pub fn learn_active(&self, app: usize, waba: &str, active: bool) {
+        if self.set_active(app, waba, active) {
+            self.share(Event::Active {
+                app: self.apps.name(app),
+                waba: waba.to_string(),
+                active,
+            });
+        }
+    }
+
+    /// Records whether an auto WABA is active; true if that changed anything. A changed limit
+    /// applies to the WABA's log at once and wakes its waiters.
+    fn set_active(&self, app: usize, waba: &str, active: bool) -> bool {
+        let changed = self.apps.set_active(app, waba, active);
+        if changed {
+            let key = BucketKey {
+                app,
+                scope: Scope::Waba(waba.to_string()),
+            };
+            if let Some(limit) = self.limit_of(&key) {
+                self.logs.with(&key, |b| {
+                    b.limit = limit;
+                    b.notify.notify_waiters();
+                });
+            }
+        }
+        changed
+    }
+
+    /// WABAs of `active = "auto"` that a probe should look at, per app.
+    pub fn auto_wabas(&self) -> Vec<(usize, String)> {
+        self.apps.auto_wabas()
+    }
+
+    pub fn learn_allocation_config(&self, id: &str) {
+        if self.apps.add_allocation_config(id) {
+            self.share(Event::AllocationConfig { id: id.to_string() });
+        }
+    }
+
+    /// Publishes a learned fact to the other replicas, in the background.
+    fn share(&self, event: Event) {
+        if let Some(link) = &self.redis {
+            link.publish(event);
+        }
+    }
+
+    /// Applies a fact another replica learned; other events (cache purges) are not the limiter's.
+    pub fn apply_event(&self, event: &Event) {
+        match event {
+            Event::Active { app, waba, active } => {
+                if let Some(i) = self.apps.index_of(app) {
+                    self.set_active(i, waba, *active);
+                }
+            }
+            Event::AllocationConfig { id } => {
+                self.apps.add_allocation_config(id);
+            }
+            Event::Purge { .. } | Event::Resubscribed => {}
+        }
+    }
+
+    // ------------------------------------------------------------ inspection
+
+    /// Forgets buckets with nothing in their window, nothing in flight, no block and no waiters, so
+    /// a caller naming ever new objects cannot grow the map without bound. Returns how many went.
+    pub fn sweep(&self) -> usize {
+        self.logs.sweep(self.clock.now(), self.window)
+    }
+
+    /// A snapshot of every bucket that has been used.
+    pub fn snapshot(&self) -> Vec<BucketView> {
+        let now = self.clock.now();
+        let app_blocks = self.feedback.app_blocks();
+        view::snapshot(&self.logs, &self.apps, &app_blocks, now, self.window)
+    }
+
+    /// Meta's latest app-wide usage (`X-App-Usage`) per app name, for the admin view and metrics.
+    pub fn app_usage(&self) -> Vec<(String, Option<Reported>)> {
+        view::app_usage(&self.apps, self.feedback.app_reported())
+    }
+
+    /// Every bucket as the admin view shows it: from Redis when the buckets are shared (so every
+    /// replica shows the same), else from this process.
+    pub async fn view(&self) -> Vec<BucketView> {
+        let local = self.snapshot();
+        let Some(link) = self.redis.as_ref().filter(|s| s.available()) else {
+            return local;
+        };
+        view::from_redis(link, &self.logs, &self.apps, self.window(), local).await
+    }
+
+    /// Bytes used by one bucket: the struct, its `Arc<Mutex<_>>`, and its heap.
+    pub fn bucket_bytes(&self, key: &BucketKey) -> Option<usize> {
+        self.logs.bytes(key)
+    }
+
+    // ------------------------------------------------------------ persistence
+
+    /// Writes every bucket's log to `limits.state_file` (atomically, via a temporary file).
+    /// Calls still in flight are written as completed now, the conservative choice.
+    pub fn save(&self) -> std::io::Result<()> {
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        persist::save(path, self.clock.now(), self.window, &self.logs, &self.apps)
+    }
+
+    /// Restores what [`Limiter::save`] wrote. Unknown apps and expired entries are skipped.
+    pub fn restore(&self) -> std::io::Result<usize> {
+        let Some(path) = &self.state_file else {
+            return Ok(0);
+        };
+        let Some(mut state) = persist::load(path)? else {
+            return Ok(0);
+        };
+        let now = self.clock.now();
+        // Activity first: it decides the limits the restored logs are created with.
+        for (app_name, waba, active) in std::mem::take(&mut state.active) {
+            if let Some(i) = self.apps.index_of(&app_name) {
+                self.learn_active(i, &waba, active);
+            }
+        }
+        let restored = state.restore_logs(now, self.window, &self.logs, &self.apps);
+        self.apps
+            .extend_allocation_configs(std::mem::take(&mut state.allocation_configs));
+        Ok(restored)
+    }
+}
+
+/// A call admitted through Redis is logged here too once sent, at the limit its bucket has then.
+impl Mirror for Limiter {
+    fn record(&self, key: &BucketKey, n: u32, now: Micros) {
+        if let Some(limit) = self.limit_of(key) {
+            let log = self.logs.get_or_insert(key, limit);
+            let mut b = log.lock_unpoisoned();
+            b.prune(now, self.window);
+            for _ in 0..n {
+                b.record(now);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
