@@ -1,44 +1,14 @@
-//! Routes to budget classes: which of Meta's rate-limit buckets (the seed's table) a call spends.
+//! Routes to budgets: which of Meta's rate-limit buckets (the seed's table) a call spends, as the
+//! limiter's own [`Scope`], so a classified call and its bucket are one value.
 //!
 //! A pure, table-driven function of the method, the target and what graphgate knows about object
 //! ids. It must never do I/O or look at bodies; learning new ids (allocation configs, status ids)
 //! happens elsewhere and is passed in through [`Known`].
 
-use std::collections::{HashMap, HashSet};
-
 use http::Method;
 
+pub use crate::limits::{Known, Scope};
 use crate::target::Target;
-
-/// Which budget a call spends.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Class {
-    /// Per app, per WABA (200 or 5000 per rolling hour).
-    Waba(String),
-    /// Per app, credit-line calls (5000 per rolling hour).
-    CreditLine,
-    /// Not in Meta's table: forwarded, counted only in metrics.
-    Other,
-}
-
-impl Class {
-    pub fn label(&self) -> &'static str {
-        match self {
-            Class::Waba(_) => "waba",
-            Class::CreditLine => "credit_line",
-            Class::Other => "other",
-        }
-    }
-}
-
-/// Object ids graphgate knows the kind of.
-#[derive(Debug, Default, Clone)]
-pub struct Known {
-    pub wabas: HashSet<String>,
-    /// WABA-to-number-current-status id -> its WABA.
-    pub status_ids: HashMap<String, String>,
-    pub allocation_configs: HashSet<String>,
-}
 
 /// What kind of object the first path segment must be for a row to match.
 #[derive(Clone, Copy)]
@@ -106,18 +76,18 @@ const TABLE: &[(&[&str], Root, Option<&str>, Bucket)] = &[
 ];
 
 /// The class of one call. HEAD is counted like GET: Meta serves it as a GET.
-pub fn classify(method: &Method, target: &Target, known: &Known) -> Class {
+pub fn classify(method: &Method, target: &Target, known: &Known) -> Scope {
     let m = if method == Method::HEAD {
         "GET"
     } else {
         method.as_str()
     };
     let Some(root) = target.root() else {
-        return Class::Other;
+        return Scope::Other;
     };
     // Deeper paths (`/{waba}/message_templates/x`) are not in the table.
     if target.segments.len() > 2 {
-        return Class::Other;
+        return Scope::Other;
     }
     let edge = target.edge();
     for (methods, kind, row_edge, bucket) in TABLE {
@@ -135,12 +105,12 @@ pub fn classify(method: &Method, target: &Target, known: &Known) -> Class {
         };
         if let Some(owner) = owner {
             return match bucket {
-                Bucket::Waba => Class::Waba(owner),
-                Bucket::CreditLine => Class::CreditLine,
+                Bucket::Waba => Scope::Waba(owner),
+                Bucket::CreditLine => Scope::CreditLine,
             };
         }
     }
-    Class::Other
+    Scope::Other
 }
 
 #[cfg(test)]
@@ -155,7 +125,7 @@ mod tests {
         k
     }
 
-    fn class(method: &str, path: &str) -> Class {
+    fn class(method: &str, path: &str) -> Scope {
         let t = Target::parse(path, None).unwrap();
         classify(&method.parse().unwrap(), &t, &known())
     }
@@ -163,9 +133,9 @@ mod tests {
     // One assertion per row of the seed's table, plus the methods each row leaves out.
     #[test]
     fn every_row_of_the_seed_table_is_classified() {
-        let waba = Class::Waba("100".into());
+        let waba = Scope::Waba("100".into());
         assert_eq!(class("GET", "/v19.0/100"), waba);
-        assert_eq!(class("POST", "/v19.0/100"), Class::Other);
+        assert_eq!(class("POST", "/v19.0/100"), Scope::Other);
         for m in ["GET", "POST", "DELETE"] {
             assert_eq!(
                 class(m, "/v19.0/100/assigned_users"),
@@ -184,36 +154,36 @@ mod tests {
             );
         }
         assert_eq!(class("GET", "/100/phone_numbers"), waba);
-        assert_eq!(class("POST", "/100/phone_numbers"), Class::Other);
+        assert_eq!(class("POST", "/100/phone_numbers"), Scope::Other);
         assert_eq!(class("GET", "/300"), waba, "status id counts to its WABA");
         assert_eq!(
             class("GET", "/v19.0/500/extendedcredits"),
-            Class::CreditLine
+            Scope::CreditLine
         );
-        assert_eq!(class("POST", "/v19.0/500/extendedcredits"), Class::Other);
+        assert_eq!(class("POST", "/v19.0/500/extendedcredits"), Scope::Other);
         assert_eq!(
             class("POST", "/600/whatsapp_credit_sharing_and_attach"),
-            Class::CreditLine
+            Scope::CreditLine
         );
         assert_eq!(
             class("GET", "/600/whatsapp_credit_sharing_and_attach"),
-            Class::Other
+            Scope::Other
         );
-        assert_eq!(class("GET", "/400"), Class::CreditLine);
-        assert_eq!(class("DELETE", "/400"), Class::CreditLine);
+        assert_eq!(class("GET", "/400"), Scope::CreditLine);
+        assert_eq!(class("DELETE", "/400"), Scope::CreditLine);
         assert_eq!(
             class("GET", "/600/owning_credit_allocation_configs"),
-            Class::CreditLine
+            Scope::CreditLine
         );
     }
 
     // Calls outside the table stay `other`.
     #[test]
     fn calls_outside_the_table_are_other() {
-        assert_eq!(class("POST", "/106540352242922/messages"), Class::Other);
-        assert_eq!(class("GET", "/999"), Class::Other, "an unknown object");
-        assert_eq!(class("POST", "/"), Class::Other, "batch root");
-        assert_eq!(class("GET", "/100/message_templates/extra"), Class::Other);
-        assert_eq!(class("HEAD", "/100"), Class::Waba("100".into()));
+        assert_eq!(class("POST", "/106540352242922/messages"), Scope::Other);
+        assert_eq!(class("GET", "/999"), Scope::Other, "an unknown object");
+        assert_eq!(class("POST", "/"), Scope::Other, "batch root");
+        assert_eq!(class("GET", "/100/message_templates/extra"), Scope::Other);
+        assert_eq!(class("HEAD", "/100"), Scope::Waba("100".into()));
     }
 }

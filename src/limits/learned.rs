@@ -10,8 +10,8 @@
 use std::collections::HashSet;
 use std::sync::{Mutex, RwLock};
 
+use super::types::Known;
 use super::types::{BucketKey, Scope};
-use crate::classify::Known;
 use crate::config::{Active, AppLimits, Config};
 use crate::sync::{MutexExt, RwLockExt};
 

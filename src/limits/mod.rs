@@ -41,7 +41,7 @@ use std::time::Duration;
 pub use feedback::is_throttling_code;
 pub use learned::{allocation_ids_in, registered_in};
 pub use permit::Permit;
-pub use types::{BucketKey, BucketView, Budget, Refusal, RefusalReason, Reported, Scope};
+pub use types::{BucketKey, BucketView, Budget, Known, Refusal, RefusalReason, Reported, Scope};
 
 use self::feedback::Feedback;
 use self::learned::Apps;
@@ -51,21 +51,9 @@ use self::quota::Quotas;
 use self::redis::{Event, RedisLink};
 use self::replicas::Raise;
 use self::wait::Tickets;
-use crate::classify::{Class, Known};
 use crate::clock::{micros, Micros, SharedClock};
 use crate::config::{Config, OnBackendError, OnLimit};
 use crate::sync::MutexExt;
-
-// Here rather than in `types`, which imports nothing from the crate.
-impl Scope {
-    pub fn from_class(class: &Class) -> Scope {
-        match class {
-            Class::Waba(id) => Scope::Waba(id.clone()),
-            Class::CreditLine => Scope::CreditLine,
-            Class::Other => Scope::Other,
-        }
-    }
-}
 
 /// Per-process limiter state. Cheap to share behind an `Arc`.
 pub struct Limiter {

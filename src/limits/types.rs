@@ -1,10 +1,12 @@
 //! The limiter's vocabulary: which bucket a call spends ([`BucketKey`], [`Scope`]), why a call was
 //! refused ([`Refusal`]), what a caller is told of a bucket ([`Budget`]), what Meta reported
-//! ([`Reported`]) and what the admin view shows ([`BucketView`]).
+//! ([`Reported`]), what the admin view shows ([`BucketView`]) and which object ids are of a known
+//! kind ([`Known`], what classification reads).
 //!
 //! Plain data, formatting at most. It must never import anything from the crate, so errors, metrics
 //! and the cache can name these types without depending on how the limiter works.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -16,14 +18,27 @@ pub struct BucketKey {
     pub scope: Scope,
 }
 
+/// Which of Meta's budgets a call spends (the seed's rate-limit table); `classify` picks it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Scope {
+    /// Per app, per WABA (200 or 5000 per rolling hour).
     Waba(String),
+    /// Per app, credit-line calls (5000 per rolling hour).
     CreditLine,
+    /// Not in Meta's table: forwarded, counted only in metrics.
     Other,
 }
 
 impl Scope {
+    /// `waba`, `credit_line` or `other`: the kind alone, for metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Scope::Waba(_) => "waba",
+            Scope::CreditLine => "credit_line",
+            Scope::Other => "other",
+        }
+    }
+
     /// `waba:<id>`, `credit_line` or `other`: for labels, logs and the state file.
     pub fn label(&self) -> String {
         let mut s = String::new();
@@ -135,4 +150,13 @@ pub struct BucketView {
     pub waiting: usize,
     pub rejected: u64,
     pub reported: Option<Reported>,
+}
+
+/// Object ids graphgate knows the kind of.
+#[derive(Debug, Default, Clone)]
+pub struct Known {
+    pub wabas: HashSet<String>,
+    /// WABA-to-number-current-status id -> its WABA.
+    pub status_ids: HashMap<String, String>,
+    pub allocation_configs: HashSet<String>,
 }

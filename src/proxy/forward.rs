@@ -17,7 +17,7 @@ use super::body::{set_length, strip_json_credentials, ReqBody};
 use super::params::ids_of;
 use super::respond;
 use crate::auth::{self, Caller};
-use crate::classify::{self, Class};
+use crate::classify;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::limits::{BucketKey, Scope};
@@ -33,7 +33,7 @@ pub async fn forward(
     target: &Target,
     body: ReqBody,
     authorized: &Authorized,
-    class: &Class,
+    class: &Scope,
     upstream_status: &mut Option<u16>,
 ) -> Result<Response, GatewayError> {
     let caller = &authorized.caller;
@@ -70,13 +70,13 @@ pub async fn forward(
     let answer = match metered::call(gw.limiter(), gw.upstream(), caller.app, spend, build).await {
         Ok(answer) => {
             let status = answer.response.status();
-            metrics.record_upstream(caller.app, class.label(), Ok(status), answer.elapsed);
+            metrics.record_upstream(caller.app, class.kind(), Ok(status), answer.elapsed);
             answer
         }
         Err(Failed::Refused(r)) => return Err(refused(r)),
         Err(Failed::Upstream { error, elapsed }) => {
             if let Some(elapsed) = elapsed {
-                metrics.record_upstream(caller.app, class.label(), Err(&error), elapsed);
+                metrics.record_upstream(caller.app, class.kind(), Err(&error), elapsed);
             }
             return Err(error);
         }
@@ -99,15 +99,12 @@ fn budget_wants(
     app: usize,
     method: &Method,
     target: &Target,
-    class: &Class,
+    class: &Scope,
     sub_calls: &[(Method, Target)],
 ) -> Result<Vec<(BucketKey, u32)>, GatewayError> {
     let mut wants: Vec<(BucketKey, u32)> = Vec::new();
-    let mut add = |class: Class| {
-        let key = BucketKey {
-            app,
-            scope: Scope::from_class(&class),
-        };
+    let mut add = |class: Scope| {
+        let key = BucketKey { app, scope: class };
         match wants.iter_mut().find(|(k, _)| *k == key) {
             Some(w) => w.1 += 1,
             None => wants.push((key, 1)),
@@ -134,7 +131,7 @@ fn call_classes(
     gw: &Gateway,
     method: &Method,
     target: &Target,
-) -> Result<Vec<Class>, GatewayError> {
+) -> Result<Vec<Scope>, GatewayError> {
     let ids = ids_of(target);
     if ids.is_empty() {
         return Ok(vec![gw

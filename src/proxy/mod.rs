@@ -27,7 +27,6 @@ use crate::cache;
 use crate::classify;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::limits::Scope;
 use crate::metrics::CacheResult;
 use context::Ctx;
 
@@ -116,7 +115,7 @@ async fn pipeline<B: InBody>(
     let class = gw
         .limiter()
         .with_known(|k| classify::classify(&parts.method, &target, k));
-    ctx.class = Some(class.label());
+    ctx.class = Some(class.kind());
 
     // authorize: the client's method and WABA allowlists, for the call and each sub-call of a batch.
     let authorized = authorize::authorize(gw, caller, &parts, &target, &mut body)?;
@@ -140,7 +139,7 @@ async fn pipeline<B: InBody>(
         parts.method = Method::GET;
     }
     if gw.config().server.access_log {
-        ctx.bucket = Some(Scope::from_class(&class).label());
+        ctx.bucket = Some(class.label());
     }
 
     // limit -> upstream -> rewrite -> respond, when the cache cannot answer.

@@ -15,10 +15,9 @@ use http_body_util::BodyExt;
 use super::body::{content_type, set_length};
 use super::check::content_length;
 use crate::body::{Read, ReadError};
-use crate::classify::Class;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::limits::{self, BucketKey};
+use crate::limits::{self, BucketKey, Scope};
 use crate::metered;
 use crate::rewrite;
 use crate::upstream::{self, UpstreamBody};
@@ -28,7 +27,7 @@ pub async fn respond(
     parts: &Parts,
     resp: http::Response<UpstreamBody>,
     app: usize,
-    class: &Class,
+    class: &Scope,
     bucket: Option<&BucketKey>,
 ) -> Result<Response, GatewayError> {
     let (mut rparts, body) = resp.into_parts();
@@ -82,7 +81,7 @@ fn learn(
     status: http::StatusCode,
     body: &[u8],
     app: usize,
-    class: &Class,
+    class: &Scope,
     bucket: Option<&BucketKey>,
 ) {
     // Parsing costs more than the rest of a miss: only answers that can teach something are read.
@@ -96,8 +95,8 @@ fn learn(
             .query()
             .is_some_and(|q| q.contains("phone_numbers"));
     let interesting = !status.is_success()
-        || matches!(class, Class::CreditLine)
-        || (matches!(class, Class::Waba(_)) && parts.method == Method::GET && lists_numbers);
+        || matches!(class, Scope::CreditLine)
+        || (matches!(class, Scope::Waba(_)) && parts.method == Method::GET && lists_numbers);
     if !interesting {
         return;
     }
@@ -110,12 +109,12 @@ fn learn(
         return;
     }
     match class {
-        Class::CreditLine => {
+        Scope::CreditLine => {
             for id in limits::allocation_ids_in(&v) {
                 limiter.learn_allocation_config(&id);
             }
         }
-        Class::Waba(waba) => {
+        Scope::Waba(waba) => {
             let path_is_listing = parts
                 .uri
                 .path()
@@ -132,7 +131,7 @@ fn learn(
                 limiter.learn_active(app, waba, true);
             }
         }
-        Class::Other => {}
+        Scope::Other => {}
     }
 }
 
