@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use http::{HeaderMap, HeaderValue, Method};
 use subtle::ConstantTimeEq;
 
-use crate::config::{key_digest, AuthMode, Config, Secret};
+use crate::config::{key_digest, AuthMode, ClientId, Config, Secret};
 use crate::error::GatewayError;
 
 /// The authenticated caller of one request.
@@ -20,7 +20,7 @@ use crate::error::GatewayError;
 pub struct Caller {
     /// The client's name from config (`anonymous` with `auth = "none"`): safe for logs and labels.
     pub name: Arc<str>,
-    pub client: Option<usize>,
+    pub client: Option<ClientId>,
     pub app: usize,
     /// May spend the reserved share of a bucket (`reserve = "high"`).
     pub reserve: bool,
@@ -179,7 +179,7 @@ impl Directory {
         let c = &self.clients[i];
         Ok(Caller {
             name: c.name.clone(),
-            client: Some(i),
+            client: Some(ClientId(i)),
             app: c.app,
             reserve: c.reserve,
             allow_no_cache: c.allow_no_cache,
@@ -199,7 +199,7 @@ impl Directory {
         let Some(ci) = caller.client else {
             return Ok(());
         };
-        let c = &self.clients[ci];
+        let c = &self.clients[ci.0];
         if let Some(methods) = &c.methods {
             if !methods.contains(method) {
                 return Err(GatewayError::MethodNotAllowed {
@@ -238,14 +238,14 @@ impl Directory {
     pub fn is_restricted(&self, caller: &Caller) -> bool {
         caller
             .client
-            .is_some_and(|i| self.clients[i].wabas.is_some())
+            .is_some_and(|i| self.clients[i.0].wabas.is_some())
     }
 
     /// The client has a `methods` allowlist.
     pub fn limits_methods(&self, caller: &Caller) -> bool {
         caller
             .client
-            .is_some_and(|i| self.clients[i].methods.is_some())
+            .is_some_and(|i| self.clients[i.0].methods.is_some())
     }
 
     /// The token a call on `root` is made with: the WABA's own token when it has one, else the app's.

@@ -278,6 +278,11 @@ pub enum Active {
     Auto,
 }
 
+/// A client's index in [`Config::clients`]: a type of its own, so it is never mistaken for an
+/// app's index (both are positions in a list of the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientId(pub usize);
+
 #[derive(Clone)]
 pub struct Client {
     pub name: String,

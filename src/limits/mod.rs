@@ -52,7 +52,7 @@ use self::redis::{Event, RedisLink};
 use self::replicas::Raise;
 use self::wait::Tickets;
 use crate::clock::{micros, Micros, SharedClock};
-use crate::config::{Config, OnBackendError, OnLimit};
+use crate::config::{ClientId, Config, OnBackendError, OnLimit};
 use crate::sync::MutexExt;
 
 /// Per-process limiter state. Cheap to share behind an `Arc`.
@@ -171,7 +171,7 @@ impl Limiter {
     // ------------------------------------------------------------ admission
 
     /// The client's own `rate` quota (governor GCRA), checked before any Meta bucket.
-    pub fn check_client_quota(&self, client: Option<usize>, app: usize) -> Result<(), Refusal> {
+    pub fn check_client_quota(&self, client: Option<ClientId>, app: usize) -> Result<(), Refusal> {
         self.quotas.check(client).map_err(|wait| {
             let key = BucketKey {
                 app,

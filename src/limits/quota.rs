@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use governor::{clock::Clock as _, DefaultDirectRateLimiter, Quota, RateLimiter};
 
-use crate::config::Config;
+use crate::config::{ClientId, Config};
 
 /// One limiter per client index; `None` for a client without a `rate`.
 pub(super) struct Quotas(Vec<Option<DefaultDirectRateLimiter>>);
@@ -33,8 +33,8 @@ impl Quotas {
     }
 
     /// Takes one cell of `client`'s quota, or says how long until one is free.
-    pub(super) fn check(&self, client: Option<usize>) -> Result<(), Duration> {
-        let Some(Some(q)) = client.map(|c| self.0.get(c).and_then(|q| q.as_ref())) else {
+    pub(super) fn check(&self, client: Option<ClientId>) -> Result<(), Duration> {
+        let Some(Some(q)) = client.map(|c| self.0.get(c.0).and_then(|q| q.as_ref())) else {
             return Ok(());
         };
         q.check().map_err(|not_until| {

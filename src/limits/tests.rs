@@ -445,9 +445,9 @@ fn client_rate_quota_refuses_bursts() {
     let clock = ManualClock::new(SEC);
     let l = Limiter::new(&config("", "rate = \"3/s\""), clock);
     for _ in 0..3 {
-        assert!(l.check_client_quota(Some(0), 0).is_ok());
+        assert!(l.check_client_quota(Some(ClientId(0)), 0).is_ok());
     }
-    let r = l.check_client_quota(Some(0), 0).unwrap_err();
+    let r = l.check_client_quota(Some(ClientId(0)), 0).unwrap_err();
     assert_eq!(r.reason, RefusalReason::ClientQuota);
     assert!(r.retry_after <= Duration::from_millis(334));
 }
