@@ -3,26 +3,47 @@
 //! Business Account's call budget exactly as Meta counts it, and answers repeated reads from cache.
 //!
 //! # Layout
-//! - [`config`]: the TOML file and `GRAPHGATE_*` overrides, validated into a typed [`config::Config`].
-//! - [`error`]: the one mapping from graphgate's failures to Graph-shaped HTTP errors.
+//! One concept per module; a module with several parts is a folder whose `mod.rs` is the facade.
+//! Dependencies point down this list, never up (`scripts/check-modules` checks it in CI): leaves
+//! first, then what the request path and the background tasks share, then the state that holds
+//! them, then what serves it.
+//!
+//! Leaves (no imports from the crate, or only from other leaves):
+//! - [`config`]: the TOML file and `GRAPHGATE_*` overrides, validated whole into a typed
+//!   [`config::Config`] (`load`, `env`, `raw`, `check`, `validate/`, and one file per big section).
+//! - [`ids`]: Graph object ids and API versions. [`sync`]: locks that outlive a panic.
+//!   [`clock`]: injected time. [`body`]: the one bounded read of a body (size and deadline).
 //! - [`target`]: checks and decodes the request path and query; strips caller credentials.
+//! - [`error`]: the one mapping from graphgate's failures to Graph-shaped HTTP errors.
+//!
+//! What calls are, and what graphgate keeps:
 //! - [`auth`]: client keys, WABA and method allowlists, and which token a call uses.
 //! - [`classify`]: which of Meta's budgets (the seed's rate-limit table) a call spends.
-//! - [`cache`]: the response cache (moka): keys, TTL rules, coalescing, invalidation, stale answers.
-//! - [`upstream`]: the pooled rustls client to Meta, header hygiene, token and `appsecret_proof`.
-//! - [`rewrite`]: paging links rewritten to the proxy, without credentials.
-//! - [`clock`]: injected time (system or manual) for the limiter.
-//! - [`limits`]: exact rolling-window buckets, Meta's feedback, wait mode, client quotas, persistence;
-//!   [`limits::redis`] shares buckets, learned facts and cache invalidations with other replicas.
+//! - [`limits`]: exact rolling-window buckets (`log`, `permit`, `wait`), Meta's feedback,
+//!   learned facts, client quotas, persistence, the admin view, and the Redis link that replicas
+//!   share (`redis`, `replicas`); `types` is its vocabulary.
+//! - [`cache`]: the response cache (moka): keys, caller directives, plans, entries, the store and
+//!   the coalescing of identical misses.
+//! - [`upstream`]: the pooled rustls client to Meta (`pool`, `tls`), header hygiene, `appsecret_proof`.
+//! - [`rewrite`]: paging links rewritten to the proxy, tokens redacted from answers.
+//! - [`metrics`]: the Prometheus registry of one gateway; labels only from config or fixed sets.
+//!
+//! Shared by the request path and background work:
+//! - [`metered`]: a call to Meta, admit -> send -> settle -> learn; the proxy and the probe both
+//!   call through it.
+//! - [`invalidate`]: the one way to drop cached views, here and on the other replicas.
 //! - [`probe`]: start-up and periodic checks of whether `active = "auto"` WABAs have a registered number.
-//! - [`proxy`]: the request pipeline, check -> authenticate -> classify -> authorize -> cache ->
-//!   limit -> upstream -> rewrite -> respond.
 //! - [`webhooks`]: Meta's webhooks: handshake, signatures, cache invalidation, durable fan-out.
+//!
+//! The state, and what serves it:
+//! - [`gateway`]: the [`Gateway`] state (handles built from the config) and its background tasks.
+//! - [`proxy`]: the request pipeline, one file per step, check -> authenticate -> classify ->
+//!   authorize -> cache -> limit -> upstream -> rewrite -> respond, and the listener's service.
+//! - [`admin`]: the admin listener: health, readiness, `/metrics`, limits and cache JSON, status page.
 //! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2 settings, graceful shutdown.
-//! - [`telemetry`]: tracing setup (JSON lines or text).
-//! - [`ops`]: what operators see: the admin listener (health, readiness, `/metrics`, limits and
-//!   cache JSON, purge, status page) and the Prometheus registry of one gateway, which the request
-//!   path and the webhook receiver count into; labels only from config or fixed sets.
+//! - [`telemetry`]: tracing setup (JSON lines or text) and the per-request tag.
+//!
+//! Beside it:
 //! - [`sim`]: a local twin of the Graph API for tests, benchmarks and the demo.
 //! - [`demo`]: the simulator and the proxy in one process, ready for curl.
 

@@ -1,7 +1,7 @@
 //! The request path, one named step at a time:
 //! check -> authenticate -> classify -> authorize -> cache -> limit -> upstream -> rewrite -> respond.
 //!
-//! This file owns the order of the steps ([`pipeline`]) and what happens around them for every
+//! This file owns the order of the steps (`pipeline`) and what happens around them for every
 //! request ([`handle`]: request id, metrics, the access log); each step lives in its own file. It
 //! must never send a request upstream before the caller is authenticated and authorized, never
 //! forward a caller's key, and never buffer a body it does not need to read (uploads and downloads
