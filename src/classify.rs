@@ -20,58 +20,59 @@ enum Root {
     AllocationConfig,
 }
 
+/// Which budget a row of the table counts a call against (the WABA's is resolved from the path).
 #[derive(Clone, Copy)]
-enum Bucket {
+enum Counts {
     Waba,
     CreditLine,
 }
 
 /// The seed's rate-limit table, one row per (methods, root kind, edge).
-const TABLE: &[(&[&str], Root, Option<&str>, Bucket)] = &[
-    (&["GET"], Root::Waba, None, Bucket::Waba),
+const TABLE: &[(&[&str], Root, Option<&str>, Counts)] = &[
+    (&["GET"], Root::Waba, None, Counts::Waba),
     (
         &["GET", "POST", "DELETE"],
         Root::Any,
         Some("assigned_users"),
-        Bucket::Waba,
+        Counts::Waba,
     ),
-    (&["GET"], Root::Any, Some("phone_numbers"), Bucket::Waba),
+    (&["GET"], Root::Any, Some("phone_numbers"), Counts::Waba),
     (
         &["GET", "POST", "DELETE"],
         Root::Any,
         Some("message_templates"),
-        Bucket::Waba,
+        Counts::Waba,
     ),
     (
         &["GET", "POST", "DELETE"],
         Root::Any,
         Some("subscribed_apps"),
-        Bucket::Waba,
+        Counts::Waba,
     ),
-    (&["GET"], Root::StatusId, None, Bucket::Waba),
+    (&["GET"], Root::StatusId, None, Counts::Waba),
     (
         &["GET"],
         Root::Any,
         Some("extendedcredits"),
-        Bucket::CreditLine,
+        Counts::CreditLine,
     ),
     (
         &["POST"],
         Root::Any,
         Some("whatsapp_credit_sharing_and_attach"),
-        Bucket::CreditLine,
+        Counts::CreditLine,
     ),
     (
         &["GET", "DELETE"],
         Root::AllocationConfig,
         None,
-        Bucket::CreditLine,
+        Counts::CreditLine,
     ),
     (
         &["GET"],
         Root::Any,
         Some("owning_credit_allocation_configs"),
-        Bucket::CreditLine,
+        Counts::CreditLine,
     ),
 ];
 
@@ -105,8 +106,8 @@ pub fn classify(method: &Method, target: &Target, known: &Known) -> Scope {
         };
         if let Some(owner) = owner {
             return match bucket {
-                Bucket::Waba => Scope::Waba(owner),
-                Bucket::CreditLine => Scope::CreditLine,
+                Counts::Waba => Scope::Waba(owner),
+                Counts::CreditLine => Scope::CreditLine,
             };
         }
     }
