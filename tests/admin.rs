@@ -5,40 +5,21 @@
 
 mod support;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use graphgate::config::Config;
-use graphgate::Gateway;
 use serde_json::Value;
 use support::*;
 
 const ADMIN_TOKEN: &str = "adm-TOKEN-secret-7Hq2Lw";
 
-fn env_with_admin_token() -> HashMap<String, String> {
-    let mut env = env();
-    env.insert("TEST_ADMIN_TOKEN".into(), ADMIN_TOKEN.into());
-    env
+/// The standard test config, with the admin token in the environment (named by
+/// `server.admin_token_env` where a test sets it).
+fn with_admin_token(upstream: &str) -> ProxyBuilder {
+    TestProxy::builder(upstream).env("TEST_ADMIN_TOKEN", ADMIN_TOKEN)
 }
 
-fn config_from(text: &str, env: &HashMap<String, String>) -> Config {
-    Config::from_toml(text, "test.toml", std::path::Path::new("."), env).unwrap()
-}
-
-/// The test config with `extra` in `[server]`, and `limit = N` on the active WABA when given.
-fn config_with(upstream: &str, extra: &str, waba_limit: Option<u32>) -> Config {
-    let mut text = config_text(upstream, extra);
-    if let Some(n) = waba_limit {
-        text = text.replacen(
-            "active = true\n",
-            &format!("active = true\nlimit = {n}\n"),
-            1,
-        );
-    }
-    config_from(&text, &env_with_admin_token())
-}
-
-async fn get(proxy: &Proxy, path: &str) -> reqwest::Response {
+async fn get(proxy: &TestProxy, path: &str) -> reqwest::Response {
     client()
         .get(format!("{}{path}", proxy.url))
         .bearer_auth(CLIENT_KEY)
@@ -71,8 +52,8 @@ fn x_cache(r: &reqwest::Response) -> String {
 #[tokio::test]
 async fn metrics_count_three_misses_and_seven_hits_after_scripted_traffic() {
     let sim = start_sim(sim_config()).await;
-    let gw = Gateway::new(config(&sim.url, ""));
-    let (proxy, admin) = start_proxy_with_admin(gw.clone()).await;
+    let proxy = TestProxy::builder(&sim.url).admin().start().await;
+    let (gw, admin) = (proxy.gw.clone(), proxy.admin_url());
     let paths = [
         format!("/v19.0/{WABA}"),
         format!("/v19.0/{WABA}/message_templates"),
@@ -151,7 +132,7 @@ async fn metrics_count_three_misses_and_seven_hits_after_scripted_traffic() {
 
 /// Requests a caller could use to mint series: random ids in paths, `ids=`, batches, unknown
 /// edges and methods, unknown keys, long junk paths.
-async fn hostile_round(proxy: &Proxy, round: u32) {
+async fn hostile_round(proxy: &TestProxy, round: u32) {
     let c = client();
     for i in 0..200u32 {
         let id: u64 = 100_000_000_000_000 + u64::from(round) * 1_000_000 + u64::from(i) * 7919;
@@ -206,7 +187,8 @@ fn series(samples: &[Sample]) -> BTreeSet<String> {
 #[tokio::test]
 async fn hostile_paths_and_ids_create_no_new_series() {
     let sim = start_sim(sim_config()).await;
-    let (proxy, admin) = start_proxy_with_admin(Gateway::new(config(&sim.url, ""))).await;
+    let proxy = TestProxy::builder(&sim.url).admin().start().await;
+    let admin = proxy.admin_url();
     get(&proxy, &format!("/v19.0/{WABA}")).await;
     let (_, before) = scrape(&admin).await;
     hostile_round(&proxy, 1).await;
@@ -248,7 +230,8 @@ async fn hostile_paths_and_ids_create_no_new_series() {
 async fn readiness_flips_to_503_when_the_upstream_goes_away_and_back_when_it_returns() {
     let sim = start_sim(sim_config()).await;
     let addr = sim.addr;
-    let (proxy, admin) = start_proxy_with_admin(Gateway::new(config(&sim.url, ""))).await;
+    let proxy = TestProxy::builder(&sim.url).admin().start().await;
+    let admin = proxy.admin_url();
     assert_eq!(admin_get(&admin, "/healthz", None).await.status(), 200);
     let r = admin_get(&admin, "/readyz", None).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
@@ -305,8 +288,12 @@ async fn restart_sim_on(addr: std::net::SocketAddr) -> tokio::sync::oneshot::Sen
 #[tokio::test]
 async fn admin_limits_json_matches_the_limiter_buckets() {
     let sim = start_sim(sim_config()).await;
-    let gw = Gateway::new(config_with(&sim.url, "", Some(3)));
-    let (proxy, admin) = start_proxy_with_admin(gw.clone()).await;
+    let proxy = with_admin_token(&sim.url)
+        .waba_limit(WABA, 3)
+        .admin()
+        .start()
+        .await;
+    let (gw, admin) = (proxy.gw.clone(), proxy.admin_url());
     for p in ["", "/message_templates", "/phone_numbers"] {
         assert_eq!(
             get(&proxy, &format!("/v19.0/{WABA}{p}")).await.status(),
@@ -380,7 +367,8 @@ async fn admin_limits_json_matches_the_limiter_buckets() {
 #[tokio::test]
 async fn admin_cache_stats_and_purge_drop_entries_under_a_prefix() {
     let sim = start_sim(sim_config()).await;
-    let (proxy, admin) = start_proxy_with_admin(Gateway::new(config(&sim.url, ""))).await;
+    let proxy = TestProxy::builder(&sim.url).admin().start().await;
+    let admin = proxy.admin_url();
     let path = format!("/v19.0/{WABA}/message_templates");
     for _ in 0..4 {
         get(&proxy, &path).await;
@@ -430,8 +418,12 @@ async fn admin_cache_stats_and_purge_drop_entries_under_a_prefix() {
 #[tokio::test]
 async fn admin_token_is_required_everywhere_but_healthz() {
     let sim = start_sim(sim_config()).await;
-    let cfg = config_with(&sim.url, "admin_token_env = \"TEST_ADMIN_TOKEN\"", None);
-    let (_proxy, admin) = start_proxy_with_admin(Gateway::new(cfg)).await;
+    let proxy = with_admin_token(&sim.url)
+        .server("admin_token_env = \"TEST_ADMIN_TOKEN\"")
+        .admin()
+        .start()
+        .await;
+    let admin = proxy.admin_url();
     for path in [
         "/metrics",
         "/readyz",
@@ -465,7 +457,7 @@ async fn admin_token_is_required_everywhere_but_healthz() {
 #[tokio::test]
 async fn the_proxy_port_never_serves_admin_paths() {
     let sim = start_sim(sim_config()).await;
-    let (proxy, _admin) = start_proxy_with_admin(Gateway::new(config(&sim.url, ""))).await;
+    let proxy = TestProxy::builder(&sim.url).admin().start().await;
     for path in ["/metrics", "/healthz", "/readyz", "/admin", "/admin/limits"] {
         let r = client()
             .get(format!("{}{path}", proxy.url))
@@ -495,33 +487,29 @@ async fn the_proxy_port_never_serves_admin_paths() {
 // is refused like every other secret, and sharing the proxy's address is an error.
 #[test]
 fn admin_listener_config_defaults_disables_and_refuses_inline_tokens() {
-    let env = env_with_admin_token();
-    let c = config_with("http://127.0.0.1:1", "", None);
+    let c = with_admin_token("http://127.0.0.1:1").config();
     assert_eq!(
         c.server.admin_listen,
         Some("127.0.0.1:9090".parse().unwrap())
     );
     assert!(c.server.admin_token.is_none());
     for off in ["off", "", "OFF"] {
-        let c = config_with(
-            "http://127.0.0.1:1",
-            &format!("admin_listen = \"{off}\""),
-            None,
-        );
+        let c = with_admin_token("http://127.0.0.1:1")
+            .server(&format!("admin_listen = \"{off}\""))
+            .config();
         assert_eq!(c.server.admin_listen, None, "{off:?}");
     }
-    let c = config_with(
-        "http://127.0.0.1:1",
-        "admin_listen = \"0.0.0.0:9191\"\nadmin_token_env = \"TEST_ADMIN_TOKEN\"",
-        None,
-    );
+    let c = with_admin_token("http://127.0.0.1:1")
+        .server("admin_listen = \"0.0.0.0:9191\"\nadmin_token_env = \"TEST_ADMIN_TOKEN\"")
+        .config();
     assert_eq!(c.server.admin_listen, Some("0.0.0.0:9191".parse().unwrap()));
     assert_eq!(c.server.admin_token.unwrap().expose(), ADMIN_TOKEN);
 
     let err = |extra: &str| {
-        let text = config_text("http://127.0.0.1:1", extra)
-            .replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:8080\"");
-        Config::from_toml(&text, "test.toml", std::path::Path::new("."), &env)
+        with_admin_token("http://127.0.0.1:1")
+            .set("server.listen", "127.0.0.1:8080")
+            .server(extra)
+            .load()
             .unwrap_err()
             .to_string()
     };
@@ -544,8 +532,12 @@ fn admin_listener_config_defaults_disables_and_refuses_inline_tokens() {
 async fn secrets_never_appear_in_metrics_admin_json_status_page_or_logs() {
     let logs = logs();
     let sim = start_sim(sim_config()).await;
-    let cfg = config_with(&sim.url, "admin_token_env = \"TEST_ADMIN_TOKEN\"", None);
-    let (proxy, admin) = start_proxy_with_admin(Gateway::new(cfg)).await;
+    let proxy = with_admin_token(&sim.url)
+        .server("admin_token_env = \"TEST_ADMIN_TOKEN\"")
+        .admin()
+        .start()
+        .await;
+    let admin = proxy.admin_url();
     let c = client();
     let marker = "admin-secret-scan-0001";
     for _ in 0..2 {
@@ -650,7 +642,9 @@ async fn the_binary_binds_the_admin_listener_from_config() {
     let path = dir.path().join("graphgate.toml");
     std::fs::write(
         &path,
-        config_text("http://127.0.0.1:9", "admin_listen = \"127.0.0.1:0\""),
+        TestProxy::builder("http://127.0.0.1:9")
+            .server("admin_listen = \"127.0.0.1:0\"")
+            .toml(),
     )
     .unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_graphgate"))

@@ -18,7 +18,7 @@ fn head(path: &str, extra: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: gg.test\r\nAuthorization: Bearer {CLIENT_KEY}\r\n{extra}Connection: close\r\n\r\n").into_bytes()
 }
 
-async fn expect_local_4xx(proxy: &Proxy, request: Vec<u8>, status: u16, what: &str) {
+async fn expect_local_4xx(proxy: &TestProxy, request: Vec<u8>, status: u16, what: &str) {
     let resp = raw(proxy.addr, &request).await;
     assert_eq!(raw_status(&resp), status, "{what}: {resp}");
     assert!(
@@ -37,7 +37,8 @@ async fn expect_local_4xx(proxy: &Proxy, request: Vec<u8>, status: u16, what: &s
 // Malformed and ambiguous targets are refused before anything is forwarded.
 #[tokio::test]
 async fn malformed_targets_are_refused_without_an_upstream_call() {
-    let (sim, proxy) = start().await;
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url).start().await;
     let cases = [
         (
             format!("/v19.0/{WABA}/%zz"),
@@ -76,7 +77,8 @@ async fn malformed_targets_are_refused_without_an_upstream_call() {
 // Oversized URIs, header sets and bodies get 414, 431 and 413.
 #[tokio::test]
 async fn oversized_requests_get_414_431_and_413() {
-    let (sim, proxy) = start().await;
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url).start().await;
     let long = format!("/v19.0/{WABA}?fields={}", "a".repeat(9 * 1024));
     expect_local_4xx(&proxy, head(&long, ""), 414, "URI over 8 KiB").await;
 
@@ -100,7 +102,10 @@ async fn oversized_requests_get_414_431_and_413() {
     assert_eq!(total_calls(&sim), 0);
 
     // max_body is small in this proxy so the test stays quick.
-    let small = start_proxy(config(&sim.url, "max_body = \"64KiB\"")).await;
+    let small = TestProxy::builder(&sim.url)
+        .server("max_body = \"64KiB\"")
+        .start()
+        .await;
     let c = client();
     let r = c
         .post(format!("{}/v19.0/{PHONE}/media", small.url))
@@ -135,7 +140,8 @@ async fn oversized_requests_get_414_431_and_413() {
 // A form body that cannot be parsed, or a malformed batch, is the caller's error.
 #[tokio::test]
 async fn malformed_forms_and_batches_are_refused() {
-    let (sim, proxy) = start().await;
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url).start().await;
     let c = client();
     let url = format!("{}/v19.0/{WABA}/message_templates", proxy.url);
     let r = c

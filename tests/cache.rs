@@ -24,7 +24,7 @@ struct Env {
     url: String,
     gw: Gateway,
     clock: Arc<ManualClock>,
-    _proxy: Proxy,
+    _proxy: TestProxy,
 }
 
 impl Env {
@@ -65,29 +65,28 @@ fn header(r: &reqwest::Response, name: &str) -> Option<String> {
         .map(|v| v.to_str().unwrap().to_string())
 }
 
-/// The default test config plus `cache_toml` (a `[cache]` section, extra clients), proxy on a
-/// manual clock.
+/// The default test config plus a client `stingy` that may not skip the cache, and `cache_toml`
+/// (a `[cache]` section and its rules), proxy on a manual clock.
 async fn start_with(cache_toml: &str) -> Env {
     let sim = start_sim(sim_config()).await;
-    let text = format!(
-        "{}\n[[client]]\nname = \"stingy\"\nkey_sha256 = \"{}\"\nallow_no_cache = false\n\n{cache_toml}",
-        config_text(&sim.url, ""),
+    let stingy = format!(
+        "name = \"stingy\"\nkey_sha256 = \"{}\"\nallow_no_cache = false",
         hex(STINGY_KEY)
     );
-    launch(sim, &text, env()).await
+    let proxy = TestProxy::builder(&sim.url)
+        .client(&stingy)
+        .merge(cache_toml);
+    launch(sim, proxy).await
 }
 
-async fn launch(sim: SimServer, text: &str, env: std::collections::HashMap<String, String>) -> Env {
-    logs();
-    let config =
-        graphgate::Config::from_toml(text, "test.toml", std::path::Path::new("."), &env).unwrap();
+/// Starts `proxy` on a manual clock, in front of `sim`.
+async fn launch(sim: SimServer, proxy: ProxyBuilder) -> Env {
     let clock = ManualClock::new(1_000_000_000);
-    let gw = Gateway::with_clock(config, clock.clone());
-    let proxy = serve_gateway(gw.clone()).await;
+    let proxy = proxy.clock(clock.clone()).start().await;
     Env {
         sim,
         url: proxy.url.clone(),
-        gw,
+        gw: proxy.gw.clone(),
         clock,
         _proxy: proxy,
     }
@@ -231,9 +230,8 @@ app = "second"
         hex(CLIENT_KEY),
         hex(SECOND_KEY)
     );
-    let mut env = env();
-    env.insert("TEST_SECOND_TOKEN".into(), SECOND_TOKEN.into());
-    let e = launch(sim, &text, env).await;
+    let proxy = ProxyBuilder::from_toml(&text).env("TEST_SECOND_TOKEN", SECOND_TOKEN);
+    let e = launch(sim, proxy).await;
     let path = format!("/v19.0/{WABA}/phone_numbers");
     assert_eq!(x_cache(&e.get_as(&path, CLIENT_KEY, &[]).await), "MISS");
     assert_eq!(x_cache(&e.get_as(&path, SECOND_KEY, &[]).await), "MISS");

@@ -4,6 +4,9 @@ mod support;
 
 use std::process::Command;
 
+/// Nothing listens there: these tests only load the config.
+const UPSTREAM: &str = "http://127.0.0.1:9";
+
 fn graphgate() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_graphgate"));
     c.env_remove("GRAPHGATE_CONFIG");
@@ -32,7 +35,7 @@ fn check_config_accepts_a_valid_file() {
     let p = write(
         &dir,
         "ok.toml",
-        &support::config_text("http://127.0.0.1:9", ""),
+        &support::TestProxy::builder(UPSTREAM).toml(),
     );
     let out = check_config(&p).output().unwrap();
     assert!(
@@ -48,7 +51,9 @@ fn check_config_accepts_a_valid_file() {
 #[test]
 fn check_config_names_file_key_and_line_and_never_echoes_secrets() {
     let dir = tempfile::tempdir().unwrap();
-    let text = support::config_text("http://127.0.0.1:9", "listen_addr = \"x\"");
+    let text = support::TestProxy::builder(UPSTREAM)
+        .server("listen_addr = \"x\"")
+        .toml();
     let p = write(&dir, "typo.toml", &text);
     let out = check_config(&p).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -65,10 +70,10 @@ fn check_config_names_file_key_and_line_and_never_echoes_secrets() {
         "{err}"
     );
 
-    let text = support::config_text("http://127.0.0.1:9", "").replace(
-        "token_env = \"TEST_SYSTEM_TOKEN\"",
-        "token = \"EAAGinlineSECRETtoken\"",
-    );
+    let text = support::TestProxy::builder(UPSTREAM)
+        .remove("app[0].token_env")
+        .set("app[0].token", "EAAGinlineSECRETtoken")
+        .toml();
     let p = write(&dir, "inline.toml", &text);
     let out = check_config(&p).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -83,7 +88,7 @@ fn check_config_names_file_key_and_line_and_never_echoes_secrets() {
     let p = write(
         &dir,
         "noenv.toml",
-        &support::config_text("http://127.0.0.1:9", ""),
+        &support::TestProxy::builder(UPSTREAM).toml(),
     );
     let out = graphgate()
         .args(["check-config", "--config"])
@@ -127,7 +132,7 @@ fn environment_overrides_are_applied() {
     let p = write(
         &dir,
         "ok.toml",
-        &support::config_text("http://127.0.0.1:9", ""),
+        &support::TestProxy::builder(UPSTREAM).toml(),
     );
     let out = check_config(&p)
         .env("GRAPHGATE_UPSTREAM__URL", "http://127.0.0.1:4321")

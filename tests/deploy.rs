@@ -708,8 +708,8 @@ async fn metrics_list_equals_real_metrics_output_after_scripted_traffic() {
         ..support::sim_config()
     })
     .await;
-    let gw = graphgate::Gateway::new(support::config(&sim.url, ""));
-    let (proxy, admin) = support::start_proxy_with_admin(gw).await;
+    let proxy = support::TestProxy::builder(&sim.url).admin().start().await;
+    let admin = proxy.admin_url();
     let c = support::client();
     let get = |path: String| {
         c.get(format!("{}{path}", proxy.url))

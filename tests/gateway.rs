@@ -20,7 +20,8 @@ async fn get(url: &str, key: &str) -> reqwest::Response {
 // Each method reaches the upstream as itself, with the path and query as sent.
 #[tokio::test]
 async fn every_method_is_forwarded_with_path_and_query() {
-    let (_sim, proxy) = start().await;
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url).start().await;
     let c = client();
     for method in ["GET", "POST", "DELETE", "PUT", "PATCH"] {
         let resp = c
@@ -46,7 +47,8 @@ async fn every_method_is_forwarded_with_path_and_query() {
 // caller put it.
 #[tokio::test]
 async fn upstream_sees_the_system_token_and_never_the_client_key() {
-    let (sim, proxy) = start().await;
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url).start().await;
     let c = client();
     let base = format!("{}/v19.0/{WABA}", proxy.url);
     assert_eq!(get(&base, CLIENT_KEY).await.status(), 200);
@@ -91,7 +93,8 @@ fn assert_no_secrets_except_system_token(s: &str) {
 // A WABA configured with its own Business Integration token is called with that token.
 #[tokio::test]
 async fn a_waba_with_its_own_token_is_called_with_it() {
-    let (sim, proxy) = start().await;
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url).start().await;
     let r = get(
         &format!("{}/v19.0/{OTHER_WABA}/phone_numbers", proxy.url),
         CLIENT_KEY,
@@ -106,7 +109,8 @@ async fn a_waba_with_its_own_token_is_called_with_it() {
 // Credentials are removed from header, query and form; the other parameters arrive untouched.
 #[tokio::test]
 async fn caller_credentials_are_stripped_from_header_query_and_form() {
-    let (_sim, proxy) = start().await;
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url).start().await;
     let c = client();
     let r = c
         .post(format!(
@@ -156,7 +160,8 @@ async fn caller_credentials_are_stripped_from_header_query_and_form() {
 // The proof the upstream receives equals HMAC-SHA256(app secret, token|time) computed here.
 #[tokio::test]
 async fn appsecret_proof_equals_an_independently_computed_value() {
-    let (sim, proxy) = start().await;
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url).start().await;
     assert_eq!(
         get(&format!("{}/v19.0/{WABA}", proxy.url), CLIENT_KEY)
             .await
@@ -187,7 +192,8 @@ async fn appsecret_proof_equals_an_independently_computed_value() {
 // them reaches the upstream.
 #[tokio::test]
 async fn unauthenticated_and_forbidden_calls_get_graph_errors_and_stay_local() {
-    let (sim, proxy) = start().await;
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url).start().await;
     let before = stats(&sim)["total_calls"].as_u64().unwrap();
     let c = client();
     let url = format!("{}/v19.0/{WABA}/message_templates", proxy.url);
@@ -230,7 +236,8 @@ async fn unauthenticated_and_forbidden_calls_get_graph_errors_and_stay_local() {
 // Following paging.next verbatim walks every page through the proxy, and no link carries a token.
 #[tokio::test]
 async fn paging_links_lead_back_through_the_proxy_without_tokens() {
-    let (_sim, proxy) = start().await;
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url).start().await;
     let c = client();
     let mut url = format!(
         "{}/v19.0/{WABA}/message_templates?limit=4&access_token={CLIENT_KEY}",
@@ -274,7 +281,8 @@ async fn paging_links_lead_back_through_the_proxy_without_tokens() {
 // Meta's own response headers reach the caller unchanged.
 #[tokio::test]
 async fn metas_response_headers_reach_the_caller() {
-    let (_sim, proxy) = start().await;
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url).start().await;
     let r = get(&format!("{}/v19.0/{WABA}", proxy.url), CLIENT_KEY).await;
     assert_eq!(r.status(), 200);
     for h in [
@@ -291,7 +299,8 @@ async fn metas_response_headers_reach_the_caller() {
 // Whatever Host the caller uses, the request goes to the configured upstream.
 #[tokio::test]
 async fn the_callers_host_header_never_picks_the_upstream() {
-    let (_sim, proxy) = start().await;
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url).start().await;
     let resp = raw(
         proxy.addr,
         format!("GET /__sim/echo HTTP/1.1\r\nHost: evil.example\r\nAuthorization: Bearer {CLIENT_KEY}\r\nConnection: close\r\n\r\n").as_bytes(),
@@ -310,13 +319,15 @@ async fn upstream_failures_are_transient_graph_errors() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
-    let proxy = start_proxy(config(&dead_url, "")).await;
+    let proxy = TestProxy::builder(&dead_url).start().await;
     let r = get(&format!("{}/v19.0/{WABA}", proxy.url), CLIENT_KEY).await;
     assert_eq!(r.status(), 502);
     let v: Value = r.json().await.unwrap();
     assert_eq!(graph_error(&v)["is_transient"], true);
 
-    let (sim, proxy) = start().await;
+    let sim = start_sim(sim_config()).await;
+
+    let proxy = TestProxy::builder(&sim.url).start().await;
     sim.sim.set_faults(graphgate::sim::Faults {
         stall_ms: 10_000,
         ..Default::default()
@@ -336,7 +347,8 @@ async fn upstream_failures_are_transient_graph_errors() {
 // Upstream 5xx answers are relayed as Meta sent them (status and body), not replaced.
 #[tokio::test]
 async fn upstream_errors_are_relayed_unchanged() {
-    let (sim, proxy) = start().await;
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url).start().await;
     sim.sim.set_faults(graphgate::sim::Faults {
         fail_next: 1,
         fail_status: 503,
@@ -352,7 +364,8 @@ async fn upstream_errors_are_relayed_unchanged() {
 // A batch's sub-requests obey the allowlists and lose the caller's credentials.
 #[tokio::test]
 async fn batch_sub_requests_are_checked_and_cleaned() {
-    let (_sim, proxy) = start().await;
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url).start().await;
     let c = client();
     let batch = serde_json::json!([
         {"method": "GET", "relative_url": format!("v19.0/{OTHER_WABA}?access_token={LIMITED_KEY}")},
@@ -400,7 +413,8 @@ async fn batch_sub_requests_are_checked_and_cleaned() {
 // Nothing any caller received, and no log line, contains a token, app secret or client key.
 #[tokio::test]
 async fn no_secret_appears_in_responses_or_logs() {
-    let (sim, proxy) = start().await;
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url).start().await;
     let c = client();
     let mut seen = String::new();
     let urls = [
@@ -447,7 +461,8 @@ async fn no_secret_appears_in_responses_or_logs() {
 // SIGTERM-style shutdown lets an in-flight request finish.
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish() {
-    let (sim, proxy) = start().await;
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url).start().await;
     sim.sim.set_faults(graphgate::sim::Faults {
         latency_ms: 500,
         ..Default::default()

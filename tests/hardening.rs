@@ -17,7 +17,8 @@ fn upstream_requests(sim: &SimServer) -> usize {
 // (where Meta would echo it into paging links); a batch mixing tokens is refused.
 #[tokio::test]
 async fn batches_never_carry_a_token_in_a_url() {
-    let (sim, proxy) = start().await;
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url).start().await;
     let c = client();
     let batch = serde_json::json!([{"method": "GET", "relative_url": format!("v19.0/{OTHER_WABA}/message_templates?limit=1")}]).to_string();
     let r = c
@@ -58,7 +59,8 @@ async fn batches_never_carry_a_token_in_a_url() {
 // The batch endpoint takes only url-encoded forms with one `batch`; duplicated `ids` are refused.
 #[tokio::test]
 async fn batches_in_other_encodings_and_duplicated_parameters_are_refused() {
-    let (sim, proxy) = start().await;
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url).start().await;
     let c = client();
     let batch =
         serde_json::json!([{"method": "GET", "relative_url": format!("v19.0/{OTHER_WABA}")}])
@@ -108,7 +110,8 @@ fn urlencode(s: &str) -> String {
 // spelling of the version, and cannot turn a GET into a DELETE with `method=`.
 #[tokio::test]
 async fn restricted_clients_are_denied_by_default() {
-    let (sim, proxy) = start().await;
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url).start().await;
     let c = client();
     for path in [
         "/v19.0/1234567890",
@@ -146,7 +149,8 @@ async fn restricted_clients_are_denied_by_default() {
 // Whatever the caller accepts, graphgate asks Meta for plain bytes, so it can read and cache them.
 #[tokio::test]
 async fn upstream_is_asked_for_uncompressed_answers() {
-    let (_sim, proxy) = start().await;
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url).start().await;
     let r = client()
         .get(format!("{}/__sim/echo", proxy.url))
         .bearer_auth(CLIENT_KEY)

@@ -23,7 +23,11 @@ fn bucket<'a>(st: &'a Value, waba: &str) -> &'a Value {
 }
 
 /// Simulator with a short window, and a proxy whose `[limits]` are `limits`.
-async fn start_limited(sim_window: Duration, sim_limit: u32, limits: &str) -> (SimServer, Proxy) {
+async fn start_limited(
+    sim_window: Duration,
+    sim_limit: u32,
+    limits: &str,
+) -> (SimServer, TestProxy) {
     let sim = start_sim(SimConfig {
         window: sim_window,
         waba_limit: sim_limit,
@@ -31,11 +35,11 @@ async fn start_limited(sim_window: Duration, sim_limit: u32, limits: &str) -> (S
         ..sim_config()
     })
     .await;
-    let proxy = start_proxy(config(
-        &sim.url,
-        &format!("\n[cache]\nenabled = false\n[limits]\n{limits}\n"),
-    ))
-    .await;
+    let proxy = TestProxy::builder(&sim.url)
+        .cache(false)
+        .limits(limits)
+        .start()
+        .await;
     (sim, proxy)
 }
 
@@ -181,22 +185,22 @@ async fn a_full_bucket_stays_full_across_a_restart() {
     let state = dir.path().join("limits.json");
     let limits = format!("waba_active = 3\nstate_file = \"{}\"", state.display());
     let sim = start_sim(sim_config()).await;
-    let proxy = start_proxy(config(
-        &sim.url,
-        &format!("\n[cache]\nenabled = false\n[limits]\n{limits}\n"),
-    ))
-    .await;
+    let proxy = TestProxy::builder(&sim.url)
+        .cache(false)
+        .limits(&limits)
+        .start()
+        .await;
     let url = format!("{}/v19.0/{WABA}", proxy.url);
     for _ in 0..3 {
         assert_eq!(get(&url).await.status(), 200);
     }
     proxy.shutdown().await;
     assert!(state.exists());
-    let proxy = start_proxy(config(
-        &sim.url,
-        &format!("\n[cache]\nenabled = false\n[limits]\n{limits}\n"),
-    ))
-    .await;
+    let proxy = TestProxy::builder(&sim.url)
+        .cache(false)
+        .limits(&limits)
+        .start()
+        .await;
     let r = get(&format!("{}/v19.0/{WABA}", proxy.url)).await;
     assert_eq!(r.status(), 429);
 }
@@ -281,11 +285,11 @@ async fn batches_and_multi_id_calls_count_every_call() {
 #[tokio::test]
 async fn auto_wabas_learn_their_limit_from_the_probe() {
     let sim = start_sim(sim_config()).await;
-    let text = config_text(&sim.url, "\n[cache]\nenabled = false\n")
-        .replace("active = true", "active = \"auto\"");
-    let cfg =
-        graphgate::Config::from_toml(&text, "t.toml", std::path::Path::new("."), &env()).unwrap();
-    let proxy = start_proxy(cfg).await;
+    let proxy = TestProxy::builder(&sim.url)
+        .cache(false)
+        .waba_active(WABA, "auto")
+        .start()
+        .await;
     let url = format!("{}/v19.0/{WABA}", proxy.url);
     let mut policy = String::new();
     for _ in 0..50 {
@@ -325,14 +329,12 @@ async fn a_probes_throttling_answer_blocks_the_bucket_like_a_proxied_call() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let text = config_text(
-        &sim.url,
-        "\n[cache]\nenabled = false\n[limits]\nthrottle_block = \"1m\"\n",
-    )
-    .replace("active = true", "active = \"auto\"");
-    let cfg =
-        graphgate::Config::from_toml(&text, "t.toml", std::path::Path::new("."), &env()).unwrap();
-    let proxy = start_proxy(cfg).await;
+    let proxy = TestProxy::builder(&sim.url)
+        .cache(false)
+        .limits("throttle_block = \"1m\"")
+        .waba_active(WABA, "auto")
+        .start()
+        .await;
     // The start-up probe is the only call graphgate makes; Meta throttles it.
     let deadline = Instant::now() + Duration::from_secs(10);
     while bucket(&stats(&sim), WABA)["throttled"] != 1 {
@@ -368,18 +370,17 @@ fn nonsensical_limits_are_refused() {
         ("on_limit = \"queue\"", "limits.on_limit"),
         ("reserve_percent = 95", "limits.reserve_percent"),
     ] {
-        let text = config_text(
-            "http://127.0.0.1:9",
-            &format!("\n[cache]\nenabled = false\n[limits]\n{limits}\n"),
-        );
-        let err = graphgate::Config::from_toml(&text, "t.toml", std::path::Path::new("."), &env())
+        let err = TestProxy::builder("http://127.0.0.1:9")
+            .cache(false)
+            .limits(limits)
+            .load()
             .unwrap_err()
             .to_string();
         assert!(err.contains(key), "{limits}: {err}");
     }
-    let text = config_text("http://127.0.0.1:9", "")
-        .replace("name = \"bravo\"", "name = \"bravo\"\nrate = \"fast\"");
-    let err = graphgate::Config::from_toml(&text, "t.toml", std::path::Path::new("."), &env())
+    let err = TestProxy::builder("http://127.0.0.1:9")
+        .set("client[1].rate", "fast")
+        .load()
         .unwrap_err()
         .to_string();
     assert!(err.contains("client[1].rate"), "{err}");
@@ -390,9 +391,11 @@ fn nonsensical_limits_are_refused() {
 #[tokio::test]
 async fn cache_hits_cost_nothing_and_a_spent_bucket_serves_stale() {
     let sim = start_sim(sim_config()).await;
-    let extra =
-        "\n[cache]\ndefault_ttl = \"200ms\"\nstale_ttl = \"1h\"\n[limits]\nwaba_active = 2\n";
-    let proxy = start_proxy(config(&sim.url, extra)).await;
+    let proxy = TestProxy::builder(&sim.url)
+        .section("cache", "default_ttl = \"200ms\"\nstale_ttl = \"1h\"")
+        .limits("waba_active = 2")
+        .start()
+        .await;
     let x = format!("{}/v19.0/{WABA}/message_templates?limit=3", proxy.url);
     assert_eq!(get(&x).await.headers()["x-cache"], "MISS");
     for _ in 0..5 {

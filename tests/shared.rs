@@ -24,19 +24,6 @@ fn bucket(st: &Value, waba: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn shared_config(
-    sim_url: &str,
-    redis_url: &str,
-    prefix: &str,
-    limits: &str,
-    cache: bool,
-) -> graphgate::Config {
-    let extra = format!(
-        "\n[cache]\nenabled = {cache}\n[limits]\nbackend = \"redis\"\nredis_url = \"{redis_url}\"\nredis_prefix = \"{prefix}\"\n{limits}\n"
-    );
-    config(sim_url, &extra)
-}
-
 async fn wait_up(gw: &graphgate::Gateway) {
     let started = Instant::now();
     while gw.limiter().backend_state() != "up" {
@@ -48,6 +35,8 @@ async fn wait_up(gw: &graphgate::Gateway) {
     }
 }
 
+/// `n` proxies sharing `redis` under `prefix`, each returned once its Redis link is up, with its
+/// gateway beside it.
 async fn replicas(
     n: usize,
     sim_url: &str,
@@ -55,11 +44,16 @@ async fn replicas(
     prefix: &str,
     limits: &str,
     cache: bool,
-) -> Vec<(Proxy, graphgate::Gateway)> {
+) -> Vec<(TestProxy, graphgate::Gateway)> {
     let mut out = Vec::new();
     for _ in 0..n {
-        let (p, gw) =
-            start_gateway(shared_config(sim_url, &redis.url(), prefix, limits, cache)).await;
+        let p = TestProxy::builder(sim_url)
+            .cache(cache)
+            .redis(&redis.url(), prefix)
+            .limits(limits)
+            .start()
+            .await;
+        let gw = p.gw.clone();
         wait_up(&gw).await;
         out.push((p, gw));
     }

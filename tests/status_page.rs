@@ -8,8 +8,6 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use graphgate::config::Config;
-use graphgate::Gateway;
 use support::*;
 
 /// The status page's colours (src/admin/status.html): budget used, a full or blocked bucket, the
@@ -142,11 +140,13 @@ impl Image {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_renders_budget_bars_in_headless_chromium() {
     let sim = start_sim(sim_config()).await;
-    let text = config_text(&sim.url, "")
-        .replacen("active = true\n", "active = true\nlimit = 10\n", 1)
-        .replacen("active = false\n", "active = false\nlimit = 2\n", 1);
-    let cfg = Config::from_toml(&text, "test.toml", Path::new("."), &env()).unwrap();
-    let (proxy, admin) = start_proxy_with_admin(Gateway::new(cfg)).await;
+    let proxy = TestProxy::builder(&sim.url)
+        .waba_limit(WABA, 10)
+        .waba_limit(OTHER_WABA, 2)
+        .admin()
+        .start()
+        .await;
+    let admin = proxy.admin_url();
     let get = |path: String| get_status(format!("{}{path}", proxy.url));
     let fields = [
         "id",

@@ -23,7 +23,8 @@ fn peak_rss_kib() -> u64 {
 // far less than either body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_megabyte_bodies_stream_in_bounded_memory() {
-    let (_sim, proxy) = start().await;
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url).start().await;
     let c = client();
     // Warm up connections and allocator pools before taking the baseline.
     let r = c

@@ -15,12 +15,11 @@ async fn tls_listener_serves_https_and_http2() {
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
 
     let sim = start_sim(sim_config()).await;
-    let extra = format!(
-        "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
-        cert_path.display(),
-        key_path.display()
-    );
-    let proxy = start_proxy(config(&sim.url, &extra)).await;
+    let proxy = TestProxy::builder(&sim.url)
+        .set("server.tls_cert_file", cert_path.display().to_string())
+        .set("server.tls_key_file", key_path.display().to_string())
+        .start()
+        .await;
     let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
     let c = reqwest::Client::builder()
         .no_proxy()

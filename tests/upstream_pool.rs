@@ -89,11 +89,15 @@ async fn start_upstream() -> Upstream {
 
 /// A proxy in front of `up`, cache off so every call goes upstream, with `pool` lines added to
 /// `[upstream]`.
-async fn proxy(up: &Upstream, pool: &str) -> Proxy {
-    start_uncached_proxy(&up.url, pool).await
+async fn proxy(up: &Upstream, pool: &str) -> TestProxy {
+    TestProxy::builder(&up.url)
+        .upstream(pool)
+        .cache(false)
+        .start()
+        .await
 }
 
-async fn call(p: &Proxy, method: reqwest::Method, path: &str) -> reqwest::Response {
+async fn call(p: &TestProxy, method: reqwest::Method, path: &str) -> reqwest::Response {
     client()
         .request(method, format!("{}{path}", p.url))
         .bearer_auth(CLIENT_KEY)

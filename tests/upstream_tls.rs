@@ -98,18 +98,18 @@ async fn start_tls_upstream(alpn: &[&[u8]]) -> TlsUpstream {
 }
 
 /// A proxy in front of `up`, cache off, trusting `ca_pem` when given.
-async fn proxy(up: &TlsUpstream, ca_pem: Option<&str>) -> (Proxy, tempfile::TempDir) {
+async fn proxy(up: &TlsUpstream, ca_pem: Option<&str>) -> (TestProxy, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let mut lines = String::new();
+    let mut proxy = TestProxy::builder(&up.url).cache(false);
     if let Some(pem) = ca_pem {
         let path = dir.path().join("ca.pem");
         std::fs::write(&path, pem).unwrap();
-        lines = format!("ca_file = \"{}\"", path.display());
+        proxy = proxy.set("upstream.ca_file", path.display().to_string());
     }
-    (start_uncached_proxy(&up.url, &lines).await, dir)
+    (proxy.start().await, dir)
 }
 
-async fn get_ok(p: &Proxy, path: &str) {
+async fn get_ok(p: &TestProxy, path: &str) {
     let r = get(&format!("{}{path}", p.url)).await;
     assert_eq!(r.status(), 200, "{path}");
     assert_eq!(r.text().await.unwrap(), BODY);
@@ -174,18 +174,11 @@ fn a_bad_ca_file_is_a_config_error() {
         (dir.path().join("missing.pem"), "cannot read"),
         (empty, "no PEM certificate"),
     ] {
-        let text = config_text_with_upstream(
-            "https://graph.facebook.com",
-            &format!("ca_file = \"{}\"", file.display()),
-        );
-        let err = graphgate::config::Config::from_toml(
-            &text,
-            "test.toml",
-            std::path::Path::new("."),
-            &env(),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = TestProxy::builder("https://graph.facebook.com")
+            .set("upstream.ca_file", file.display().to_string())
+            .load()
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("upstream.ca_file") && err.contains(want),
             "{err}"

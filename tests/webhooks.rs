@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,12 +29,13 @@ fn all_secrets() -> Vec<&'static str> {
     s
 }
 
-fn hook_env() -> HashMap<String, String> {
-    let mut e = env();
-    e.insert("TEST_VERIFY_TOKEN".into(), VERIFY_TOKEN.into());
-    e.insert("TEST_SUB_A".into(), SUB_A_SECRET.into());
-    e.insert("TEST_SUB_B".into(), SUB_B_SECRET.into());
-    e
+/// The standard test config, with the verify token and the subscriber secrets in the
+/// environment.
+fn hook_config(upstream: &str) -> ProxyBuilder {
+    TestProxy::builder(upstream)
+        .env("TEST_VERIFY_TOKEN", VERIFY_TOKEN)
+        .env("TEST_SUB_A", SUB_A_SECRET)
+        .env("TEST_SUB_B", SUB_B_SECRET)
 }
 
 fn hmac_hex(key: &str, body: &[u8]) -> String {
@@ -139,8 +138,7 @@ struct Env {
     sim: SimServer,
     url: String,
     gw: Gateway,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<std::io::Result<()>>,
+    proxy: TestProxy,
 }
 
 impl Env {
@@ -148,11 +146,8 @@ impl Env {
         self.gw.webhooks().expect("webhooks configured").stats()
     }
 
-    async fn shutdown(mut self) -> SimServer {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let _ = (&mut self.done).await;
+    async fn shutdown(self) -> SimServer {
+        self.proxy.shutdown().await;
         self.sim
     }
 
@@ -207,31 +202,27 @@ fn subscriber_toml(name: &str, url: &str, secret_env: Option<&str>, fields: &str
     format!("\n[[webhooks.subscriber]]\nname = \"{name}\"\nurl = \"{url}\"\n{secret}{fields}\n")
 }
 
-async fn launch(sim: SimServer, text: &str) -> Env {
-    logs();
-    let config =
-        graphgate::Config::from_toml(text, "test.toml", Path::new("."), &hook_env()).unwrap();
-    let gw = Gateway::new(config);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = oneshot::channel::<()>();
-    let done = tokio::spawn(graphgate::run_with(listener, gw.clone(), async move {
-        let _ = rx.await;
-    }));
+/// The default test config (WABA active, OTHER_WABA inactive) with `[webhooks]` and `extra`.
+fn hooks(upstream: &str, extra: &str) -> ProxyBuilder {
+    hook_config(upstream).merge(&webhooks_toml(extra))
+}
+
+/// Starts `proxy` in front of `sim`.
+async fn launch(sim: SimServer, proxy: ProxyBuilder) -> Env {
+    let proxy = proxy.start().await;
     Env {
         sim,
-        url,
-        gw,
-        stop: Some(tx),
-        done,
+        url: proxy.url.clone(),
+        gw: proxy.gw.clone(),
+        proxy,
     }
 }
 
-/// The default test config (WABA active, OTHER_WABA inactive) with `[webhooks]` and `extra`.
+/// The simulator and, in front of it, [`hooks`] with `extra`.
 async fn start_hooks(extra: &str) -> Env {
     let sim = start_sim(sim_config()).await;
-    let text = format!("{}{}", config_text(&sim.url, ""), webhooks_toml(extra));
-    launch(sim, &text).await
+    let proxy = hooks(&sim.url, extra);
+    launch(sim, proxy).await
 }
 
 fn event(waba: &str, field: &str, value: Value) -> String {
@@ -553,13 +544,8 @@ async fn unknown_fields_are_only_fanned_out() {
 #[tokio::test]
 async fn account_and_phone_events_reprobe_an_auto_waba_and_move_its_limit() {
     let sim = start_sim(sim_config()).await;
-    let text = format!(
-        "{}{}",
-        config_text(&sim.url, "").replacen("active = true", "active = \"auto\"", 1),
-        webhooks_toml("")
-    )
-    .replace("[webhooks]", "[cache]\nenabled = false\n\n[webhooks]");
-    let e = launch(sim, &text).await;
+    let proxy = hooks(&sim.url, "").waba_active(WABA, "auto").cache(false);
+    let e = launch(sim, proxy).await;
     let wait_for =
         |want: &'static str| policy_with(format!("{}/v19.0/{WABA}?fields=name", e.url), want);
     let p = wait_for("q=5000").await;
@@ -618,16 +604,10 @@ async fn policy_with(url: String, want: &'static str) -> String {
 async fn in_shared_mode_an_event_on_one_replica_invalidates_the_others() {
     let redis = support::redis::RedisServer::start();
     let sim = start_sim(sim_config()).await;
-    let limits = format!(
-        "\n[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_prefix = \"wh\"\n",
-        redis.url()
-    );
-    let text = format!("{}{}", config_text(&sim.url, &limits), webhooks_toml(""));
     let mut reps = Vec::new();
     for _ in 0..2 {
-        let cfg =
-            graphgate::Config::from_toml(&text, "t.toml", Path::new("."), &hook_env()).unwrap();
-        let (p, gw) = start_gateway(cfg).await;
+        let p = hooks(&sim.url, "").redis(&redis.url(), "wh").start().await;
+        let gw = p.gw.clone();
         let started = Instant::now();
         while gw.limiter().backend_state() != "up" {
             assert!(started.elapsed() < Duration::from_secs(10), "no Redis");
@@ -830,8 +810,8 @@ async fn deliveries_pending_at_shutdown_are_sent_after_a_restart() {
         subscriber_toml("durable", &sink.url, Some("TEST_SUB_A"), "")
     );
     let sim = start_sim(sim_config()).await;
-    let text = format!("{}{}", config_text(&sim.url, ""), webhooks_toml(&extra));
-    let first = launch(sim, &text).await;
+    let proxy = hooks(&sim.url, &extra);
+    let first = launch(sim, proxy.clone()).await;
     for id in 1..=3 {
         assert_eq!(
             first.post_event(&template_event(WABA, id)).await.status(),
@@ -869,7 +849,7 @@ async fn deliveries_pending_at_shutdown_are_sent_after_a_restart() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sink.state.attempts.load(Ordering::SeqCst), attempts);
 
-    let second = launch(sim, &text).await;
+    let second = launch(sim, proxy).await;
     sink.state.fail_all.store(false, Ordering::SeqCst);
     until("all four delivered by the new proxy", || {
         sink.got().len() == 4
@@ -892,7 +872,6 @@ async fn deliveries_pending_at_shutdown_are_sent_after_a_restart() {
 // Webhook config mistakes are refused at start-up, each naming its key, without the secret.
 #[test]
 fn webhook_config_mistakes_are_refused_naming_the_key() {
-    let base = config_text("http://127.0.0.1:1", "");
     let cases = [
         ("[webhooks]\nverify_token_env = \"TEST_VERIFY_TOKEN\"\n", "webhooks.path"),
         ("[webhooks]\npath = \"/hooks\"\n", "webhooks.verify_token_env"),
@@ -926,19 +905,19 @@ fn webhook_config_mistakes_are_refused_naming_the_key() {
         ),
     ];
     for (section, key) in cases {
-        let text = format!("{base}\n{section}");
-        let err = graphgate::Config::from_toml(&text, "t.toml", Path::new("."), &hook_env())
+        let err = hook_config("http://127.0.0.1:1")
+            .merge(section)
+            .load()
             .unwrap_err()
             .to_string();
         assert!(err.contains(key), "{section}: {err}");
         assert!(!err.contains("inline-"), "{err}");
     }
     // Without an app secret nothing could be verified.
-    let text = format!(
-        "{}\n[webhooks]\npath = \"/hooks\"\nverify_token_env = \"TEST_VERIFY_TOKEN\"\n",
-        base.replace("app_secret_env = \"TEST_APP_SECRET\"", "")
-    );
-    let err = graphgate::Config::from_toml(&text, "t.toml", Path::new("."), &hook_env())
+    let err = hook_config("http://127.0.0.1:1")
+        .remove("app[0].app_secret_env")
+        .merge("[webhooks]\npath = \"/hooks\"\nverify_token_env = \"TEST_VERIFY_TOKEN\"\n")
+        .load()
         .unwrap_err()
         .to_string();
     assert!(err.contains("webhooks"), "{err}");

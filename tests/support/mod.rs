@@ -1,14 +1,25 @@
-//! Test harness: the real simulator and the real proxy on `127.0.0.1:0`, a log capture, and
-//! helpers to scan everything a test saw for secrets.
+//! Test harness: the test secrets and ids, the real simulator on `127.0.0.1:0`, a log capture,
+//! request helpers, and helpers to scan everything a test saw for secrets. graphgate itself is
+//! configured and started only through [`TestProxy::builder`] (proxy.rs); the standard config
+//! lives in table.rs, the `/metrics` reader in metrics.rs, a real redis-server in redis.rs.
+//! Nothing here binds a fixed port.
 #![allow(dead_code)]
 
+mod metrics;
+mod proxy;
 pub mod redis;
+mod table;
+
+// Each test binary uses its own part of the harness (hence also `dead_code` above).
+#[allow(unused_imports)]
+pub use metrics::{metric_value, parse_metrics, Sample};
+#[allow(unused_imports)]
+pub use proxy::{ProxyBuilder, TestProxy};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use graphgate::config::Config;
 use graphgate::sim::{self, Access, Sim, SimConfig, SimToken};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -141,91 +152,12 @@ pub async fn start_sim(cfg: SimConfig) -> SimServer {
     }
 }
 
-pub struct Proxy {
-    pub addr: SocketAddr,
-    pub url: String,
-    _stop: Stop,
-    pub done: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Proxy {
-    /// Signals shutdown and waits for the server to finish draining.
-    pub async fn shutdown(mut self) {
-        if let Some(tx) = self._stop.0.take() {
-            let _ = tx.send(());
-        }
-        let _ = (&mut self.done).await;
-    }
-}
-
-/// A config with one app (system token, app secret), the two WABAs, a full client and a limited one.
-pub fn config_text(upstream: &str, extra_server: &str) -> String {
-    let full = hex(CLIENT_KEY);
-    let limited = hex(LIMITED_KEY);
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-{extra_server}
-
-[upstream]
-url = "{upstream}"
-connect_timeout = "1s"
-request_timeout = "2s"
-
-[[app]]
-name = "main"
-id = "{APP_ID}"
-token_env = "TEST_SYSTEM_TOKEN"
-app_secret_env = "TEST_APP_SECRET"
-
-[[app.waba]]
-id = "{WABA}"
-active = true
-phone_numbers = ["{PHONE}"]
-
-[[app.waba]]
-id = "{OTHER_WABA}"
-active = false
-token_env = "TEST_WABA_TOKEN"
-
-[[client]]
-name = "alpha"
-key_sha256 = "{full}"
-
-[[client]]
-name = "bravo"
-key_sha256 = "{limited}"
-wabas = ["{WABA}"]
-methods = ["GET"]
-"#
-    )
-}
-
-/// [`config_text`] with `lines` added to its `[upstream]` table.
-pub fn config_text_with_upstream(upstream: &str, lines: &str) -> String {
-    config_text(upstream, "").replace(
-        "request_timeout = \"2s\"",
-        &format!("request_timeout = \"2s\"\n{lines}"),
-    )
-}
-
-/// A proxy in front of `upstream` with `lines` added to `[upstream]` and the response cache off,
-/// so every call goes upstream.
-pub async fn start_uncached_proxy(upstream: &str, lines: &str) -> Proxy {
-    let text = format!(
-        "{}\n[cache]\nenabled = false\n",
-        config_text_with_upstream(upstream, lines)
-    );
-    let cfg = Config::from_toml(&text, "test.toml", std::path::Path::new("."), &env()).unwrap();
-    start_proxy(cfg).await
-}
-
 /// A distinct template-list path per `i` (distinct cache keys, the same upstream route).
 pub fn templates_path(i: usize) -> String {
     format!("/v19.0/{WABA}/message_templates?n={i}")
 }
 
+/// The test secrets by the variable names the standard config's `*_env` keys give.
 pub fn env() -> HashMap<String, String> {
     HashMap::from([
         ("TEST_SYSTEM_TOKEN".to_string(), SYSTEM_TOKEN.to_string()),
@@ -234,60 +166,12 @@ pub fn env() -> HashMap<String, String> {
     ])
 }
 
+/// The hex SHA-256 of a client key, as `key_sha256` holds it.
 pub fn hex(key: &str) -> String {
     graphgate::config::key_digest(key)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-pub fn config(upstream: &str, extra_server: &str) -> Config {
-    Config::from_toml(
-        &config_text(upstream, extra_server),
-        "test.toml",
-        std::path::Path::new("."),
-        &env(),
-    )
-    .unwrap()
-}
-
-pub async fn start_proxy(config: Config) -> Proxy {
-    serve_gateway(graphgate::Gateway::new(config)).await
-}
-
-/// Serves `gw` on a free loopback port until the returned handle is dropped or shut down.
-pub async fn serve_gateway(gw: graphgate::Gateway) -> Proxy {
-    serve(gw, None).await
-}
-
-/// The proxy on a free port, plus the admin listener on `admin` when given.
-async fn serve(gw: graphgate::Gateway, admin: Option<TcpListener>) -> Proxy {
-    logs();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let done = tokio::spawn(graphgate::run_with_admin(listener, admin, gw, async move {
-        let _ = rx.await;
-    }));
-    Proxy {
-        addr,
-        url: format!("http://{addr}"),
-        _stop: Stop(Some(tx)),
-        done,
-    }
-}
-
-/// A proxy whose gateway the test keeps, to look at its limiter and cache.
-pub async fn start_gateway(config: Config) -> (Proxy, graphgate::Gateway) {
-    let gw = graphgate::Gateway::new(config);
-    (serve_gateway(gw.clone()).await, gw)
-}
-
-/// The simulator plus a proxy in front of it, with the default test config.
-pub async fn start() -> (SimServer, Proxy) {
-    let sim = start_sim(sim_config()).await;
-    let proxy = start_proxy(config(&sim.url, "")).await;
-    (sim, proxy)
 }
 
 pub fn client() -> reqwest::Client {
@@ -358,83 +242,6 @@ pub fn graph_error(v: &serde_json::Value) -> &serde_json::Value {
     assert!(e["code"].is_number(), "no code in {v}");
     assert!(e["fbtrace_id"].is_string(), "no fbtrace_id in {v}");
     e
-}
-
-// ---------------------------------------------------------------- admin listener
-
-/// A proxy with its admin listener, both on `127.0.0.1:0`; returns the proxy and the admin base URL.
-pub async fn start_proxy_with_admin(gw: graphgate::Gateway) -> (Proxy, String) {
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin_url = format!("http://{}", admin.local_addr().unwrap());
-    (serve(gw, Some(admin)).await, admin_url)
-}
-
-/// One sample line of Prometheus text output.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    pub name: String,
-    pub labels: std::collections::BTreeMap<String, String>,
-    pub value: f64,
-}
-
-/// Parses the sample lines of Prometheus text format (comments skipped).
-pub fn parse_metrics(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').expect("a value");
-        let (name, labels) = match series.split_once('{') {
-            None => (series.to_string(), Default::default()),
-            Some((name, rest)) => {
-                let body = rest.strip_suffix('}').expect("closing brace");
-                let mut labels = std::collections::BTreeMap::new();
-                let mut chars = body.chars().peekable();
-                loop {
-                    let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
-                    if key.is_empty() {
-                        break;
-                    }
-                    assert_eq!(chars.next(), Some('"'), "quoted label value in {line}");
-                    let mut val = String::new();
-                    while let Some(c) = chars.next() {
-                        match c {
-                            '\\' => val.push(chars.next().unwrap_or('\\')),
-                            '"' => break,
-                            c => val.push(c),
-                        }
-                    }
-                    labels.insert(key.trim_start_matches(',').to_string(), val);
-                    if chars.peek() == Some(&',') {
-                        chars.next();
-                    }
-                }
-                (name.to_string(), labels)
-            }
-        };
-        out.push(Sample {
-            name,
-            labels,
-            value: value.parse().expect("a number"),
-        });
-    }
-    out
-}
-
-/// The value of the one sample named `name` whose labels include every `(key, value)` in `want`,
-/// summed over any further labels; 0 when there is none.
-pub fn metric_value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|s| s.name == name)
-        .filter(|s| {
-            want.iter()
-                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.value)
-        .sum()
 }
 
 /// GET on the admin listener, with an optional bearer token.
