@@ -1,9 +1,10 @@
 //! Bounded reads of a body into memory: the one loop graphgate uses wherever it buffers a body
-//! (a caller's form or JSON body, a webhook post, Meta's JSON answer, a probe's listing).
+//! (a caller's form or JSON body, a webhook post, Meta's JSON answer, a cache entry, a probe's
+//! listing).
 //!
 //! It owns stopping at a size limit and at a deadline. It never decides what a body means, and it
-//! never reads past the limit: a body that turns out larger is handed back as what was read plus the
-//! unread rest, so the caller can refuse it or stream it on.
+//! stops at the first frame that takes it past the limit: a body that turns out larger is handed
+//! back as what was read plus the unread rest, so the caller can refuse it or stream it on.
 
 use bytes::{Bytes, BytesMut};
 use http_body::Body;

@@ -14,9 +14,10 @@
 //! - [`ids`]: Graph object ids and API versions. [`sync`]: locks that outlive a panic.
 //!   [`clock`]: injected time. [`body`]: the one bounded read of a body (size and deadline).
 //! - [`target`]: checks and decodes the request path and query; strips caller credentials.
-//! - [`error`]: the one mapping from graphgate's failures to Graph-shaped HTTP errors.
 //!
 //! What calls are, and what graphgate keeps:
+//! - [`error`]: the one mapping from graphgate's failures to Graph-shaped HTTP errors (it names the
+//!   limiter's refusal types and the target's error, nothing that does work).
 //! - [`auth`]: client keys, WABA and method allowlists, and which token a call uses.
 //! - [`classify`]: which of Meta's budgets (the seed's rate-limit table) a call spends.
 //! - [`limits`]: exact rolling-window buckets (`log`, `permit`, `wait`), Meta's feedback,
@@ -157,14 +158,10 @@ pub async fn run_with_admin(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     // The proxy's layers, outer to inner. None yet: deadlines, concurrency limits and load
-    // shedding go here, around the pipeline.
+    // shedding go here, around the pipeline (and the stack then reaches hyper through
+    // `hyper_util::service::TowerToHyperService`).
     let service = tower::ServiceBuilder::new().service(ProxyService::new(gw.clone()));
-    let proxy = server::serve(
-        listener,
-        hyper_util::service::TowerToHyperService::new(service),
-        opts,
-        stopped(stop_rx.clone()),
-    );
+    let proxy = server::serve(listener, service, opts, stopped(stop_rx.clone()));
     let admin = async {
         match admin {
             Some(l) => {

@@ -21,6 +21,9 @@ use crate::upstream::{self, Upstream};
 
 /// How long a probe's answer body may take after its head.
 const BODY_DEADLINE: Duration = Duration::from_secs(30);
+/// How long an error's body may take: it is read only to learn whether Meta throttled, and the
+/// probes of the other WABAs wait behind it.
+const ERROR_BODY_DEADLINE: Duration = Duration::from_secs(5);
 /// Largest listing a probe reads (a WABA has at most a few dozen numbers).
 const MAX_BODY: u64 = 1 << 20;
 
@@ -124,24 +127,28 @@ impl Prober {
             Err(Failed::Upstream { .. }) => return Err("upstream failed"),
         };
         let status = answer.response.status();
-        let deadline = tokio::time::Instant::now() + BODY_DEADLINE;
+        let wait = if status.is_success() {
+            BODY_DEADLINE
+        } else {
+            ERROR_BODY_DEADLINE
+        };
+        let deadline = tokio::time::Instant::now() + wait;
         let body =
             crate::body::read_whole(answer.response.into_body(), MAX_BODY, Some(deadline)).await;
-        let json = |body: &Option<bytes::Bytes>| {
-            body.as_deref()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
-        };
+        let json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).ok();
         if !status.is_success() {
             // learn: a throttling answer closes the bucket, as it does for a proxied call.
-            if let Some(v) = body.as_ref().ok().and_then(json) {
+            if let Some(v) = body.ok().flatten().as_deref().and_then(json) {
                 metered::learn_from_error(&self.limiter, &self.metrics, app, Some(&wants[0].0), &v);
             }
             return Err("Meta refused the probe");
         }
-        let body = body.map_err(|e| match e {
-            crate::body::ReadError::TimedOut => "slow body",
-            crate::body::ReadError::Failed => "body failed",
-        })?;
+        let body = body
+            .map_err(|e| match e {
+                crate::body::ReadError::TimedOut => "slow body",
+                crate::body::ReadError::Failed => "body failed",
+            })?
+            .ok_or("listing too large")?;
         let v = json(&body).ok_or("not JSON")?;
         Ok(limits::registered_in(&v))
     }

@@ -11,9 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::response::Response;
-use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
-use http_body_util::BodyExt;
 use tokio::sync::watch;
 
 use super::entry::{self, CachedResponse, Stored, BYPASS, MISS};
@@ -198,51 +196,20 @@ impl Inflight {
 
     /// Reads a body whole when it fits an entry; a larger one is passed on as a stream.
     async fn buffer(&self, resp: Response) -> Result<Buffered, GatewayError> {
-        let (parts, mut body) = resp.into_parts();
-        // The rewritten JSON arrives as one frame: it is kept as that `Bytes`, without a copy.
-        let mut first: Option<Bytes> = None;
-        let mut more = BytesMut::new();
-        loop {
-            let data = match body.frame().await {
-                None => break,
-                Some(Err(_)) => return Err(GatewayError::UpstreamUnreachable),
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(d) => d,
-                    Err(_) => continue,
-                },
-            };
-            match &first {
-                None => first = Some(data),
-                Some(f) => {
-                    if more.is_empty() {
-                        more.extend_from_slice(f);
-                    }
-                    more.extend_from_slice(&data);
-                }
-            }
-            let len = if more.is_empty() {
-                first.as_ref().map_or(0, Bytes::len)
-            } else {
-                more.len()
-            };
-            if len > self.max_entry {
-                let head = if more.is_empty() {
-                    first.take().unwrap_or_default()
-                } else {
-                    more.freeze()
-                };
+        let (parts, body) = resp.into_parts();
+        // The rewritten JSON arrives as one frame: `read` keeps it as that `Bytes`, without a copy.
+        // No deadline here: a JSON answer was read (with one) by the respond step already.
+        let body = match crate::body::read(body, self.max_entry as u64, None).await {
+            Ok(crate::body::Read::Whole(body)) => body,
+            Ok(crate::body::Read::TooLarge { head, rest }) => {
                 let head = futures_util::stream::once(async move { Ok::<_, axum::Error>(head) });
-                let stream = futures_util::StreamExt::chain(head, body.into_data_stream());
+                let stream = futures_util::StreamExt::chain(head, rest.into_data_stream());
                 return Ok(Buffered::Streamed(Response::from_parts(
                     parts,
                     Body::from_stream(stream),
                 )));
             }
-        }
-        let body = if more.is_empty() {
-            first.unwrap_or_default()
-        } else {
-            more.freeze()
+            Err(_) => return Err(GatewayError::UpstreamUnreachable),
         };
         let mut headers = parts.headers;
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));

@@ -1210,3 +1210,23 @@ fn allow_no_cache_is_per_client_and_cache_keys_are_checked() {
     let e = err(load(&with("[cache]\nttl = \"1s\"\n")));
     assert!(e.to_string().contains("ttl"), "{e}");
 }
+
+// A Redis URL that starts right but cannot be parsed fails the check (serve would otherwise run
+// without sharing), and the message never echoes it: it carries a password.
+#[test]
+fn an_unparsable_redis_url_is_refused_without_echoing_it() {
+    for url in [
+        "redis://:s3cretpass@redis-host:99999999",
+        "redis://:s3cretpass@redis-host:6379/notadb",
+    ] {
+        let text = with(&format!(
+            "[limits]\nbackend = \"redis\"\nredis_url = \"{url}\""
+        ));
+        let e = err(load(&text));
+        let p = problem(&e, "limits.redis_url");
+        assert!(p.message.contains("not a usable Redis URL"), "{e}");
+        assert!(!e.to_string().contains("s3cretpass"), "{e}");
+    }
+    let ok = with("[limits]\nbackend = \"redis\"\nredis_url = \"redis://:pw@127.0.0.1:6379/2\"");
+    assert!(load(&ok).is_ok());
+}

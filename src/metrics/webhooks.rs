@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 
 use super::counters::clamp_i64;
 
-/// Counters for the metrics endpoint (`webhooks::stats`). Monotonic except `queue_depth`.
+/// Counters for the metrics endpoint (`webhooks::Hub::stats`). Monotonic except `queue_depth`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WebhookStats {
     /// Verified changes received, by `field` (unknown fields included).

@@ -36,16 +36,9 @@ impl ProxyService {
     }
 }
 
-impl<B: InBody> tower::Service<http::Request<B>> for ProxyService {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send + 'static>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+impl ProxyService {
+    /// One request: the webhook routes for their exact path, the pipeline for every other path.
+    fn dispatch<B: InBody>(&self, req: http::Request<B>) -> ProxyFuture {
         if let Some((path, routes)) = &self.webhooks {
             if req.uri().path() == &**path {
                 let req = req.map(axum::body::Body::new);
@@ -58,5 +51,34 @@ impl<B: InBody> tower::Service<http::Request<B>> for ProxyService {
         }
         let gw = self.gw.clone();
         Box::pin(async move { Ok(super::handle(gw, req).await) })
+    }
+}
+
+type ProxyFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send + 'static>>;
+
+/// For layers: `ServiceBuilder` stacks tower middleware around this.
+impl<B: InBody> tower::Service<http::Request<B>> for ProxyService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = ProxyFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> ProxyFuture {
+        self.dispatch(req)
+    }
+}
+
+/// For the listener when no layer wraps the service: hyper calls through `&self`, so a request
+/// costs one `Gateway` clone, where the tower-to-hyper adapter would clone the whole service first.
+impl<B: InBody> hyper::service::Service<http::Request<B>> for ProxyService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = ProxyFuture;
+
+    fn call(&self, req: http::Request<B>) -> ProxyFuture {
+        self.dispatch(req)
     }
 }

@@ -111,6 +111,16 @@ impl Validator<'_> {
                     || u.starts_with("redis+unix://")
                     || u.starts_with("unix://") =>
             {
+                // Parsed now (no connection is made), so a URL serve could not use fails the
+                // check instead of leaving a replica to spend the whole budget on its own. The
+                // parser's message is not echoed: it may quote the URL, password included.
+                if redis::IntoConnectionInfo::into_connection_info(u.as_str()).is_err() {
+                    self.problem(
+                        "limits.redis_url",
+                        "is not a usable Redis URL (redis://[user:password@]host[:port][/db])",
+                    );
+                    return None;
+                }
                 u
             }
             Some(_) => {
