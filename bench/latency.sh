@@ -5,13 +5,15 @@
 # summary is the median over rounds of each proxy's p50 minus the upstream's p50 in the same round.
 # Needs (root): apt-get install -y wrk nginx-light
 # Usage: bench/latency.sh [rounds, default 7]   (DURATION=5s per measurement)
+#        GRAPHGATE_BIN=/path/to/graphgate bench/latency.sh   (another build, e.g. a baseline, unbuilt)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 shared=${SHARED_BENCH:-$root/../shared/bench}
 ROUNDS=${1:-7}
 DURATION=${DURATION:-5s}
-cargo build --release --manifest-path "$root/Cargo.toml" >/dev/null 2>&1
+bin=${GRAPHGATE_BIN:-$root/target/release/graphgate}
+[[ -n ${GRAPHGATE_BIN:-} ]] || cargo build --release --manifest-path "$root/Cargo.toml" >/dev/null 2>&1
 run=$(mktemp -d /dev/shm/gg-latency.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$run"; }
@@ -50,7 +52,7 @@ taskset -c 0 nginx -p "$run" -c "$run/nginx.conf" >/dev/null 2>&1 & pids+=($!)
 taskset -c 0 nginx -p "$run/proxy" -c "$run/proxy/nginx.conf" >/dev/null 2>&1 & pids+=($!)
 export BENCH_TOKEN=bench-system-token-not-secret BENCH_CLIENT_KEY=bench-client-key-0123456789
 env GRAPHGATE_SERVER__LISTEN=127.0.0.1:18098 GRAPHGATE_CACHE__ENABLED=false \
-    taskset -c 0 "$root/target/release/graphgate" --log-format json --config "$here/peers.toml" >/dev/null 2>&1 &
+    taskset -c 0 "$bin" --log-format json --config "$here/peers.toml" >/dev/null 2>&1 &
 pids+=($!)
 sleep 2
 

@@ -22,6 +22,22 @@ fn bucket<'a>(st: &'a Value, waba: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
+/// `n` calls on the WABA made straight to the simulator with the app's own token, as another
+/// consumer of the app would: Meta counts them, graphgate never sees them.
+async fn spend_behind_graphgates_back(sim: &SimServer, n: usize) {
+    let direct = client();
+    let proof = graphgate::sim::appsecret_proof(APP_SECRET, SYSTEM_TOKEN, None);
+    for _ in 0..n {
+        let r = direct
+            .get(format!("{}/v19.0/{WABA}?appsecret_proof={proof}", sim.url))
+            .bearer_auth(SYSTEM_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
 /// Simulator with a short window, and a proxy whose `[limits]` are `limits`.
 async fn start_limited(
     sim_window: Duration,
@@ -152,17 +168,7 @@ async fn a_throttling_error_from_meta_blocks_the_bucket() {
     )
     .await;
     // Another consumer of the app spends Meta's budget behind graphgate's back.
-    let direct = client();
-    let proof = graphgate::sim::appsecret_proof(APP_SECRET, SYSTEM_TOKEN, None);
-    for _ in 0..2 {
-        let r = direct
-            .get(format!("{}/v19.0/{WABA}?appsecret_proof={proof}", sim.url))
-            .bearer_auth(SYSTEM_TOKEN)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    }
+    spend_behind_graphgates_back(&sim, 2).await;
     let url = format!("{}/v19.0/{WABA}/message_templates", proxy.url);
     let r = get(&url).await;
     assert_eq!(r.status(), 400, "Meta's own 80008 is relayed");
@@ -318,17 +324,7 @@ async fn a_probes_throttling_answer_blocks_the_bucket_like_a_proxied_call() {
     })
     .await;
     // Another consumer of the app spends Meta's budget behind graphgate's back.
-    let direct = client();
-    let proof = graphgate::sim::appsecret_proof(APP_SECRET, SYSTEM_TOKEN, None);
-    for _ in 0..2 {
-        let r = direct
-            .get(format!("{}/v19.0/{WABA}?appsecret_proof={proof}", sim.url))
-            .bearer_auth(SYSTEM_TOKEN)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    }
+    spend_behind_graphgates_back(&sim, 2).await;
     let proxy = TestProxy::builder(&sim.url)
         .cache(false)
         .limits("throttle_block = \"1m\"")

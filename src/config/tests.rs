@@ -1,3 +1,6 @@
+//! Unit tests of config loading: every key's parsing and validation, environment overrides, and
+//! that problems are reported together, naming the key and never a secret.
+
 use super::*;
 
 use std::collections::HashMap;

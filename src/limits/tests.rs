@@ -1,3 +1,6 @@
+//! Unit tests of the limiter through its facade: sliding logs, permits, wait mode, Meta's feedback,
+//! learned facts, quotas and the state file, on a manual clock.
+
 use super::*;
 use crate::clock::{Clock, ManualClock};
 use std::collections::HashMap as Env;
