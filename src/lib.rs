@@ -110,9 +110,7 @@ pub async fn run_with_admin(
 ) -> std::io::Result<()> {
     let config = gw.config().clone();
     let tls = match &config.server.tls {
-        Some(files) => {
-            Some(server::tls_acceptor(&files.cert, &files.key).map_err(std::io::Error::other)?)
-        }
+        Some(files) => Some(server::tls_acceptor(files).map_err(std::io::Error::other)?),
         None => None,
     };
     if config.auth == config::AuthMode::None {

@@ -6,7 +6,6 @@
 
 use std::future::Future;
 use std::io;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +16,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsFiles;
 
 /// A slow-loris client gets this long to send its request head.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -113,28 +114,11 @@ where
     Ok(())
 }
 
-/// Loads a PEM certificate chain and key into a rustls acceptor offering h2 and http/1.1.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: cannot read certificates: {e}", cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate found", cert.display()));
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("{}: cannot read private key: {e}", key.display()))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("TLS setup: {e}"))?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| format!("TLS certificate and key do not fit: {e}"))?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(cfg)))
+/// A rustls acceptor for the configured certificate and key (built as `check-config` checks them).
+pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
+    Ok(TlsAcceptor::from(Arc::new(
+        crate::config::tls::server_config(files)?,
+    )))
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

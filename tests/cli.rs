@@ -141,3 +141,54 @@ fn environment_overrides_are_applied() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("127.0.0.1:4321"));
 }
+
+// A TLS certificate or key that cannot be used fails check-config (and serve) before anything
+// binds, naming the key; the key file's content never appears in the message.
+#[test]
+fn check_config_refuses_unusable_tls_files_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = write(
+        &dir,
+        "key.pem",
+        "-----BEGIN PRIVATE KEY-----\nbm90YWtleQ==\n-----END PRIVATE KEY-----\n",
+    );
+    for cert in ["missing.pem", "empty.pem"] {
+        if cert == "empty.pem" {
+            write(&dir, cert, "no certificate here\n");
+        }
+        let text = support::TestProxy::builder(UPSTREAM)
+            .set(
+                "server.tls_cert_file",
+                dir.path().join(cert).display().to_string(),
+            )
+            .set("server.tls_key_file", key.display().to_string())
+            .toml();
+        let p = write(&dir, "tls.toml", &text);
+        let out = check_config(&p).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cert}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("server.tls_cert_file"), "{err}");
+        assert!(err.contains(cert), "{err}");
+        assert!(!err.contains("bm90YWtleQ"), "{err}");
+        // Bounded: a serve that got past the check would run until killed.
+        let mut serve = graphgate()
+            .args(["serve", "--config"])
+            .arg(&p)
+            .envs(support::env())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = serve.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = serve.kill();
+                panic!("serve did not refuse the TLS files within 10 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(2), "serve refuses it before binding");
+    }
+}

@@ -1,5 +1,6 @@
 //! The public entry points, [`Config::load`] and [`Config::from_toml`]: read the text, parse the
-//! TOML, apply the `GRAPHGATE_*` overrides, deserialize, then validate. A problem before validation
+//! TOML, apply the `GRAPHGATE_*` overrides, deserialize, then validate; `load` (what `check-config`
+//! and `serve` call) also checks that the TLS certificate and key can be used. A problem before validation
 //! (unreadable file, bad TOML, wrong type, unknown key) stops the load with that one problem,
 //! located by key and line; after it, validation reports every problem at once.
 //!
@@ -23,7 +24,14 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::one(&file, "", None, format!("cannot read the file: {e}")))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_toml(&text, &file, base, env)
+        let config = Self::from_toml(&text, &file, base, env)?;
+        // What can only be checked by reading other files, before anything binds a port.
+        if let Some(files) = &config.server.tls {
+            if let Err(m) = super::tls::server_config(files) {
+                return Err(ConfigError::one(&file, "server.tls_cert_file", None, m));
+            }
+        }
+        Ok(config)
     }
 
     /// Like [`Config::load`] with the file's text given; `base` resolves relative `*_file` paths.

@@ -12,7 +12,8 @@
 //! - `check`: the `Validator` that collects every problem, and the checks all sections share;
 //! - `validate` (+ `validate/`): raw to typed, section by section, in report order;
 //! - `cache` and `webhooks`: each owns its section whole (typed, raw and checks);
-//! - `error`: [`ConfigError`] and [`Problem`].
+//! - `error`: [`ConfigError`] and [`Problem`];
+//! - `tls`: the server's certificate and key as a rustls config, checked by `load` before binding.
 //!
 //! `config` is a leaf: besides std and external crates it may use only the crate's `ids` (Graph id
 //! and version checks) and `sync` modules. It owns loading secrets (tokens, app secrets, client
@@ -36,6 +37,7 @@ mod error;
 mod load;
 mod raw;
 mod scalar;
+pub mod tls;
 mod validate;
 mod webhooks;
 
