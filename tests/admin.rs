@@ -19,6 +19,13 @@ fn with_admin_token(upstream: &str) -> ProxyBuilder {
     TestProxy::builder(upstream).env("TEST_ADMIN_TOKEN", ADMIN_TOKEN)
 }
 
+/// A proxy whose admin listener requires `ADMIN_TOKEN` (`server.admin_token_env`).
+fn guarded_admin(upstream: &str) -> ProxyBuilder {
+    with_admin_token(upstream)
+        .server("admin_token_env = \"TEST_ADMIN_TOKEN\"")
+        .admin()
+}
+
 async fn get(proxy: &TestProxy, path: &str) -> reqwest::Response {
     client()
         .get(format!("{}{path}", proxy.url))
@@ -418,11 +425,7 @@ async fn admin_cache_stats_and_purge_drop_entries_under_a_prefix() {
 #[tokio::test]
 async fn admin_token_is_required_everywhere_but_healthz() {
     let sim = start_sim(sim_config()).await;
-    let proxy = with_admin_token(&sim.url)
-        .server("admin_token_env = \"TEST_ADMIN_TOKEN\"")
-        .admin()
-        .start()
-        .await;
+    let proxy = guarded_admin(&sim.url).start().await;
     let admin = proxy.admin_url();
     for path in [
         "/metrics",
@@ -532,11 +535,7 @@ fn admin_listener_config_defaults_disables_and_refuses_inline_tokens() {
 async fn secrets_never_appear_in_metrics_admin_json_status_page_or_logs() {
     let logs = logs();
     let sim = start_sim(sim_config()).await;
-    let proxy = with_admin_token(&sim.url)
-        .server("admin_token_env = \"TEST_ADMIN_TOKEN\"")
-        .admin()
-        .start()
-        .await;
+    let proxy = guarded_admin(&sim.url).start().await;
     let admin = proxy.admin_url();
     let c = client();
     let marker = "admin-secret-scan-0001";
