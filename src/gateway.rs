@@ -177,6 +177,7 @@ impl Gateway {
         let mut tasks = JoinSet::new();
         if let Some(link) = limiter.redis().cloned() {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            tasks.spawn(link.clone().watch());
             tasks.spawn(link.run(tx));
             let invalidator = self.invalidator().clone();
             tasks.spawn(async move {

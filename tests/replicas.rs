@@ -283,6 +283,68 @@ async fn redis_going_away_with_reject_answers_503() {
     );
 }
 
+/// `/readyz` of `gw`'s admin router, in process: its status and `limits_backend`.
+async fn readiness(gw: &graphgate::Gateway) -> (u16, Value) {
+    let r = tower::ServiceExt::oneshot(
+        graphgate::admin::router(gw.clone()),
+        http::Request::get("/readyz")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let status = r.status().as_u16();
+    let body = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    (status, v["limits_backend"].clone())
+}
+
+// A hung Redis (SIGSTOP: connections open, nothing answers) is reported down from health round
+// trips within about `backend_timeout`, with no traffic needed to notice; when it goes on, the
+// replica is ready again. Under `reject`, /readyz follows it.
+#[tokio::test]
+async fn a_hung_redis_is_reported_down_without_traffic_and_up_when_it_answers() {
+    let redis = RedisServer::start();
+    let sim = start_sim(sim_config()).await;
+    let reps = replicas(
+        1,
+        &sim.url,
+        &redis,
+        "t8",
+        "on_backend_error = \"reject\"\nbackend_timeout = \"200ms\"",
+        false,
+    )
+    .await;
+    let gw = &reps[0].1;
+    assert_eq!(readiness(gw).await, (200, Value::from("up")));
+    redis.pause();
+    // One health interval plus one timeout, with room for a busy machine.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.limiter().backend_state() != "down" {
+        assert!(
+            Instant::now() < deadline,
+            "a hung Redis was still reported up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(readiness(gw).await, (503, Value::from("down")));
+    let r = get(&format!("{}/v19.0/{WABA}", reps[0].0.url)).await;
+    assert_eq!(r.status(), 503, "reject: no call without the shared budget");
+    redis.resume();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while readiness(gw).await.0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "never ready again after Redis went on"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gw.limiter().backend_state(), "up");
+}
+
 // The shared window outlives a proxy: a restarted replica still refuses a spent bucket.
 #[tokio::test]
 async fn shared_state_survives_a_proxy_restart() {

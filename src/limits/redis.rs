@@ -24,6 +24,8 @@ const COOLDOWN: Duration = Duration::from_secs(1);
 const SLOW_LIMIT: u64 = 3;
 /// Delay between attempts to (re)connect.
 const RECONNECT: Duration = Duration::from_millis(500);
+/// How often [`RedisLink::watch`] checks with a round trip that Redis answers.
+const HEALTH_EVERY: Duration = Duration::from_millis(500);
 
 /// Admission of `n` slots in each bucket, all or nothing; the last key is the app-wide block (Meta's
 /// code 4). A bucket is three keys: `:log` (sorted
@@ -479,6 +481,32 @@ impl RedisLink {
         }
         out.extend(alloc.into_iter().map(|id| Event::AllocationConfig { id }));
         Ok(out)
+    }
+
+    /// Health from real round trips, for the life of the process: a `PING` every `HEALTH_EVERY`,
+    /// bounded by `backend_timeout`. A hung Redis (stopped, or its host unreachable) answers
+    /// nothing, and without traffic no admission would notice: an unanswered or failed ping marks
+    /// the backend down at once (metrics, admin JSON, `/readyz` under `reject`), an answer marks it
+    /// up again.
+    pub async fn watch(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(HEALTH_EVERY).await;
+            let Ok(mut conn) = self.conn() else {
+                continue; // not connected yet: `run` reports that as "connecting"
+            };
+            let cmd = redis::cmd("PING");
+            match tokio::time::timeout(self.timeout, cmd.query_async::<String>(&mut conn)).await {
+                Ok(Ok(_)) => self.mark_up(),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "Redis health check failed");
+                    self.mark_down();
+                }
+                Err(_) => {
+                    tracing::debug!("Redis did not answer the health check in time");
+                    self.mark_down();
+                }
+            }
+        }
     }
 
     /// Keeps a command connection and an event subscription open for the life of the process,
