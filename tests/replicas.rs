@@ -345,6 +345,48 @@ async fn a_hung_redis_is_reported_down_without_traffic_and_up_when_it_answers() 
     assert_eq!(gw.limiter().backend_state(), "up");
 }
 
+// Redis restarts (killed, started again empty): the pooled connection died with it, and the first
+// admission after the restart is made on a fresh connection within the same call instead of
+// failing over. The link alone, without the health checks that would find the dead connection
+// first, so the admission itself meets it.
+#[tokio::test]
+async fn the_first_admission_after_a_redis_restart_reconnects_within_the_call() {
+    use graphgate::limits::redis::{Admission, RedisLink};
+    let mut redis = RedisServer::start();
+    let link = std::sync::Arc::new(
+        RedisLink::new(&redis.url(), "t9", Duration::from_millis(1000)).unwrap(),
+    );
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let runner = tokio::spawn(link.clone().run(tx));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while link.state() != "up" {
+        assert!(Instant::now() < deadline, "never connected to Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bucket = vec![(link.bucket_base("main", &format!("waba:{WABA}")), 10, 1)];
+    let admit = |member: &'static str| {
+        let (link, bucket) = (link.clone(), bucket.clone());
+        async move {
+            link.admit(
+                "main",
+                &bucket,
+                Duration::from_secs(60),
+                Duration::from_secs(5),
+                member,
+            )
+            .await
+        }
+    };
+    assert!(matches!(admit("m1").await, Ok(Admission::Taken { .. })));
+    redis.restart();
+    let after = admit("m2").await;
+    assert!(
+        matches!(after, Ok(Admission::Taken { .. })),
+        "the first admission after the restart: {after:?}"
+    );
+    runner.abort();
+}
+
 // The shared window outlives a proxy: a restarted replica still refuses a spent bucket.
 #[tokio::test]
 async fn shared_state_survives_a_proxy_restart() {

@@ -262,12 +262,40 @@ impl RedisLink {
         format!("{}:b:{app}:{scope}", self.prefix)
     }
 
-    /// Runs `f` against Redis within the timeout; a failure marks the backend down.
-    async fn call<T>(
+    /// `op` on the pooled connection, within `backend_timeout`. A connection that died with its
+    /// server (a restart) fails at once while the manager reconnects: `op` is then tried once more,
+    /// on the fresh connection and inside the same timeout, instead of sending the call to the
+    /// fallback. Every script and pipeline graphgate runs may run twice: admissions and
+    /// settlements name their slots by member, raises count to a target, events are idempotent.
+    async fn round_trip<T, Fut>(
         &self,
-        f: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> redis::RedisResult<T> {
-        match tokio::time::timeout(self.timeout, f).await {
+        op: impl Fn(ConnectionManager) -> Fut,
+    ) -> Result<redis::RedisResult<T>, tokio::time::error::Elapsed>
+    where
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let conn = match self.conn() {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        let first = tokio::time::timeout_at(deadline, op(conn.clone())).await;
+        match first {
+            Ok(Err(e)) if e.is_connection_dropped() || e.is_io_error() => {
+                tracing::debug!(error = %e, "Redis connection lost; one retry on a fresh one");
+                tokio::time::timeout_at(deadline, op(conn)).await
+            }
+            other => other,
+        }
+    }
+
+    /// Runs `op` against Redis ([`Self::round_trip`]); a failure marks the backend down, and so do
+    /// a few timeouts in a row.
+    async fn call<T, Fut>(&self, op: impl Fn(ConnectionManager) -> Fut) -> redis::RedisResult<T>
+    where
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        match self.round_trip(op).await {
             Ok(Ok(v)) => {
                 self.mark_up();
                 Ok(v)
@@ -308,7 +336,6 @@ impl RedisLink {
         lease: Duration,
         member: &str,
     ) -> redis::RedisResult<Admission> {
-        let mut conn = self.conn()?;
         let mut inv = self.admit.prepare_invoke();
         for (base, _, _) in buckets {
             inv.key(format!("{base}:log"))
@@ -323,7 +350,10 @@ impl RedisLink {
         for (_, limit, n) in buckets {
             inv.arg(*limit).arg(*n);
         }
-        let out: Vec<i64> = self.call(inv.invoke_async(&mut conn)).await?;
+        let inv = &inv;
+        let out: Vec<i64> = self
+            .call(move |mut conn| async move { inv.invoke_async(&mut conn).await })
+            .await?;
         match out.first() {
             Some(1) => Ok(Admission::Taken {
                 member: member.to_string(),
@@ -353,7 +383,9 @@ impl RedisLink {
         };
         let me = self.clone();
         handle.spawn(async move {
-            let Ok(mut conn) = me.conn() else { return };
+            if me.conn().is_err() {
+                return;
+            }
             let mut inv = me.settle.prepare_invoke();
             for (base, _) in &buckets {
                 inv.key(format!("{base}:log")).key(format!("{base}:fl"));
@@ -362,7 +394,11 @@ impl RedisLink {
             for (_, n) in &buckets {
                 inv.arg(*n);
             }
-            if let Err(e) = me.call(inv.invoke_async::<i64>(&mut conn)).await {
+            let inv = &inv;
+            let settled = me
+                .call(move |mut conn| async move { inv.invoke_async::<i64>(&mut conn).await })
+                .await;
+            if let Err(e) = settled {
                 tracing::warn!(error = %e, "could not settle a shared admission; its lease will expire");
             }
         });
@@ -376,7 +412,6 @@ impl RedisLink {
         window: Duration,
         block: Duration,
     ) -> redis::RedisResult<()> {
-        let mut conn = self.conn()?;
         let mut inv = self.raise.prepare_invoke();
         inv.key(format!("{base}:log"))
             .key(format!("{base}:fl"))
@@ -389,7 +424,8 @@ impl RedisLink {
                 self.replica,
                 rand::random::<u32>()
             ));
-        self.call(inv.invoke_async::<i64>(&mut conn))
+        let inv = &inv;
+        self.call(move |mut conn| async move { inv.invoke_async::<i64>(&mut conn).await })
             .await
             .map(|_| ())
     }
@@ -400,13 +436,15 @@ impl RedisLink {
         base: &str,
         window: Duration,
     ) -> redis::RedisResult<(u32, u32, Duration, Duration)> {
-        let mut conn = self.conn()?;
         let mut inv = self.peek.prepare_invoke();
         inv.key(format!("{base}:log"))
             .key(format!("{base}:fl"))
             .key(format!("{base}:blk"));
         inv.arg(window.as_micros() as u64);
-        let v: Vec<i64> = self.call(inv.invoke_async(&mut conn)).await?;
+        let inv = &inv;
+        let v: Vec<i64> = self
+            .call(move |mut conn| async move { inv.invoke_async(&mut conn).await })
+            .await?;
         let g = |i: usize| v.get(i).copied().unwrap_or(0).max(0) as u64;
         Ok((
             g(0) as u32,
@@ -432,7 +470,6 @@ impl RedisLink {
 
     /// Stores a learned fact and tells the other replicas.
     pub async fn share(&self, event: Event) -> redis::RedisResult<()> {
-        let mut conn = self.conn()?;
         let mut pipe = redis::pipe();
         match &event {
             Event::Active { app, waba, active } => {
@@ -455,19 +492,19 @@ impl RedisLink {
         .unwrap_or_default();
         pipe.publish(format!("{}:events", self.prefix), msg)
             .ignore();
-        self.call(pipe.query_async::<()>(&mut conn)).await
+        let pipe = &pipe;
+        self.call(move |mut conn| async move { pipe.query_async::<()>(&mut conn).await })
+            .await
     }
 
     /// Facts other replicas learned before this one started.
     pub async fn learned(&self) -> redis::RedisResult<Vec<Event>> {
-        let mut conn = self.conn()?;
+        let mut pipe = redis::pipe();
+        pipe.hgetall(format!("{}:active", self.prefix))
+            .smembers(format!("{}:alloc", self.prefix));
+        let pipe = &pipe;
         let (active, alloc): (HashMap<String, u8>, Vec<String>) = self
-            .call(
-                redis::pipe()
-                    .hgetall(format!("{}:active", self.prefix))
-                    .smembers(format!("{}:alloc", self.prefix))
-                    .query_async(&mut conn),
-            )
+            .call(move |mut conn| async move { pipe.query_async(&mut conn).await })
             .await?;
         let mut out = Vec::new();
         for (k, v) in active {
@@ -491,11 +528,17 @@ impl RedisLink {
     pub async fn watch(self: Arc<Self>) {
         loop {
             tokio::time::sleep(HEALTH_EVERY).await;
-            let Ok(mut conn) = self.conn() else {
+            if self.conn().is_err() {
                 continue; // not connected yet: `run` reports that as "connecting"
-            };
-            let cmd = redis::cmd("PING");
-            match tokio::time::timeout(self.timeout, cmd.query_async::<String>(&mut conn)).await {
+            }
+            let ping = redis::cmd("PING");
+            let ping = &ping;
+            let answer = self
+                .round_trip(
+                    move |mut conn| async move { ping.query_async::<String>(&mut conn).await },
+                )
+                .await;
+            match answer {
                 Ok(Ok(_)) => self.mark_up(),
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "Redis health check failed");
