@@ -265,8 +265,10 @@ impl RedisLink {
     /// `op` on the pooled connection, within `backend_timeout`. A connection that died with its
     /// server (a restart) fails at once while the manager reconnects: `op` is then tried once more,
     /// on the fresh connection and inside the same timeout, instead of sending the call to the
-    /// fallback. Every script and pipeline graphgate runs may run twice: admissions and
-    /// settlements name their slots by member, raises count to a target, events are idempotent.
+    /// fallback. A second run never lets more calls through: an admission names its slots by its
+    /// member, so a rerun after a lost answer sees its own slots and at worst refuses (their lease
+    /// frees them); settlements and raises converge on the same state; an event is applied twice
+    /// at most, which purges and learned facts allow.
     async fn round_trip<T, Fut>(
         &self,
         op: impl Fn(ConnectionManager) -> Fut,
