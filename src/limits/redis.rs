@@ -266,9 +266,10 @@ impl RedisLink {
     /// server (a restart) fails at once while the manager reconnects: `op` is then tried once more,
     /// on the fresh connection and inside the same timeout, instead of sending the call to the
     /// fallback. A second run never lets more calls through: an admission names its slots by its
-    /// member, so a rerun after a lost answer sees its own slots and at worst refuses (their lease
-    /// frees them); settlements and raises converge on the same state; an event is applied twice
-    /// at most, which purges and learned facts allow.
+    /// member, so a rerun after a lost answer takes the same slots again, or at worst refuses while
+    /// its first run's slots stay in flight until their lease ends and then count as calls (budget
+    /// lost, never exceeded); settlements and raises converge on the same state; an event is
+    /// applied twice at most, which purges and learned facts allow.
     async fn round_trip<T, Fut>(
         &self,
         op: impl Fn(ConnectionManager) -> Fut,
