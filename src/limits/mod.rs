@@ -30,6 +30,7 @@ mod persist;
 mod quota;
 pub mod redis;
 mod replicas;
+mod scripts;
 mod types;
 mod view;
 mod wait;
