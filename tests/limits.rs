@@ -5,7 +5,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use graphgate::sim::SimConfig;
 use serde_json::Value;
 use support::*;
 
@@ -44,13 +43,7 @@ async fn start_limited(
     sim_limit: u32,
     limits: &str,
 ) -> (SimServer, TestProxy) {
-    let sim = start_sim(SimConfig {
-        window: sim_window,
-        waba_limit: sim_limit,
-        active_waba_limit: sim_limit,
-        ..sim_config()
-    })
-    .await;
+    let sim = start_sim(sim_config_limited(sim_window, sim_limit)).await;
     let proxy = TestProxy::builder(&sim.url)
         .cache(false)
         .limits(limits)
@@ -316,13 +309,7 @@ async fn auto_wabas_learn_their_limit_from_the_probe() {
 // WABA's bucket exactly as an answer to a proxied call does, so the next call is refused locally.
 #[tokio::test]
 async fn a_probes_throttling_answer_blocks_the_bucket_like_a_proxied_call() {
-    let sim = start_sim(SimConfig {
-        window: Duration::from_secs(3600),
-        waba_limit: 2,
-        active_waba_limit: 2,
-        ..sim_config()
-    })
-    .await;
+    let sim = start_sim(sim_config_limited(Duration::from_secs(3600), 2)).await;
     // Another consumer of the app spends Meta's budget behind graphgate's back.
     spend_behind_graphgates_back(&sim, 2).await;
     let proxy = TestProxy::builder(&sim.url)

@@ -105,13 +105,7 @@ async fn three_replicas_admit_exactly_n_across_all_of_them() {
 #[tokio::test]
 async fn a_block_learned_on_one_replica_stops_the_others() {
     let redis = RedisServer::start();
-    let sim = start_sim(SimConfig {
-        window: Duration::from_secs(3600),
-        waba_limit: 2,
-        active_waba_limit: 2,
-        ..sim_config()
-    })
-    .await;
+    let sim = start_sim(sim_config_limited(Duration::from_secs(3600), 2)).await;
     let reps = replicas(
         2,
         &sim.url,

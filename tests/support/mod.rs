@@ -136,6 +136,16 @@ pub fn sim_config() -> SimConfig {
     }
 }
 
+/// The test simulator with Meta's WABA limit (active or not) at `limit` calls per `window`.
+pub fn sim_config_limited(window: std::time::Duration, limit: u32) -> SimConfig {
+    SimConfig {
+        window,
+        waba_limit: limit,
+        active_waba_limit: limit,
+        ..sim_config()
+    }
+}
+
 pub async fn start_sim(cfg: SimConfig) -> SimServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
