@@ -179,6 +179,7 @@ impl Gateway {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             tasks.spawn(link.clone().watch());
             tasks.spawn(link.run(tx));
+            tasks.spawn(limiter.clone().keep_shared());
             let invalidator = self.invalidator().clone();
             tasks.spawn(async move {
                 while let Some(event) = rx.recv().await {

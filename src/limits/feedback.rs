@@ -163,13 +163,15 @@ fn pct(v: &serde_json::Value, key: &str) -> u32 {
 
 /// Applies Meta's report on a bucket of `limit` to its log: a higher count than ours raises ours;
 /// 100% with a regain time blocks until then. Returns the count Meta's figure implies and the
-/// block, for the other replicas.
+/// block, for the other replicas. When the bucket is `shared` with other replicas, the log holds
+/// only this replica's calls: the rest of Meta's count is what the others hold, never ours.
 pub(super) fn apply_report(
     log: &mut CallLog,
     rep: Reported,
     limit: u32,
     now: Micros,
     window: Micros,
+    shared: bool,
 ) -> (u32, Duration) {
     log.prune(now, window);
     // Meta's percentage is rounded down, so `p%` means at least `ceil(p * N / 100)` calls. When
@@ -185,7 +187,11 @@ pub(super) fn apply_report(
         meta_count = meta_count.min(limit - 1);
     }
     let used = log.used();
-    if meta_count > used {
+    if shared {
+        // Meta's calls all arrived by now, so they have all left its window a window from now.
+        log.others.done = meta_count.saturating_sub(used);
+        log.others.done_until = now + window;
+    } else if meta_count > used {
         for _ in used..meta_count {
             log.record(now);
         }

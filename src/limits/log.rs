@@ -10,9 +10,44 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::Notify;
 
-use super::types::{BucketKey, Reported};
+use super::learned::Apps;
+use super::types::{BucketKey, Reported, Scope};
 use crate::clock::Micros;
 use crate::sync::{MutexExt, RwLockExt};
+
+/// What the other replicas hold of a shared bucket, as last seen from Redis or from Meta's usage
+/// header: counted beside this replica's own calls while Redis is away, until those calls must have
+/// left the window (completed ones a window after they were seen, ones in flight a call's longest
+/// time later). Each new figure replaces the last: it is the more recent truth.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Others {
+    pub(super) done: u32,
+    pub(super) done_until: Micros,
+    pub(super) inflight: u32,
+    pub(super) inflight_until: Micros,
+}
+
+impl Others {
+    /// Their calls that may still be in the window at `now`.
+    pub(super) fn at(&self, now: Micros) -> u32 {
+        let done = if now < self.done_until { self.done } else { 0 };
+        let inflight = if now < self.inflight_until {
+            self.inflight
+        } else {
+            0
+        };
+        done + inflight
+    }
+
+    /// When the next of them leaves (`now` when none counts).
+    pub(super) fn next_free(&self, now: Micros) -> Micros {
+        [self.done_until, self.inflight_until]
+            .into_iter()
+            .filter(|&t| t > now)
+            .min()
+            .unwrap_or(now)
+    }
+}
 
 /// One bucket's state, under one lock.
 pub(super) struct CallLog {
@@ -20,6 +55,10 @@ pub(super) struct CallLog {
     /// Completion times, ascending, all within the last window (pruned lazily).
     pub(super) done: VecDeque<Micros>,
     pub(super) inflight: u32,
+    /// This replica's calls admitted through Redis and not yet over (logged here when they end).
+    pub(super) remote_inflight: u32,
+    /// The other replicas' calls, when the bucket is shared.
+    pub(super) others: Others,
     pub(super) blocked_until: Micros,
     /// FIFO tickets of callers waiting in `wait` mode; only the head may take a slot.
     pub(super) queue: VecDeque<u64>,
@@ -38,6 +77,8 @@ impl CallLog {
             limit,
             done: VecDeque::new(),
             inflight: 0,
+            remote_inflight: 0,
+            others: Others::default(),
             blocked_until: 0,
             queue: VecDeque::new(),
             notify: Arc::new(Notify::new()),
@@ -53,8 +94,9 @@ impl CallLog {
         }
     }
 
+    /// This replica's calls: completed in the window, and in flight however admitted.
     pub(super) fn used(&self) -> u32 {
-        self.done.len() as u32 + self.inflight
+        self.done.len() as u32 + self.inflight + self.remote_inflight
     }
 
     /// When the next slot frees: the oldest completed call leaves the window. With only calls in
@@ -82,10 +124,45 @@ impl CallLog {
         }
     }
 
+    /// An admission through Redis took `taken` slots here and saw `done` calls in the window and
+    /// `inflight` in flight across every replica: what is not this replica's is the others'.
+    pub(super) fn seen_remote(
+        &mut self,
+        done: u32,
+        inflight: u32,
+        taken: u32,
+        now: Micros,
+        window: Micros,
+        call_max: Micros,
+    ) {
+        self.prune(now, window);
+        self.remote_inflight += taken;
+        self.others = Others {
+            done: done.saturating_sub(self.done.len() as u32),
+            done_until: now + window,
+            inflight: inflight.saturating_sub(self.remote_inflight + self.inflight),
+            inflight_until: now + call_max + window,
+        };
+    }
+
+    /// A call admitted through Redis is over: logged here too if it was `sent`.
+    pub(super) fn settled_remote(&mut self, n: u32, sent: bool, now: Micros, window: Micros) {
+        self.remote_inflight = self.remote_inflight.saturating_sub(n);
+        self.prune(now, window);
+        if sent {
+            for _ in 0..n {
+                self.record(now);
+            }
+        }
+        self.notify.notify_waiters();
+    }
+
     /// Nothing in the window, nothing in flight, no block and no waiters (call after `prune`).
     fn is_idle(&self, now: Micros) -> bool {
         self.done.is_empty()
             && self.inflight == 0
+            && self.remote_inflight == 0
+            && self.others.at(now) == 0
             && self.blocked_until <= now
             && self.queue.is_empty()
     }
@@ -150,6 +227,21 @@ impl Logs {
             !b.is_idle(now)
         });
         before - map.len()
+    }
+
+    /// `waba`'s limit changed (it became active or not): its log takes the new limit at once and
+    /// wakes its waiters.
+    pub(super) fn limit_changed(&self, apps: &Apps, app: usize, waba: &str) {
+        let key = BucketKey {
+            app,
+            scope: Scope::Waba(waba.to_string()),
+        };
+        if let Some(limit) = apps.limit_of(&key) {
+            self.with(&key, |b| {
+                b.limit = limit;
+                b.notify.notify_waiters();
+            });
+        }
     }
 
     /// Bytes used by one log: the struct, its `Arc<Mutex<_>>`, and its heap.

@@ -10,25 +10,23 @@
 //!
 //! This file is the [`Limiter`], the facade the rest of the crate uses: it holds one of each room
 //! below and runs a call through them. The rooms never import this file or each other in a circle:
-//! - `types`: keys, refusals, budgets, reports, views (imports nothing from the crate);
-//! - `log`: one bucket's sliding log and the map of them;
-//! - `learned`: each app's limits, learned WABA activity and allocation configs;
-//! - `feedback`: Meta's usage headers, throttling codes and the blocks they cause;
-//! - `quota`: each client's own `rate`;
-//! - `permit`: the all-or-nothing take and the [`Permit`] that settles it;
-//! - `wait`: the FIFO wait queue of `on_limit = "wait"`;
-//! - `redis`: the link to Redis (connections, keys, scripts, events);
-//! - `replicas`: admission through Redis, and the feedback and facts told to other replicas;
-//! - `persist`: `limits.state_file`;
-//! - `view`: the admin view and metrics' reading of the buckets.
+//! `types` (keys, refusals, budgets; no crate imports), `log` (one bucket's sliding log, the map of
+//! them), `learned` (limits, WABA activity, allocation configs), `feedback` (Meta's headers and
+//! throttling codes), `quota` (clients' `rate`), `permit` (the all-or-nothing take, the
+//! [`Permit`]), `wait` (the FIFO queue of `on_limit = "wait"`), `outage` (what Redis missed while
+//! away), `redis` (connections, health, events), `redis_buckets` and `scripts` (the shared
+//! buckets' keys, scripts, answers), `replicas` (admission through Redis, feedback told to the
+//! others), `persist` (`limits.state_file`), `view` (the admin view and metrics).
 
 mod feedback;
 mod learned;
 mod log;
+mod outage;
 mod permit;
 mod persist;
 mod quota;
 pub mod redis;
+mod redis_buckets;
 mod replicas;
 mod scripts;
 mod types;
@@ -42,12 +40,14 @@ use std::time::Duration;
 pub use feedback::is_throttling_code;
 pub use learned::{allocation_ids_in, registered_in};
 pub use permit::Permit;
+pub use redis_buckets::{Admission, Seen, Unshared};
 pub use types::{BucketKey, BucketView, Budget, Known, Refusal, RefusalReason, Reported, Scope};
 
 use self::feedback::Feedback;
 use self::learned::Apps;
 use self::log::{LogHandle, Logs};
-use self::permit::{Mirror, Rules, Want};
+use self::outage::Journal;
+use self::permit::{Mirror, Rules};
 use self::quota::Quotas;
 use self::redis::{Event, RedisLink};
 use self::replicas::Raise;
@@ -72,18 +72,36 @@ pub struct Limiter {
     feedback: Feedback,
     quotas: Quotas,
     tickets: Tickets,
-    /// Buckets shared with other replicas through Redis, when configured.
+    /// Buckets shared with other replicas through Redis, when configured, and what Redis missed.
     redis: Option<Arc<RedisLink>>,
+    journal: Option<Arc<Journal>>,
+    /// Redis was asked for and cannot be used: every call is refused, never admitted unshared.
+    unusable_backend: bool,
     on_backend_error: OnBackendError,
     /// In local fallback, each replica spends `limit / replicas`.
     replicas: u32,
-    /// How long a shared in-flight slot is held if its replica never settles it.
-    lease: Duration,
+    /// The longest a call can be in flight: how long another replica's may still reach Meta.
+    call_max: Micros,
 }
 
 impl Limiter {
     pub fn new(config: &Config, clock: SharedClock) -> Limiter {
         let l = &config.limits;
+        // An unsettled slot (its replica died) counts from its lease end, after the request must
+        // have reached Meta; a live replica keeps a lost settlement for the write-back.
+        let lease = config.upstream.request_timeout + Duration::from_secs(5);
+        let redis = l.redis.as_ref().map(|r| {
+            RedisLink::new(&r.url, &r.prefix, r.timeout)
+                .map(|link| Arc::new(link.with_window(l.window, lease)))
+        });
+        let unusable_backend = matches!(redis, Some(Err(_)));
+        if let Some(Err(e)) = &redis {
+            tracing::error!(error = %e, "the Redis backend cannot be used: every call is refused");
+        }
+        let redis = redis.and_then(Result::ok);
+        let journal = redis
+            .as_ref()
+            .map(|link| Arc::new(Journal::new(link.clone(), clock.clone(), micros(l.window))));
         Limiter {
             clock,
             window: micros(l.window),
@@ -96,28 +114,17 @@ impl Limiter {
             feedback: Feedback::new(config.apps.len(), l.throttle_block),
             quotas: Quotas::new(config),
             tickets: Tickets::new(),
-            redis: l.redis.as_ref().and_then(|r| {
-                match RedisLink::new(&r.url, &r.prefix, r.timeout) {
-                    Ok(s) => Some(Arc::new(s)),
-                    Err(e) => {
-                        tracing::error!(error = %e, "the Redis backend cannot be used");
-                        None
-                    }
-                }
-            }),
+            journal,
+            redis,
+            unusable_backend,
             on_backend_error: l
                 .redis
                 .as_ref()
                 .map(|r| r.on_error)
                 .unwrap_or(OnBackendError::Local),
             replicas: l.redis.as_ref().map(|r| r.replicas).unwrap_or(1),
-            // Longer than any call can take, so a live replica always settles first.
-            lease: config.upstream.request_timeout + Duration::from_secs(30),
+            call_max: micros(config.upstream.request_timeout),
         }
-    }
-
-    pub fn now(&self) -> Micros {
-        self.clock.now()
     }
 
     pub fn window(&self) -> Duration {
@@ -144,12 +151,29 @@ impl Limiter {
 
     /// `"memory"`, or the state of the shared backend (`"up"`, `"down"`, `"connecting"`).
     pub fn backend_state(&self) -> &'static str {
-        self.redis.as_ref().map(|s| s.state()).unwrap_or("memory")
+        match &self.redis {
+            Some(link) => link.state(),
+            None if self.unusable_backend => "down",
+            None => "memory",
+        }
     }
 
     /// Whether calls are refused (503) while the shared backend is away.
     pub fn backend_rejects(&self) -> bool {
-        self.redis.is_some() && self.on_backend_error == OnBackendError::Reject
+        self.unusable_backend
+            || (self.redis.is_some() && self.on_backend_error == OnBackendError::Reject)
+    }
+
+    /// Calls made while Redis was away that Redis does not hold yet.
+    pub fn unshared_calls(&self) -> usize {
+        self.journal.as_ref().map_or(0, |j| j.pending())
+    }
+
+    /// Writes what Redis missed as soon as it answers again, for the life of the process.
+    pub async fn keep_shared(self: Arc<Self>) {
+        if let Some(journal) = &self.journal {
+            journal.clone().keep_writing().await;
+        }
     }
 
     /// The link to Redis, when the buckets are shared.
@@ -199,75 +223,82 @@ impl Limiter {
         reserve: bool,
         max_wait: Duration,
     ) -> Result<Permit, Refusal> {
-        let Some(link) = &self.redis else {
+        let (Some(link), Some(journal)) = (&self.redis, &self.journal) else {
+            if self.unusable_backend {
+                return Err(self.unavailable(wants));
+            }
             return self.admit_local(wants, reserve, max_wait, 1).await;
         };
         // A block learned here counts at once, even before it has reached Redis.
         if let Some(r) = self.local_block(wants) {
             return Err(r);
         }
-        if link.available() {
+        // Back from an outage: Redis must hold this replica's calls before it admits there again.
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut local = None;
+        if link.available() && (journal.clean() || journal.write_back().await) {
+            // For a window after Redis was last away, other replicas may still be spending their
+            // shares where Redis cannot see them: this replica keeps to its own share as well.
+            let unseen = self.window() + Duration::from_micros(self.call_max);
+            if self.on_backend_error == OnBackendError::Local && link.away_within(unseen) {
+                local = Some(
+                    self.admit_local(wants, reserve, max_wait, self.replicas)
+                        .await?,
+                );
+            }
             let at = replicas::Admit {
                 link,
+                journal,
                 apps: &self.apps,
                 clock: &self.clock,
                 window: self.window(),
-                lease: self.lease,
                 reserve_percent: self.reserve_percent,
             };
             let wait = self.on_limit == OnLimit::Wait;
-            let deadline = tokio::time::Instant::now() + max_wait;
             if let Ok(answer) =
                 replicas::admit_until(&at, wants, reserve, wait, deadline, self.clone()).await
             {
-                return answer;
+                return match (answer, local) {
+                    (Ok(shared), Some(mine)) => Ok(shared.also_local(mine)),
+                    (Err(refusal), Some(mine)) => {
+                        mine.release();
+                        Err(refusal)
+                    }
+                    (answer, None) => answer,
+                };
             }
         }
         match self.on_backend_error {
             OnBackendError::Local => {
-                self.admit_local(wants, reserve, max_wait, self.replicas)
-                    .await
+                let permit = match local {
+                    Some(p) => p,
+                    None => {
+                        self.admit_local(wants, reserve, max_wait, self.replicas)
+                            .await?
+                    }
+                };
+                let buckets: Vec<(String, u32)> = permit::limited(&self.apps, wants)
+                    .into_iter()
+                    .map(|(key, n)| (replicas::base_of(link, &self.apps, &key), n))
+                    .collect();
+                if buckets.is_empty() {
+                    return Ok(permit);
+                }
+                let id = journal.open(buckets);
+                Ok(permit.journaled(journal.clone(), id))
             }
-            OnBackendError::Reject => {
-                let (app, scope) = wants
-                    .first()
-                    .map(|(k, _)| (self.apps.name(k.app), k.scope.clone()))
-                    .unwrap_or((String::new(), Scope::Other));
-                let (window, retry) = (self.window(), Duration::from_secs(1));
-                Err(Refusal::new(
-                    RefusalReason::Unavailable,
-                    app,
-                    scope,
-                    0,
-                    window,
-                    retry,
-                ))
-            }
+            OnBackendError::Reject => Err(self.unavailable(wants)),
         }
     }
 
-    /// The limited buckets of `wants` with their logs, each once (a batch may name one twice),
-    /// sorted by key. In local fallback from Redis, this replica spends only `limit / share`.
-    fn pick(&self, wants: &[(BucketKey, u32)], share: u32) -> Vec<Want> {
-        let mut picked: Vec<Want> = Vec::new();
-        for (key, n) in wants {
-            let Some(limit) = self.limit_of(key) else {
-                continue;
-            };
-            let limit = limit / share.max(1);
-            match picked.iter_mut().find(|w| w.key == *key) {
-                Some(w) => w.n += n,
-                None => picked.push(Want {
-                    key: key.clone(),
-                    log: self.logs.get_or_insert(key, limit),
-                    n: *n,
-                    limit,
-                }),
-            }
-        }
-        // A consistent lock order keeps two batches from deadlocking each other.
-        picked.sort_by(|a, b| a.key.cmp(&b.key));
-        picked
+    /// The shared backend cannot be used: a transient refusal (503).
+    fn unavailable(&self, wants: &[(BucketKey, u32)]) -> Refusal {
+        let other = BucketKey {
+            app: 0,
+            scope: Scope::Other,
+        };
+        let key = wants.first().map_or(&other, |(k, _)| k);
+        self.refuse(RefusalReason::Unavailable, key, 0, Duration::from_secs(1))
     }
 
     /// Takes `n` slots in each keyed bucket of this process, all or nothing; buckets without a
@@ -281,7 +312,8 @@ impl Limiter {
         share: u32,
     ) -> Result<Permit, (Refusal, LogHandle)> {
         let now = self.clock.now();
-        let picked = self.pick(wants, share);
+        let shared = self.redis.is_some();
+        let picked = permit::pick(&self.apps, &self.logs, wants, share, shared);
         let app_block = wants
             .first()
             .map(|(k, _)| self.feedback.app_block(k.app))
@@ -369,16 +401,15 @@ impl Limiter {
             .map(feedback::bucket_reports)
             .unwrap_or_default()
         {
-            let key = BucketKey {
-                app,
-                scope: Scope::Waba(object),
-            };
+            let scope = Scope::Waba(object);
+            let key = BucketKey { app, scope };
             let Some(limit) = self.limit_of(&key) else {
                 continue;
             };
             let log = self.logs.get_or_insert(&key, limit);
-            let (count, block) =
-                feedback::apply_report(&mut log.lock_unpoisoned(), rep, limit, now, self.window);
+            let (shared, window) = (self.redis.is_some(), self.window);
+            let log = &mut log.lock_unpoisoned();
+            let (count, block) = feedback::apply_report(log, rep, limit, now, window, shared);
             self.share_raise(Raise::Bucket(&key, count), block);
         }
         if let Some(rep) = app_usage.and_then(feedback::app_report) {
@@ -410,7 +441,7 @@ impl Limiter {
     /// Applies a raised count or a block to the shared bucket too, so every replica stops.
     fn share_raise(&self, raise: Raise<'_>, block: Duration) {
         if let Some(link) = &self.redis {
-            replicas::raise(link, &self.apps, raise, self.window(), block);
+            replicas::raise(link, &self.apps, raise, block);
         }
     }
 
@@ -432,16 +463,7 @@ impl Limiter {
     fn set_active(&self, app: usize, waba: &str, active: bool) -> bool {
         let changed = self.apps.set_active(app, waba, active);
         if changed {
-            let key = BucketKey {
-                app,
-                scope: Scope::Waba(waba.to_string()),
-            };
-            if let Some(limit) = self.limit_of(&key) {
-                self.logs.with(&key, |b| {
-                    b.limit = limit;
-                    b.notify.notify_waiters();
-                });
-            }
+            self.logs.limit_changed(&self.apps, app, waba);
         }
         changed
     }
@@ -506,7 +528,7 @@ impl Limiter {
         let Some(link) = self.redis.as_ref().filter(|s| s.available()) else {
             return local;
         };
-        view::from_redis(link, &self.logs, &self.apps, self.window(), local).await
+        view::from_redis(link, &self.logs, &self.apps, local).await
     }
 
     /// Bytes used by one bucket: the struct, its `Arc<Mutex<_>>`, and its heap.
@@ -547,16 +569,29 @@ impl Limiter {
     }
 }
 
-/// A call admitted through Redis is logged here too once sent, at the limit its bucket has then.
+/// A call admitted through Redis is followed here too: in flight from admission, logged once sent
+/// at the limit its bucket has then; and what Redis showed of the others is kept for a fallback.
 impl Mirror for Limiter {
-    fn record(&self, key: &BucketKey, n: u32, now: Micros) {
+    fn seen(&self, key: &BucketKey, seen: redis_buckets::Seen, taken: u32, now: Micros) {
         if let Some(limit) = self.limit_of(key) {
             let log = self.logs.get_or_insert(key, limit);
             let mut b = log.lock_unpoisoned();
-            b.prune(now, self.window);
-            for _ in 0..n {
-                b.record(now);
-            }
+            b.seen_remote(
+                seen.done,
+                seen.inflight,
+                taken,
+                now,
+                self.window,
+                self.call_max,
+            );
+        }
+    }
+
+    fn settled(&self, key: &BucketKey, n: u32, sent: bool, now: Micros) {
+        if let Some(limit) = self.limit_of(key) {
+            let log = self.logs.get_or_insert(key, limit);
+            log.lock_unpoisoned()
+                .settled_remote(n, sent, now, self.window);
         }
     }
 }

@@ -9,8 +9,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::log::LogHandle;
-use super::redis::RedisLink;
+use super::learned::Apps;
+use super::log::{LogHandle, Logs};
+use super::outage::Journal;
+use super::redis_buckets::Seen;
 use super::types::{BucketKey, Budget, RefusalReason};
 use crate::clock::{Micros, SharedClock};
 use crate::sync::MutexExt;
@@ -21,6 +23,9 @@ pub(super) struct Want {
     pub(super) log: LogHandle,
     pub(super) n: u32,
     pub(super) limit: u32,
+    /// In the fallback from Redis: the bucket's whole limit, which this replica's calls and what
+    /// the others were last seen to hold must stay within together.
+    pub(super) cap: Option<u32>,
 }
 
 /// What a take is measured against.
@@ -41,6 +46,50 @@ pub(super) struct Shortfall {
     pub(super) index: usize,
     pub(super) retry_at: Micros,
     pub(super) reason: RefusalReason,
+}
+
+/// The limited buckets of `wants`, each once with its slots summed (a batch may name one twice).
+pub(super) fn limited(apps: &Apps, wants: &[(BucketKey, u32)]) -> Vec<(BucketKey, u32)> {
+    let mut out: Vec<(BucketKey, u32)> = Vec::new();
+    for (key, n) in wants {
+        if apps.limit_of(key).is_none() {
+            continue;
+        }
+        match out.iter_mut().find(|(k, _)| k == key) {
+            Some(w) => w.1 += n,
+            None => out.push((key.clone(), *n)),
+        }
+    }
+    out
+}
+
+/// The limited buckets of `wants` with their logs, each once, sorted by key. In the fallback from
+/// Redis (`shared`), this replica spends only `limit / share`, and its calls with what the others
+/// were last seen to hold stay within the whole limit.
+pub(super) fn pick(
+    apps: &Apps,
+    logs: &Logs,
+    wants: &[(BucketKey, u32)],
+    share: u32,
+    shared: bool,
+) -> Vec<Want> {
+    let mut picked: Vec<Want> = Vec::new();
+    for (key, n) in limited(apps, wants) {
+        let Some(whole) = apps.limit_of(&key) else {
+            continue;
+        };
+        let limit = whole / share.max(1);
+        picked.push(Want {
+            log: logs.get_or_insert(&key, limit),
+            key,
+            n,
+            limit,
+            cap: shared.then_some(whole),
+        });
+    }
+    // A consistent lock order keeps two batches from deadlocking each other.
+    picked.sort_by(|a, b| a.key.cmp(&b.key));
+    picked
 }
 
 /// The share of `limit` a caller may spend: all of it with `reserve`, else all but the reserve.
@@ -79,16 +128,24 @@ pub(super) fn take(wants: &[Want], rules: &Rules) -> Result<Vec<Budget>, Shortfa
             g.rejected += 1;
             return Err(refuse(g.next_free(now, window), RefusalReason::Full));
         }
-        let usable = usable(w.limit, rules.reserve, rules.reserve_percent);
-        if g.used() + w.n > usable {
+        let share = usable(w.limit, rules.reserve, rules.reserve_percent);
+        if g.used() + w.n > share {
             g.rejected += 1;
             // How long until enough of the oldest calls have left the window.
-            let need = (g.used() + w.n - usable) as usize;
+            let need = (g.used() + w.n - share) as usize;
             let retry_at = match g.done.get(need - 1) {
                 Some(&t) => (t + window).max(now),
                 None => now + window,
             };
             return Err(refuse(retry_at, RefusalReason::Full));
+        }
+        if let Some(cap) = w.cap {
+            let others = g.others.at(now);
+            if g.used() + others + w.n > usable(cap, rules.reserve, rules.reserve_percent) {
+                g.rejected += 1;
+                let retry_at = g.others.next_free(now).min(g.next_free(now, window));
+                return Err(refuse(retry_at.max(now + 1), RefusalReason::Full));
+            }
         }
     }
     let mut budgets = Vec::with_capacity(wants.len());
@@ -105,20 +162,27 @@ pub(super) fn take(wants: &[Want], rules: &Rules) -> Result<Vec<Budget>, Shortfa
     Ok(budgets)
 }
 
-/// Where a call admitted through Redis is logged in this process too, so a fallback knows what
-/// this replica spent. The limiter implements it: it knows each bucket's limit at settle time.
+/// Where a call admitted through Redis is followed in this process too, so a fallback knows what
+/// this replica spent and what the others held. The limiter implements it: it knows each bucket's
+/// limit at settle time.
 pub(super) trait Mirror: Send + Sync {
-    fn record(&self, key: &BucketKey, n: u32, now: Micros);
+    /// An admission through Redis saw `key`'s bucket as `seen` and took `taken` slots there.
+    fn seen(&self, key: &BucketKey, seen: Seen, taken: u32, now: Micros);
+    /// A call admitted through Redis is over: logged here too if it was `sent`.
+    fn settled(&self, key: &BucketKey, n: u32, sent: bool, now: Micros);
 }
 
 /// An admission held in Redis: bucket bases with counts, the admission's member id, and the keys
 /// to mirror into the local logs once the call was sent.
 pub(super) struct Remote {
-    pub(super) link: Arc<RedisLink>,
+    pub(super) journal: Arc<Journal>,
     pub(super) buckets: Vec<(String, u32)>,
     pub(super) member: String,
     pub(super) keys: Vec<(BucketKey, u32)>,
     pub(super) mirror: Arc<dyn Mirror>,
+    /// The call also holds slots of this process's logs (see [`Permit::also_local`]), which log
+    /// it here: the mirror must not log it twice.
+    pub(super) logged_here: bool,
 }
 
 /// A slot in one or more buckets, held from admission until the call's response (or failure).
@@ -128,6 +192,8 @@ pub struct Permit {
     slots: Vec<(LogHandle, u32)>,
     /// Slots taken in Redis, when the buckets are shared.
     remote: Option<Remote>,
+    /// A call admitted in the fallback from Redis: its entry in the journal of such calls.
+    outage: Option<(Arc<Journal>, u64)>,
     sent: bool,
     settled: bool,
     pub budgets: Vec<Budget>,
@@ -153,6 +219,7 @@ impl Permit {
             clock,
             slots,
             remote: None,
+            outage: None,
             sent: false,
             settled: false,
             budgets,
@@ -169,10 +236,28 @@ impl Permit {
             clock,
             slots: Vec::new(),
             remote,
+            outage: None,
             sent: false,
             settled: false,
             budgets,
         }
+    }
+
+    /// Adds the slots `local` took in this process's logs to this permit admitted through Redis:
+    /// the call then counts against both, and is logged here once.
+    pub(super) fn also_local(mut self, mut local: Permit) -> Permit {
+        self.slots = std::mem::take(&mut local.slots);
+        local.settled = true;
+        if let Some(remote) = &mut self.remote {
+            remote.logged_here = true;
+        }
+        self
+    }
+
+    /// Notes this fallback call in `journal` as `id`, to be written into Redis when it returns.
+    pub(super) fn journaled(mut self, journal: Arc<Journal>, id: u64) -> Permit {
+        self.outage = Some((journal, id));
+        self
     }
 
     /// The request is on its way to Meta: from now on it counts even if it fails.
@@ -197,22 +282,24 @@ impl Permit {
         }
         self.settled = true;
         if let Some(Remote {
-            link,
+            journal,
             buckets,
             member,
             keys,
             mirror,
+            logged_here,
         }) = self.remote.take()
         {
-            link.settle(buckets, member, self.sent);
-            if self.sent {
-                let now = self.clock.now();
-                for (key, n) in &keys {
-                    mirror.record(key, *n, now);
-                }
+            journal.settle(buckets, member, self.sent);
+            let now = self.clock.now();
+            for (key, n) in &keys {
+                mirror.settled(key, *n, self.sent && !logged_here, now);
             }
         }
         let now = self.clock.now();
+        if let Some((journal, id)) = self.outage.take() {
+            journal.close(id, self.sent);
+        }
         for (log, n) in &self.slots {
             let mut b = log.lock_unpoisoned();
             b.inflight = b.inflight.saturating_sub(*n);

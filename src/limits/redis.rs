@@ -1,8 +1,8 @@
-//! The link to Redis that lets several replicas spend one budget: the rolling-window buckets (one
-//! atomic Lua script per admission, time from Redis `TIME`), blocks learned from Meta, learned facts
-//! (active WABAs, allocation configs) and cache invalidations over pub/sub.
+//! The link to Redis that lets several replicas spend one budget: connections, round trips within
+//! `backend_timeout` with health from real pings, learned facts (active WABAs, allocation configs)
+//! and cache invalidations over pub/sub. The buckets' own operations are in `redis_buckets`.
 //!
-//! It owns the Redis connections and the wire format of keys, scripts and events; it knows nothing
+//! It owns the Redis connections and the wire format of events; it knows nothing
 //! of limits or apps beyond the names and numbers it is handed. It must never block a request
 //! longer than `limits.backend_timeout` (the caller enforces it and falls back), never panic when
 //! Redis is away, and never put a token or key into Redis.
@@ -17,8 +17,6 @@ use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-
-use super::scripts::{ADMIT, PEEK, RAISE, SETTLE};
 
 /// After a failure, requests skip Redis for this long instead of each waiting for the timeout.
 const COOLDOWN: Duration = Duration::from_secs(1);
@@ -55,39 +53,25 @@ struct Envelope {
     event: Event,
 }
 
-/// The answer to one admission.
-#[derive(Debug)]
-pub enum Admission {
-    /// Slots taken under `member`; per bucket, (remaining, microseconds until a slot frees).
-    Taken {
-        member: String,
-        budgets: Vec<(u32, u64)>,
-    },
-    /// Bucket number `index` refused; retry after `retry_us`; `blocked` when Meta blocked it.
-    Refused {
-        index: usize,
-        retry_us: u64,
-        blocked: bool,
-    },
-}
-
 /// One process's link to Redis, held by the limiter and by permits admitted through it.
 pub struct RedisLink {
     client: redis::Client,
     conn: RwLock<Option<ConnectionManager>>,
-    prefix: String,
-    replica: String,
+    pub(super) prefix: String,
+    /// This process's id among the replicas: it names its slots and its events.
+    pub(super) replica: String,
     timeout: Duration,
+    /// The rolling window, and how long an unsettled slot is held (`with_window`).
+    pub(super) window: Duration,
+    pub(super) lease: Duration,
     /// Process-relative milliseconds until which requests skip Redis.
     down_until_ms: AtomicU64,
+    /// Process-relative milliseconds (plus one; 0: never) when Redis was last found away.
+    last_down_ms: AtomicU64,
     up: AtomicBool,
     /// Timeouts in a row; a burst on a busy host can delay one answer without Redis being away.
     slow: AtomicU64,
     started: Instant,
-    admit: redis::Script,
-    settle: redis::Script,
-    raise: redis::Script,
-    peek: redis::Script,
 }
 
 impl RedisLink {
@@ -99,15 +83,21 @@ impl RedisLink {
             prefix: prefix.to_string(),
             replica: format!("{:016x}", rand::random::<u64>()),
             timeout,
+            window: Duration::from_secs(3600),
+            lease: Duration::from_secs(60),
             down_until_ms: AtomicU64::new(0),
+            last_down_ms: AtomicU64::new(0),
             up: AtomicBool::new(false),
             slow: AtomicU64::new(0),
             started: Instant::now(),
-            admit: redis::Script::new(ADMIT),
-            settle: redis::Script::new(SETTLE),
-            raise: redis::Script::new(RAISE),
-            peek: redis::Script::new(PEEK),
         })
+    }
+
+    /// Sets the rolling window and the lease of an unsettled slot (defaults: an hour, a minute).
+    pub fn with_window(mut self, window: Duration, lease: Duration) -> RedisLink {
+        self.window = window;
+        self.lease = lease;
+        self
     }
 
     pub fn timeout(&self) -> Duration {
@@ -134,9 +124,17 @@ impl RedisLink {
 
     /// Records a failed or slow call: requests use the fallback for a moment.
     pub fn mark_down(&self) {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        self.last_down_ms.store(now_ms + 1, Ordering::Relaxed);
         let until = self.started.elapsed() + COOLDOWN;
         self.down_until_ms
             .store(until.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether Redis was found away within the last `d`.
+    pub fn away_within(&self, d: Duration) -> bool {
+        let last = self.last_down_ms.load(Ordering::Relaxed);
+        last != 0 && (self.started.elapsed().as_millis() as u64 + 1) < last + d.as_millis() as u64
     }
 
     fn mark_up(&self) {
@@ -144,16 +142,10 @@ impl RedisLink {
         self.down_until_ms.store(0, Ordering::Relaxed);
     }
 
-    fn conn(&self) -> redis::RedisResult<ConnectionManager> {
+    pub(super) fn conn(&self) -> redis::RedisResult<ConnectionManager> {
         self.conn.read_unpoisoned().clone().ok_or_else(|| {
             redis::RedisError::from((redis::ErrorKind::Io, "not connected to Redis"))
         })
-    }
-
-    /// `<prefix>:b:<app>:<scope>` — the base of a bucket's keys. App names and scope labels come
-    /// from config and Graph ids, never from secrets.
-    pub fn bucket_base(&self, app: &str, scope: &str) -> String {
-        format!("{}:b:{app}:{scope}", self.prefix)
     }
 
     /// `op` on the pooled connection, within `backend_timeout`. A connection that died with its
@@ -188,7 +180,10 @@ impl RedisLink {
 
     /// Runs `op` against Redis ([`Self::round_trip`]); a failure marks the backend down, and so do
     /// a few timeouts in a row.
-    async fn call<T, Fut>(&self, op: impl Fn(ConnectionManager) -> Fut) -> redis::RedisResult<T>
+    pub(super) async fn call<T, Fut>(
+        &self,
+        op: impl Fn(ConnectionManager) -> Fut,
+    ) -> redis::RedisResult<T>
     where
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
@@ -212,143 +207,6 @@ impl RedisLink {
                 )))
             }
         }
-    }
-
-    /// `<prefix>:app:<app>` — the base of an app's own keys (its app-wide block).
-    pub fn app_base(&self, app: &str) -> String {
-        format!("{}:app:{app}", self.prefix)
-    }
-
-    /// A fresh id for one admission's slots.
-    pub fn new_member(&self) -> String {
-        format!("{}:{:016x}", self.replica, rand::random::<u64>())
-    }
-
-    /// Takes `n` slots in each `(bucket base, limit, n)` of app `app`, all or nothing, as `member`.
-    pub async fn admit(
-        &self,
-        app: &str,
-        buckets: &[(String, u32, u32)],
-        window: Duration,
-        lease: Duration,
-        member: &str,
-    ) -> redis::RedisResult<Admission> {
-        let mut inv = self.admit.prepare_invoke();
-        for (base, _, _) in buckets {
-            inv.key(format!("{base}:log"))
-                .key(format!("{base}:fl"))
-                .key(format!("{base}:blk"));
-        }
-        inv.key(format!("{}:blk", self.app_base(app)));
-        inv.arg(window.as_micros() as u64)
-            .arg(lease.as_micros() as u64)
-            .arg(member)
-            .arg(buckets.len());
-        for (_, limit, n) in buckets {
-            inv.arg(*limit).arg(*n);
-        }
-        let inv = &inv;
-        let out: Vec<i64> = self
-            .call(move |mut conn| async move { inv.invoke_async(&mut conn).await })
-            .await?;
-        match out.first() {
-            Some(1) => Ok(Admission::Taken {
-                member: member.to_string(),
-                budgets: out[1..]
-                    .chunks(2)
-                    .map(|c| {
-                        (
-                            c[0].max(0) as u32,
-                            c.get(1).copied().unwrap_or(0).max(0) as u64,
-                        )
-                    })
-                    .collect(),
-            }),
-            _ => Ok(Admission::Refused {
-                index: out.get(1).copied().unwrap_or(0).max(0) as usize,
-                retry_us: out.get(2).copied().unwrap_or(0).max(0) as u64,
-                blocked: out.get(3).copied() == Some(1),
-            }),
-        }
-    }
-
-    /// Completes (`sent`) or releases an admission, in the background. If Redis is away, the lease
-    /// runs out and the calls count from their lease end: late, never lost.
-    pub fn settle(self: &Arc<Self>, buckets: Vec<(String, u32)>, member: String, sent: bool) {
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let me = self.clone();
-        handle.spawn(async move {
-            if me.conn().is_err() {
-                return;
-            }
-            let mut inv = me.settle.prepare_invoke();
-            for (base, _) in &buckets {
-                inv.key(format!("{base}:log")).key(format!("{base}:fl"));
-            }
-            inv.arg(&member).arg(if sent { "1" } else { "0" }).arg(buckets.len());
-            for (_, n) in &buckets {
-                inv.arg(*n);
-            }
-            let inv = &inv;
-            let settled = me
-                .call(move |mut conn| async move { inv.invoke_async::<i64>(&mut conn).await })
-                .await;
-            if let Err(e) = settled {
-                tracing::warn!(error = %e, "could not settle a shared admission; its lease will expire");
-            }
-        });
-    }
-
-    /// Raises a bucket's log to `target` calls and blocks it for `block` if non-zero.
-    pub async fn raise(
-        &self,
-        base: &str,
-        target: u32,
-        window: Duration,
-        block: Duration,
-    ) -> redis::RedisResult<()> {
-        let mut inv = self.raise.prepare_invoke();
-        inv.key(format!("{base}:log"))
-            .key(format!("{base}:fl"))
-            .key(format!("{base}:blk"));
-        inv.arg(window.as_micros() as u64)
-            .arg(target)
-            .arg(block.as_micros() as u64)
-            .arg(format!(
-                "raise:{}:{:08x}",
-                self.replica,
-                rand::random::<u32>()
-            ));
-        let inv = &inv;
-        self.call(move |mut conn| async move { inv.invoke_async::<i64>(&mut conn).await })
-            .await
-            .map(|_| ())
-    }
-
-    /// (used, in flight, until a slot frees, blocked for) of one bucket.
-    pub async fn peek(
-        &self,
-        base: &str,
-        window: Duration,
-    ) -> redis::RedisResult<(u32, u32, Duration, Duration)> {
-        let mut inv = self.peek.prepare_invoke();
-        inv.key(format!("{base}:log"))
-            .key(format!("{base}:fl"))
-            .key(format!("{base}:blk"));
-        inv.arg(window.as_micros() as u64);
-        let inv = &inv;
-        let v: Vec<i64> = self
-            .call(move |mut conn| async move { inv.invoke_async(&mut conn).await })
-            .await?;
-        let g = |i: usize| v.get(i).copied().unwrap_or(0).max(0) as u64;
-        Ok((
-            g(0) as u32,
-            g(1) as u32,
-            Duration::from_micros(g(2)),
-            Duration::from_micros(g(3)),
-        ))
     }
 
     /// Shares `event` with the other replicas in the background (outside a runtime: not at all);

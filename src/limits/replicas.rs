@@ -10,19 +10,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::learned::Apps;
+use super::outage::Journal;
 use super::permit::{self, Mirror, Permit, Remote};
-use super::redis::{Admission, RedisLink};
+use super::redis::RedisLink;
+use super::redis_buckets::Admission;
 use super::types::{BucketKey, Budget, Refusal, RefusalReason};
 use crate::clock::SharedClock;
 
 /// What an admission through Redis is measured against.
 pub(super) struct Admit<'a> {
     pub(super) link: &'a Arc<RedisLink>,
+    /// Where settlements go (and wait, if Redis cannot be told).
+    pub(super) journal: &'a Arc<Journal>,
     pub(super) apps: &'a Apps,
     pub(super) clock: &'a SharedClock,
     pub(super) window: Duration,
-    /// How long a slot stays held if this replica never settles it.
-    pub(super) lease: Duration,
     pub(super) reserve_percent: u32,
 }
 
@@ -69,12 +71,7 @@ async fn admit(
         let usable = permit::usable(limit, reserve, at.reserve_percent);
         match picked.iter_mut().find(|(k, ..)| k == key) {
             Some(p) => p.3 += n,
-            None => picked.push((
-                key.clone(),
-                link.bucket_base(&apps.name(key.app), &key.scope.label()),
-                usable,
-                *n,
-            )),
+            None => picked.push((key.clone(), base_of(link, apps, key), usable, *n)),
         }
     }
     if picked.is_empty() {
@@ -92,25 +89,30 @@ async fn admit(
     };
     let app = apps.name(picked[0].0.app);
     let member = link.new_member();
-    match link.admit(&app, &args, at.window, at.lease, &member).await {
-        Ok(Admission::Taken { member, budgets }) => {
+    match link.admit(&app, &args, &member).await {
+        Ok(Admission::Taken { member, buckets }) => {
+            let now = clock.now();
+            for ((key, _, _, n), seen) in picked.iter().zip(&buckets) {
+                mirror.seen(key, *seen, *n, now);
+            }
             let budgets = picked
                 .iter()
-                .zip(budgets)
-                .map(|((key, ..), (remaining, reset_us))| Budget {
+                .zip(buckets)
+                .map(|((key, ..), seen)| Budget {
                     scope: key.scope.clone(),
                     limit: apps.limit_of(key).unwrap_or(0),
-                    remaining,
-                    reset: Duration::from_micros(reset_us),
+                    remaining: seen.remaining,
+                    reset: Duration::from_micros(seen.reset_us),
                     window: at.window,
                 })
                 .collect();
             let remote = Remote {
-                link: link.clone(),
+                journal: at.journal.clone(),
                 buckets: bases(),
                 member,
                 keys: picked.iter().map(|(k, _, _, n)| (k.clone(), *n)).collect(),
                 mirror,
+                logged_here: false,
             };
             Ok(Ok(Permit::remote(clock.clone(), Some(remote), budgets)))
         }
@@ -118,8 +120,10 @@ async fn admit(
             index,
             retry_us,
             blocked,
+            seen,
         }) => {
             let (key, ..) = &picked[index.min(picked.len() - 1)];
+            mirror.seen(key, seen, 0, clock.now());
             let reason = if blocked {
                 RefusalReason::Blocked
             } else {
@@ -137,10 +141,15 @@ async fn admit(
         Err(e) => {
             tracing::warn!(error = %e, "Redis admission failed; using the fallback");
             // The script may have run before the answer was lost: give its slots back.
-            link.settle(bases(), member, false);
+            at.journal.settle(bases(), member, false);
             Err(())
         }
     }
+}
+
+/// The base of `key`'s keys in Redis.
+pub(super) fn base_of(link: &RedisLink, apps: &Apps, key: &BucketKey) -> String {
+    link.bucket_base(&apps.name(key.app), &key.scope.label())
 }
 
 /// What Meta's feedback raises in the shared buckets, so every replica stops at once.
@@ -152,13 +161,7 @@ pub(super) enum Raise<'a> {
 }
 
 /// Applies a raised count or a block to the shared bucket too, in the background.
-pub(super) fn raise(
-    link: &Arc<RedisLink>,
-    apps: &Apps,
-    raise: Raise<'_>,
-    window: Duration,
-    block: Duration,
-) {
+pub(super) fn raise(link: &Arc<RedisLink>, apps: &Apps, raise: Raise<'_>, block: Duration) {
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -170,16 +173,13 @@ pub(super) fn raise(
         return;
     }
     let (base, target) = match raise {
-        Raise::Bucket(key, count) => (
-            link.bucket_base(&apps.name(key.app), &key.scope.label()),
-            count,
-        ),
+        Raise::Bucket(key, count) => (base_of(link, apps, key), count),
         // An app-wide block lives in the app's own key; it raises no count.
         Raise::App(app) => (link.app_base(&apps.name(app)), 0),
     };
     let link = link.clone();
     handle.spawn(async move {
-        if let Err(e) = link.raise(&base, target, window, block).await {
+        if let Err(e) = link.raise(&base, target, block).await {
             tracing::warn!(error = %e, "could not share Meta's feedback through Redis");
         }
     });

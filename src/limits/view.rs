@@ -5,8 +5,6 @@
 //! Read-only: it must never take or release a slot, raise a count or block, and never hold the map
 //! lock while it reads the logs or waits for Redis.
 
-use std::time::Duration;
-
 use super::learned::Apps;
 use super::log::Logs;
 use super::redis::RedisLink;
@@ -69,7 +67,6 @@ pub(super) async fn from_redis(
     link: &RedisLink,
     logs: &Logs,
     apps: &Apps,
-    window: Duration,
     local: Vec<BucketView>,
 ) -> Vec<BucketView> {
     let mut keys: Vec<BucketKey> = Vec::new();
@@ -96,7 +93,7 @@ pub(super) async fn from_redis(
         };
         let (app, scope) = (apps.name(key.app), key.scope.label());
         let Ok((done, in_flight, reset, blocked)) =
-            link.peek(&link.bucket_base(&app, &scope), window).await
+            link.peek(&link.bucket_base(&app, &scope)).await
         else {
             return local;
         };

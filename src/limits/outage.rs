@@ -1,0 +1,258 @@
+//! What Redis does not know of this replica's calls ([`Journal`]): calls made while Redis was
+//! away, and settlements of admissions made there that could not reach it. Kept until they are
+//! written into the shared buckets, so that when Redis returns every replica counts them and no
+//! slot stays held until its lease ends.
+//!
+//! A call admitted in the fallback is opened here; its settlement closes it (done at that moment,
+//! or released). A settlement through Redis that fails is kept here too. A write-back sends them
+//! all at once; a call written while in flight is settled through Redis later, like an admission
+//! made there. Until the journal is clean the limiter keeps admitting from this replica's share.
+//! It must never forget a call that was sent and not written, never write one twice (the script
+//! makes a rerun harmless), and never hold its lock across an await.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::redis::RedisLink;
+use super::redis_buckets::{Unsettled, Unshared};
+use crate::clock::{Micros, SharedClock};
+use crate::sync::MutexExt;
+
+/// Where one call stands. `held`: Redis holds its slots under the call's member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open {
+        held: bool,
+    },
+    /// Sent, and over at `at`.
+    Done {
+        at: Micros,
+        held: bool,
+    },
+    /// Never sent.
+    Released {
+        held: bool,
+    },
+}
+
+struct Call {
+    member: String,
+    buckets: Vec<(String, u32)>,
+    state: State,
+}
+
+#[derive(Default)]
+struct Calls {
+    next: u64,
+    map: BTreeMap<u64, Call>,
+}
+
+impl Calls {
+    fn add(&mut self, member: String, buckets: Vec<(String, u32)>, state: State) -> u64 {
+        self.next += 1;
+        let call = Call {
+            member,
+            buckets,
+            state,
+        };
+        self.map.insert(self.next, call);
+        self.next
+    }
+}
+
+/// Write-back attempts in a row when calls settle while one runs.
+const ROUNDS: usize = 3;
+
+/// This replica's calls as Redis does not know them yet.
+pub(super) struct Journal {
+    link: Arc<RedisLink>,
+    clock: SharedClock,
+    window: Micros,
+    calls: Mutex<Calls>,
+    /// One write-back at a time.
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl Journal {
+    pub(super) fn new(link: Arc<RedisLink>, clock: SharedClock, window: Micros) -> Journal {
+        Journal {
+            link,
+            clock,
+            window,
+            calls: Mutex::new(Calls::default()),
+            writing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// A call admitted in the fallback, in the buckets (base, slots) named; its id.
+    pub(super) fn open(&self, buckets: Vec<(String, u32)>) -> u64 {
+        let mut calls = self.calls.lock_unpoisoned();
+        let member = format!("{}:o{}", self.link.replica, calls.next + 1);
+        calls.add(member, buckets, State::Open { held: false })
+    }
+
+    /// The fallback call `id` is over: logged now if `sent`, given back otherwise.
+    pub(super) fn close(self: &Arc<Self>, id: u64, sent: bool) {
+        let now = self.clock.now();
+        let mut calls = self.calls.lock_unpoisoned();
+        let Some(call) = calls.map.get_mut(&id) else {
+            return;
+        };
+        match call.state {
+            State::Open { held: true } => {
+                let Some(call) = calls.map.remove(&id) else {
+                    return;
+                };
+                drop(calls);
+                self.settle(call.buckets, call.member, sent);
+            }
+            State::Open { held: false } => {
+                call.state = if sent {
+                    State::Done {
+                        at: now,
+                        held: false,
+                    }
+                } else {
+                    State::Released { held: false }
+                };
+            }
+            State::Done { .. } | State::Released { .. } => {}
+        }
+    }
+
+    /// Settles slots Redis holds under `member`, in the background; if Redis cannot be told, the
+    /// settlement waits here for the next write-back instead of the slots' lease.
+    pub(super) fn settle(
+        self: &Arc<Self>,
+        buckets: Vec<(String, u32)>,
+        member: String,
+        sent: bool,
+    ) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let me = self.clone();
+        let at = self.clock.now();
+        handle.spawn(async move {
+            if let Err(e) = me.link.settle(&buckets, &member, sent).await {
+                tracing::debug!(error = %e, "a settlement did not reach Redis; kept for the write-back");
+                let state = if sent {
+                    State::Done { at, held: true }
+                } else {
+                    State::Released { held: true }
+                };
+                me.calls.lock_unpoisoned().add(member, buckets, state);
+            }
+        });
+    }
+
+    /// Redis knows everything: admissions may go through it again.
+    pub(super) fn clean(&self) -> bool {
+        let calls = self.calls.lock_unpoisoned();
+        calls
+            .map
+            .values()
+            .all(|c| c.state == State::Open { held: true })
+    }
+
+    /// How many calls Redis does not know of yet (for the admin view and metrics).
+    pub(super) fn pending(&self) -> usize {
+        let calls = self.calls.lock_unpoisoned();
+        calls
+            .map
+            .values()
+            .filter(|c| c.state != State::Open { held: true })
+            .count()
+    }
+
+    /// Writes what Redis missed as soon as it answers again, for the life of the process, so a
+    /// replica with no traffic shares its calls too.
+    pub(super) async fn keep_writing(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if self.link.available() && !self.clean() {
+                self.write_back().await;
+            }
+        }
+    }
+
+    /// Writes what Redis does not know yet; true when the journal is clean afterwards. A failed
+    /// write leaves every call as it was, for the next try.
+    pub(super) async fn write_back(&self) -> bool {
+        let Ok(_one) = self.writing.try_lock() else {
+            return false; // another write-back is under way; until it ends, not clean
+        };
+        for _ in 0..ROUNDS {
+            if self.clean() {
+                return true;
+            }
+            if !self.write_once().await {
+                return false;
+            }
+        }
+        self.clean()
+    }
+
+    async fn write_once(&self) -> bool {
+        let now = self.clock.now();
+        let age = |at: Micros| Duration::from_micros(now.saturating_sub(at));
+        let batch: Vec<(u64, Unshared)> = {
+            let mut calls = self.calls.lock_unpoisoned();
+            let window = self.window;
+            // What no longer counts and holds nothing needs no write.
+            calls.map.retain(|_, c| match c.state {
+                State::Done { at, held: false } => at + window > now,
+                State::Released { held: false } => false,
+                _ => true,
+            });
+            calls
+                .map
+                .iter()
+                .filter_map(|(&id, c)| {
+                    let state = match c.state {
+                        State::Open { held: true } => return None,
+                        State::Open { held: false } => Unsettled::InFlight,
+                        State::Done { at, held: false } => Unsettled::Done(age(at)),
+                        State::Done { at, held: true } => Unsettled::Sent(age(at)),
+                        State::Released { .. } => Unsettled::Released,
+                    };
+                    let call = Unshared {
+                        member: c.member.clone(),
+                        state,
+                        buckets: c.buckets.clone(),
+                    };
+                    Some((id, call))
+                })
+                .collect()
+        };
+        if batch.is_empty() {
+            return true;
+        }
+        let sent: Vec<Unshared> = batch.iter().map(|(_, c)| c.clone()).collect();
+        if let Err(e) = self.link.write_back(&sent).await {
+            tracing::warn!(error = %e, calls = sent.len(), "could not write back the calls Redis missed; admitting from this replica's share");
+            return false;
+        }
+        tracing::info!(
+            calls = sent.len(),
+            "wrote back the calls Redis missed while it was away"
+        );
+        let mut calls = self.calls.lock_unpoisoned();
+        for (id, call) in batch {
+            if call.state != Unsettled::InFlight {
+                calls.map.remove(&id);
+                continue;
+            }
+            // Written in flight: Redis holds its slots now, whatever happened meanwhile.
+            if let Some(c) = calls.map.get_mut(&id) {
+                c.state = match c.state {
+                    State::Open { .. } => State::Open { held: true },
+                    State::Done { at, .. } => State::Done { at, held: true },
+                    State::Released { .. } => State::Released { held: true },
+                };
+            }
+        }
+        true
+    }
+}
