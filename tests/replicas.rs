@@ -433,7 +433,7 @@ async fn the_shared_log_takes_little_memory_and_keeps_the_budget() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    for (prefix, window, calls) in [("t10", 3600_000u64, 5000u32), ("t11", 3600, 600)] {
+    for (prefix, window, calls) in [("t10", 3_600_000_u64, 5000u32), ("t11", 3600, 600)] {
         let window = Duration::from_millis(window);
         let (link, runner) = connect(prefix, window).await;
         let base = link.bucket_base("main", "waba:1");
