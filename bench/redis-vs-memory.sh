@@ -9,7 +9,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 shared=${SHARED_BENCH:-$root/../shared/bench}
 DURATION=${DURATION:-10s}
-cargo build --release --manifest-path "$root/Cargo.toml" >/dev/null 2>&1
+# GRAPHGATE_BIN=<path> measures another build (for before/after in one session).
+bin=${GRAPHGATE_BIN:-$root/target/release/graphgate}
+[[ -n ${GRAPHGATE_BIN:-} ]] || cargo build --release --manifest-path "$root/Cargo.toml" >/dev/null 2>&1
 run=$(mktemp -d /dev/shm/gg-redis-bench.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$run"; }
@@ -27,7 +29,7 @@ sleep 1
 export BENCH_TOKEN=bench-system-token-not-secret BENCH_CLIENT_KEY=bench-client-key-0123456789
 start_proxy() { # $1 port, $2 extra env
     env GRAPHGATE_SERVER__LISTEN=127.0.0.1:$1 GRAPHGATE_CACHE__ENABLED=false $2 \
-        taskset -c 0 "$root/target/release/graphgate" --log-format json --config "$here/peers.toml" >/dev/null 2>&1 &
+        taskset -c 0 "$bin" --log-format json --config "$here/peers.toml" >/dev/null 2>&1 &
     pids+=($!)
 }
 start_proxy 18091 ""
@@ -58,7 +60,15 @@ for c in 1 64; do
 done
 echo
 sleep 1
-logged=$(redis-cli -p 16379 zcard 'graphgate:b:bench:waba:102290129340398:log')
-inflight=$(redis-cli -p 16379 zcard 'graphgate:b:bench:waba:102290129340398:fl')
+key='graphgate:b:bench:waba:102290129340398'
+# The log is a sorted set (before #13) or a compact string whose first 4 bytes count its calls.
+if [[ $(redis-cli -p 16379 type "$key:log") == zset ]]; then
+    logged=$(redis-cli -p 16379 zcard "$key:log")
+else
+    logged=$(redis-cli -p 16379 eval "return (struct.unpack('>I4', redis.call('GETRANGE', KEYS[1], 0, 3)))" 1 "$key:log")
+fi
+inflight=$(redis-cli -p 16379 zcard "$key:fl")
+bytes=$(redis-cli -p 16379 memory usage "$key:log")
 echo "Redis backend: $redis_ok successful responses counted by wrk; $logged calls logged in Redis, $inflight still in flight"
 echo "(wrk does not count responses cut off at the end of a run, so logged may exceed it by up to the connection count)"
+echo "Redis memory of the bucket's log: $bytes bytes for $logged calls ($(awk -v b="$bytes" -v n="$logged" 'BEGIN { printf "%.2f", (n > 0 ? b / n : 0) }') bytes a call)"
