@@ -516,3 +516,58 @@ async fn the_shared_log_takes_little_memory_and_keeps_the_budget() {
     }
     runner.abort();
 }
+
+// After an outage a replica keeps to its share only until every replica is back on Redis with its
+// calls written back: then Redis alone decides again, even with an hour's window, so one replica
+// can spend what the other did not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_every_replica_is_back_one_can_spend_the_whole_budget() {
+    let mut redis = RedisServer::start();
+    let sim = start_sim(sim_config()).await;
+    let limits =
+        "waba_active = 20\nreplicas = 2\non_backend_error = \"local\"\nbackend_timeout = \"100ms\"";
+    let reps = replicas(2, &sim.url, &redis, "t13", limits, false).await;
+    let url = format!("{}/v19.0/{WABA}", reps[0].0.url);
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut ok = 0;
+    for _ in 0..15 {
+        if get(&url).await.status() == 200 {
+            ok += 1;
+        }
+    }
+    assert_eq!(
+        ok, 10,
+        "the share of replica 0 while Redis is away (20 / 2)"
+    );
+    redis.restart();
+    let started = Instant::now();
+    while reps
+        .iter()
+        .any(|(_, gw)| gw.limiter().backend_state() != "up")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "did not reconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Both replicas check in within a second; then replica 0 may spend replica 1's unused half.
+    let mut ok = 0;
+    let started = Instant::now();
+    while ok < 10 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "replica 0 stayed at its share: {ok} more admitted"
+        );
+        match get(&url).await.status().as_u16() {
+            200 => ok += 1,
+            429 => tokio::time::sleep(Duration::from_millis(100)).await,
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert_eq!(get(&url).await.status(), 429, "never more than N = 20");
+    let b = bucket(&stats(&sim), WABA);
+    assert_eq!(b["calls"], 20);
+    assert_eq!(b["throttled"], 0);
+}

@@ -87,21 +87,12 @@ pub struct Limiter {
 impl Limiter {
     pub fn new(config: &Config, clock: SharedClock) -> Limiter {
         let l = &config.limits;
-        // An unsettled slot (its replica died) counts from its lease end, after the request must
-        // have reached Meta; a live replica keeps a lost settlement for the write-back.
-        let lease = config.upstream.request_timeout + Duration::from_secs(5);
-        let redis = l.redis.as_ref().map(|r| {
-            RedisLink::new(&r.url, &r.prefix, r.timeout)
-                .map(|link| Arc::new(link.with_window(l.window, lease)))
-        });
-        let unusable_backend = matches!(redis, Some(Err(_)));
-        if let Some(Err(e)) = &redis {
-            tracing::error!(error = %e, "the Redis backend cannot be used: every call is refused");
-        }
-        let redis = redis.and_then(Result::ok);
-        let journal = redis
-            .as_ref()
-            .map(|link| Arc::new(Journal::new(link.clone(), clock.clone(), micros(l.window))));
+        let replicas = l.redis.as_ref().map(|r| r.replicas).unwrap_or(1);
+        let (redis, journal, unusable_backend) = match replicas::connect(config, clock.clone()) {
+            Ok(Some((link, journal))) => (Some(link), Some(journal), false),
+            Ok(None) => (None, None, false),
+            Err(()) => (None, None, true),
+        };
         Limiter {
             clock,
             window: micros(l.window),
@@ -122,7 +113,7 @@ impl Limiter {
                 .as_ref()
                 .map(|r| r.on_error)
                 .unwrap_or(OnBackendError::Local),
-            replicas: l.redis.as_ref().map(|r| r.replicas).unwrap_or(1),
+            replicas,
             call_max: micros(config.upstream.request_timeout),
         }
     }
@@ -237,10 +228,12 @@ impl Limiter {
         let deadline = tokio::time::Instant::now() + max_wait;
         let mut local = None;
         if link.available() && (journal.clean() || journal.write_back().await) {
-            // For a window after Redis was last away, other replicas may still be spending their
-            // shares where Redis cannot see them: this replica keeps to its own share as well.
+            // Until every replica is seen back, one may still be spending its share where Redis
+            // cannot see it: this replica keeps to its own share as well (at most a window after
+            // Redis was last away, by when what anyone spent unseen has left the window).
             let unseen = self.window() + Duration::from_micros(self.call_max);
-            if self.on_backend_error == OnBackendError::Local && link.away_within(unseen) {
+            let local_too = !journal.all_seen() && link.away_within(unseen);
+            if self.on_backend_error == OnBackendError::Local && local_too {
                 local = Some(
                     self.admit_local(wants, reserve, max_wait, self.replicas)
                         .await?,

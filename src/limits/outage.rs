@@ -11,6 +11,7 @@
 //! makes a rerun harmless), and never hold its lock across an await.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,6 +64,10 @@ impl Calls {
 
 /// Write-back attempts in a row when calls settle while one runs.
 const ROUNDS: usize = 3;
+/// How often a replica writes back and checks in.
+const EVERY: Duration = Duration::from_millis(250);
+/// A replica that has not checked in for this long may be spending where Redis cannot see.
+const FRESH: Duration = Duration::from_secs(1);
 
 /// This replica's calls as Redis does not know them yet.
 pub(super) struct Journal {
@@ -72,17 +77,38 @@ pub(super) struct Journal {
     calls: Mutex<Calls>,
     /// One write-back at a time.
     writing: tokio::sync::Mutex<()>,
+    /// How many replicas share the budget (`limits.replicas`).
+    replicas: u32,
+    /// Redis time (ms) of this replica's first check-in since Redis was last away (0: none yet).
+    back_since: AtomicU64,
+    /// Every replica has checked in, clean, since this one came back, and within `FRESH`: none
+    /// can be spending where Redis cannot see.
+    all_seen: AtomicBool,
 }
 
 impl Journal {
-    pub(super) fn new(link: Arc<RedisLink>, clock: SharedClock, window: Micros) -> Journal {
+    pub(super) fn new(
+        link: Arc<RedisLink>,
+        clock: SharedClock,
+        window: Micros,
+        replicas: u32,
+    ) -> Journal {
         Journal {
             link,
             clock,
             window,
             calls: Mutex::new(Calls::default()),
             writing: tokio::sync::Mutex::new(()),
+            replicas,
+            back_since: AtomicU64::new(0),
+            all_seen: AtomicBool::new(false),
         }
+    }
+
+    /// Whether every replica is known to be back on Redis with nothing unwritten (see
+    /// [`Self::keep_writing`]); until then a replica keeps to its share as well as to Redis.
+    pub(super) fn all_seen(&self) -> bool {
+        self.all_seen.load(Ordering::Relaxed)
     }
 
     /// A call admitted in the fallback, in the buckets (base, slots) named; its id.
@@ -166,13 +192,31 @@ impl Journal {
             .count()
     }
 
-    /// Writes what Redis missed as soon as it answers again, for the life of the process, so a
-    /// replica with no traffic shares its calls too.
+    /// For the life of the process: writes back what Redis missed as soon as it answers again (so
+    /// a replica with no traffic shares its calls too), then checks in. Every replica is seen when
+    /// `limits.replicas` of them have checked in clean since this one last came back, and within
+    /// `FRESH`: one that lost Redis stops checking in, and the others then keep to their shares.
     pub(super) async fn keep_writing(self: Arc<Self>) {
         loop {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            if self.link.available() && !self.clean() {
-                self.write_back().await;
+            tokio::time::sleep(EVERY).await;
+            if !self.link.available() {
+                self.back_since.store(0, Ordering::Relaxed);
+                self.all_seen.store(false, Ordering::Relaxed);
+                continue;
+            }
+            if !self.clean() && !self.write_back().await {
+                continue;
+            }
+            let since = self.back_since.load(Ordering::Relaxed);
+            match self.link.check_in(since, FRESH).await {
+                Ok((now, back, fresh)) => {
+                    if since == 0 {
+                        self.back_since.store(now, Ordering::Relaxed);
+                    }
+                    let seen = back >= self.replicas && fresh >= self.replicas;
+                    self.all_seen.store(seen, Ordering::Relaxed);
+                }
+                Err(_) => self.all_seen.store(false, Ordering::Relaxed),
             }
         }
     }

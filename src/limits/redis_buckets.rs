@@ -15,6 +15,7 @@ static ADMIT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(scri
 static SETTLE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(scripts::SETTLE));
 static RAISE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(scripts::RAISE));
 static PEEK: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(scripts::PEEK));
+static CHECK_IN: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(scripts::CHECK_IN));
 static WRITE_BACK: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(scripts::WRITE_BACK));
 
@@ -208,6 +209,26 @@ impl RedisLink {
             Duration::from_micros(g(2)),
             Duration::from_micros(g(3)),
         ))
+    }
+
+    /// Says this replica is here with nothing unwritten; answers (Redis time in ms, how many
+    /// replicas checked in since `since_ms` (0: now), how many within the last `fresh`).
+    pub async fn check_in(
+        &self,
+        since_ms: u64,
+        fresh: Duration,
+    ) -> redis::RedisResult<(u64, u32, u32)> {
+        let mut inv = CHECK_IN.prepare_invoke();
+        inv.key(format!("{}:replicas", self.prefix))
+            .arg(&self.replica)
+            .arg(since_ms)
+            .arg(fresh.as_millis() as u64);
+        let inv = &inv;
+        let v: Vec<u64> = self
+            .call(move |mut conn| async move { inv.invoke_async(&mut conn).await })
+            .await?;
+        let at = |i: usize| v.get(i).copied().unwrap_or(0);
+        Ok((at(0), at(1) as u32, at(2) as u32))
     }
 
     /// Writes what Redis does not know of this replica's calls (see `scripts::WRITE_BACK`): calls

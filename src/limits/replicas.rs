@@ -16,6 +16,7 @@ use super::redis::RedisLink;
 use super::redis_buckets::Admission;
 use super::types::{BucketKey, Budget, Refusal, RefusalReason};
 use crate::clock::SharedClock;
+use crate::config::Config;
 
 /// What an admission through Redis is measured against.
 pub(super) struct Admit<'a> {
@@ -145,6 +146,28 @@ async fn admit(
             Err(())
         }
     }
+}
+
+/// The link to Redis and the journal of what it misses, when `limits.backend = "redis"`;
+/// `Err` when the link cannot be made (config validation should make that unreachable).
+#[allow(clippy::type_complexity)]
+pub(super) fn connect(
+    config: &Config,
+    clock: SharedClock,
+) -> Result<Option<(Arc<RedisLink>, Arc<Journal>)>, ()> {
+    let (l, Some(r)) = (&config.limits, &config.limits.redis) else {
+        return Ok(None);
+    };
+    // An unsettled slot (its replica died) counts from its lease end, after the request must have
+    // reached Meta; a live replica keeps a lost settlement for the write-back.
+    let lease = config.upstream.request_timeout + Duration::from_secs(5);
+    let link = RedisLink::new(&r.url, &r.prefix, r.timeout).map_err(|e| {
+        tracing::error!(error = %e, "the Redis backend cannot be used: every call is refused");
+    })?;
+    let link = Arc::new(link.with_window(l.window, lease));
+    let window = crate::clock::micros(l.window);
+    let journal = Arc::new(Journal::new(link.clone(), clock, window, r.replicas));
+    Ok(Some((link, journal)))
 }
 
 /// The base of `key`'s keys in Redis.

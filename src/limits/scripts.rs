@@ -256,6 +256,21 @@ return {done, fl, reset, b}
 "#
 );
 
+/// A replica says it is here and knows nothing Redis misses: KEYS[1] is the sorted set of replicas
+/// by their last check-in (Redis milliseconds). ARGV: replica, since (ms; 0: now), fresh (ms).
+/// Answers `{now, replicas checked in since `since`, replicas checked in within `fresh`}`.
+pub(super) const CHECK_IN: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local since = tonumber(ARGV[2])
+if since == 0 then since = now end
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600000)
+redis.call('PEXPIRE', KEYS[1], 3600000)
+return {now, redis.call('ZCOUNT', KEYS[1], since, '+inf'),
+  redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[3]), '+inf')}
+"#;
+
 /// Writes what Redis does not know of one replica's calls, before it admits through Redis again.
 /// KEYS: `:log` and `:fl` of each bucket named, then the replica's set of members already logged.
 /// ARGV: window, ttl (ms), lease, entry count, then per entry: member, kind, age in microseconds,
