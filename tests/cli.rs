@@ -192,3 +192,77 @@ fn check_config_refuses_unusable_tls_files_before_binding() {
         assert_eq!(status.code(), Some(2), "serve refuses it before binding");
     }
 }
+
+// `graphgate key` prints a fresh key and the `key_sha256` line that authenticates it; the config
+// that line goes into passes check-config, and two runs never print the same key.
+#[test]
+fn key_prints_a_new_client_key_and_its_key_sha256_line() {
+    let run = || {
+        let out = graphgate().arg("key").output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        (lines[0].to_string(), lines[1].to_string())
+    };
+    let (key, line) = run();
+    assert!(key.len() >= 64, "{key}");
+    assert_eq!(line, format!("key_sha256 = \"{}\"", support::hex(&key)));
+    assert_ne!(run().0, key);
+    let dir = tempfile::tempdir().unwrap();
+    let text = support::TestProxy::builder(UPSTREAM)
+        .set("client[0].key_sha256", support::hex(&key))
+        .toml();
+    let out = check_config(&write(&dir, "key.toml", &text))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// `graphgate demo --config FILE` is refused with exit 2 and says why, instead of silently running
+// the built-in config.
+#[test]
+fn demo_refuses_a_config_file() {
+    let out = graphgate()
+        .args(["demo", "--config", "config/graphgate.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--config is not used"), "{err}");
+}
+
+// `graphgate healthcheck` exits 1 within its deadline when nothing answers on the config's admin
+// address, and when the admin listener is off; the container's HEALTHCHECK relies on both.
+#[test]
+fn healthcheck_fails_fast_without_an_admin_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for (name, admin) in [
+        ("closed", format!("127.0.0.1:{port}")),
+        ("off", "off".into()),
+    ] {
+        let text = support::TestProxy::builder(UPSTREAM)
+            .set("server.admin_listen", admin)
+            .toml();
+        let p = write(&dir, &format!("{name}.toml"), &text);
+        let started = std::time::Instant::now();
+        let out = graphgate()
+            .args(["healthcheck", "--timeout", "1s", "--config"])
+            .arg(&p)
+            .envs(support::env())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("graphgate healthcheck"));
+    }
+}

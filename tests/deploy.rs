@@ -810,7 +810,7 @@ fn instructions(dockerfile: &str) -> Vec<String> {
 }
 
 // The Dockerfile builds in one stage with locked dependencies and runs in another as a non-root
-// user, with a health check against /healthz on the admin port and the documented entrypoint.
+// user, with a health check by `graphgate healthcheck` and the documented entrypoint.
 #[test]
 fn dockerfile_builds_locked_runs_non_root_and_checks_health() {
     let ins = instructions(&read(&repo().join("Dockerfile")));
@@ -838,7 +838,8 @@ fn dockerfile_builds_locked_runs_non_root_and_checks_health() {
     assert!(user_at > last_from, "USER is not set in the runtime stage");
     let health = with("HEALTHCHECK");
     assert_eq!(health.len(), 1);
-    assert!(health[0].contains("http://127.0.0.1:9090/healthz"));
+    // The binary probes itself (tests/image.rs runs it as the image would).
+    assert!(health[0].contains(r#"CMD ["graphgate", "healthcheck"]"#));
     assert!(with("EXPOSE")
         .iter()
         .any(|e| e.contains("8080") && e.contains("9090")));

@@ -27,6 +27,7 @@ use crate::gateway::Gateway;
 use crate::limits::Reported;
 
 use crate::metrics::{self, Rejection};
+pub mod healthcheck;
 mod status;
 
 /// A successful call to Meta this recent makes `/readyz` answer without a connect check.

@@ -40,6 +40,16 @@ use labels::{
 use webhooks::WebhookMetrics;
 pub use webhooks::{SubscriberStats, WebhookStats};
 
+/// graphgate's version, as `graphgate_build_info` and the start-up log line show it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The git revision the binary was built from: `GRAPHGATE_GIT_REVISION` at build time (the
+/// Dockerfile's `GIT_REVISION` build argument), else `unknown`.
+pub const GIT_REVISION: &str = match option_env!("GRAPHGATE_GIT_REVISION") {
+    Some(r) => r,
+    None => "unknown",
+};
+
 /// `Content-Type` of `/metrics`: Prometheus text format 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
