@@ -181,10 +181,19 @@ fn rand_word(i: u32, round: u32) -> String {
     )
 }
 
+/// Series by name and labels; a histogram's buckets, sum and count are one series.
 fn series(samples: &[Sample]) -> BTreeSet<String> {
     samples
         .iter()
-        .map(|s| format!("{}{:?}", s.name, s.labels))
+        .map(|s| {
+            let mut labels = s.labels.clone();
+            labels.remove("le");
+            let name = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|x| s.name.strip_suffix(x))
+                .unwrap_or(&s.name);
+            format!("{name}{labels:?}")
+        })
         .collect()
 }
 

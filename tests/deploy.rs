@@ -72,7 +72,23 @@ const METRICS: &[Metric] = &[
     m("graphgate_cache_entries", Kind::Gauge, &[]),
     m("graphgate_cache_bytes", Kind::Gauge, &[]),
     m("graphgate_cache_requests_total", Kind::Counter, &["result"]),
-    m("graphgate_build_info", Kind::Gauge, &["version"]),
+    m(
+        "graphgate_build_info",
+        Kind::Gauge,
+        &["version", "revision"],
+    ),
+    m(
+        "graphgate_request_duration_seconds",
+        Kind::Histogram,
+        &["class", "cache"],
+    ),
+    m("graphgate_requests_in_flight", Kind::Gauge, &[]),
+    m("process_cpu_seconds_total", Kind::Counter, &[]),
+    m("process_resident_memory_bytes", Kind::Gauge, &[]),
+    m("process_virtual_memory_bytes", Kind::Gauge, &[]),
+    m("process_open_fds", Kind::Gauge, &[]),
+    m("process_max_fds", Kind::Gauge, &[]),
+    m("process_start_time_seconds", Kind::Gauge, &[]),
 ];
 
 // ---------------------------------------------------------------- helpers
@@ -498,9 +514,34 @@ fn queries(v: &Json, out: &mut Vec<Query>) {
     }
 }
 
+/// The webhook series: served only when `[webhooks]` is configured (so not in METRICS, which equals
+/// a scrape without it); the dashboard may query them too.
+const WEBHOOK_METRICS: &[Metric] = &[
+    m("graphgate_webhook_events_total", Kind::Counter, &["field"]),
+    m(
+        "graphgate_webhook_signature_failures_total",
+        Kind::Counter,
+        &[],
+    ),
+    m(
+        "graphgate_webhook_deliveries_total",
+        Kind::Counter,
+        &["subscriber", "outcome"],
+    ),
+    m(
+        "graphgate_webhook_queue_depth",
+        Kind::Gauge,
+        &["subscriber"],
+    ),
+];
+
 /// The metric a name refers to: itself, or for `_bucket`/`_sum`/`_count` the histogram it belongs to.
 fn metric(name: &str) -> Option<&'static Metric> {
-    if let Some(m) = METRICS.iter().find(|m| m.name == name) {
+    if let Some(m) = METRICS
+        .iter()
+        .chain(WEBHOOK_METRICS)
+        .find(|m| m.name == name)
+    {
         return Some(m);
     }
     ["_bucket", "_sum", "_count"]
@@ -620,7 +661,8 @@ fn dashboard_queries_only_metrics_and_labels_graphgate_serves() {
     assert!(qs.len() >= 10, "only {} queries found", qs.len());
     for q in &qs {
         let (names, labels) = names_in(&q.expr);
-        let mut allowed: BTreeSet<&str> = BTreeSet::new();
+        // Prometheus adds the target's own labels to every series.
+        let mut allowed: BTreeSet<&str> = BTreeSet::from(["instance", "job"]);
         for name in &names {
             let m = metric(name)
                 .unwrap_or_else(|| panic!("`{name}` in `{}` is not a graphgate metric", q.expr));
@@ -647,7 +689,8 @@ fn dashboard_queries_only_metrics_and_labels_graphgate_serves() {
 }
 
 // The dashboard shows what ops people read: budget used per WABA, rate-limit rejections, Meta's
-// usage percentages, throttling, cache hit ratio, latency percentiles and request rate by status.
+// usage percentages, throttling, cache hit ratio, latency percentiles, request rate by status,
+// Redis health, webhook deliveries and queue depth, and the process's memory.
 #[test]
 fn dashboard_shows_budgets_rejections_usage_cache_latency_and_status() {
     let mut qs = Vec::new();
@@ -673,6 +716,12 @@ fn dashboard_shows_budgets_rejections_usage_cache_latency_and_status() {
         );
     }
     assert!(has("sum by (status) (rate(graphgate_requests_total"));
+    // Redis health per replica, webhook deliveries and queue, callers' latency, process figures.
+    assert!(has("graphgate_limits_backend_up"));
+    assert!(has("rate(graphgate_webhook_deliveries_total"));
+    assert!(has("graphgate_webhook_queue_depth"));
+    assert!(has("graphgate_request_duration_seconds_bucket"));
+    assert!(has("process_resident_memory_bytes"));
 }
 
 // The query scanner itself: label values and ranges are not names; histogram series map to their

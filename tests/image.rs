@@ -440,6 +440,12 @@ async fn binary_serves_as_uid_10001_on_a_read_only_root_and_its_healthcheck_pass
     assert!(ready.success(), "graphgate healthcheck --ready failed");
     assert_eq!(proxied.ok(), Some(200), "a call through the chrooted proxy");
     assert!(metrics.contains("graphgate_build_info"), "{metrics}");
+    // /proc is mounted in the root, as a container runtime mounts it.
+    assert!(
+        metrics.contains("\nprocess_resident_memory_bytes ")
+            && metrics.contains("\nprocess_open_fds "),
+        "process metrics missing:\n{metrics}"
+    );
     assert!(
         exit.is_some_and(|s| s.success()),
         "exit {exit:?}:\n{stderr}"
