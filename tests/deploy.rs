@@ -130,9 +130,21 @@ fn strings(v: &Yaml) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A service's `environment`, in list (`K=V`) or map form.
+/// Compose's `${VAR:-default}` interpolation, as `docker compose` applies it with VAR unset.
+fn interpolate(v: &str) -> String {
+    let mut out = v.to_string();
+    while let Some(start) = out.find("${") {
+        let end = start + out[start..].find('}').expect("closing brace");
+        let inner = &out[start + 2..end];
+        let default = inner.split_once(":-").map_or("", |(_, d)| d).to_string();
+        out.replace_range(start..=end, &default);
+    }
+    out
+}
+
+/// A service's `environment`, in list (`K=V`) or map form, interpolated with no variable set.
 fn environment(service: &Yaml) -> Vec<(String, String)> {
-    match &service["environment"] {
+    let vars: Vec<(String, String)> = match &service["environment"] {
         Yaml::Sequence(items) => items
             .iter()
             .map(|i| {
@@ -152,7 +164,10 @@ fn environment(service: &Yaml) -> Vec<(String, String)> {
             })
             .collect(),
         _ => Vec::new(),
-    }
+    };
+    vars.into_iter()
+        .map(|(k, v)| (k, interpolate(&v)))
+        .collect()
 }
 
 /// A service's short-syntax volumes as (source, target); sources starting with `.` are bind mounts
@@ -321,8 +336,8 @@ fn compose_mounts_the_config_where_the_image_reads_it() {
     assert!(dockerfile.contains(r#"CMD ["--config", "/etc/graphgate/graphgate.toml"]"#));
 }
 
-// Redis is wired for the shared-state mode only as a comment: the key does not exist yet, and an
-// unknown key would stop graphgate from starting.
+// graphgate shares its buckets through the redis service, starts only once Redis answers its
+// health check, and its replica count defaults to 1 (GRAPHGATE_REPLICAS sets it for --scale).
 #[test]
 fn compose_wires_graphgate_to_the_redis_service() {
     let c = compose();
@@ -337,10 +352,83 @@ fn compose_wires_graphgate_to_the_redis_service() {
         c["services"]["redis"].is_mapping(),
         "the redis service exists"
     );
+    assert_eq!(get("GRAPHGATE_LIMITS__REPLICAS").as_deref(), Some("1"));
+    let gg = service(&c, "graphgate");
+    assert_eq!(
+        gg["depends_on"]["redis"]["condition"].as_str(),
+        Some("service_healthy")
+    );
+    let health = strings(&service(&c, "redis")["healthcheck"]["test"]);
+    assert_eq!(health, ["CMD", "redis-cli", "ping"]);
 }
 
-// Prometheus scrapes /metrics on graphgate's admin port over the compose network, from the config
-// file that is mounted where its command reads it.
+// `--scale graphgate=N` can work: no graphgate port is fixed on the host (the admin port is an
+// ephemeral one on loopback), and the `front` service publishes the proxy port and forwards to the
+// service name, re-resolved through Docker's DNS. (`nginx -t` on that config passed by hand; nginx
+// is not among the test dependencies.)
+#[test]
+fn compose_scales_graphgate_behind_the_front_proxy() {
+    let c = compose();
+    let gg = service(&c, "graphgate");
+    for p in strings(&gg["ports"]) {
+        let parts: Vec<&str> = p.split(':').collect();
+        let host_port = match parts.len() {
+            1 => "",
+            2 => parts[0],
+            _ => parts[parts.len() - 2],
+        };
+        assert!(
+            host_port.is_empty(),
+            "graphgate publishes a fixed host port: {p}"
+        );
+    }
+    let front = service(&c, "front");
+    assert_eq!(strings(&front["ports"]), ["8080:8080"]);
+    let conf_path = mount_source(front, "/etc/nginx/nginx.conf");
+    let conf = read(&conf_path);
+    assert!(conf.contains("set $graphgate graphgate:8080;"), "{conf}");
+    assert!(conf.contains("proxy_pass http://$graphgate;"));
+    assert!(conf.contains("resolver 127.0.0.11"));
+}
+
+// With a read-only root, graphgate's one writable place is the `graphgate-state` volume on
+// /var/lib/graphgate, the directory the image makes for uid 10001; every path the deploy config
+// writes (limits.state_file, webhooks.queue_dir) is under it.
+#[test]
+fn compose_gives_the_read_only_root_a_writable_state_volume() {
+    let c = compose();
+    let gg = service(&c, "graphgate");
+    assert_eq!(gg["read_only"].as_bool(), Some(true));
+    let state = volumes(gg)
+        .into_iter()
+        .find(|(_, dst)| dst == "/var/lib/graphgate")
+        .expect("a volume on /var/lib/graphgate");
+    assert_eq!(state.0, "graphgate-state");
+    assert!(c["volumes"].get("graphgate-state").is_some());
+    let dockerfile = read(&repo().join("Dockerfile"));
+    assert!(dockerfile.contains("--chown=10001:10001 /rootfs/var/lib/graphgate /var/lib/graphgate"));
+    assert!(dockerfile.contains(r#"VOLUME ["/var/lib/graphgate"]"#));
+    let text = read(&deploy().join("graphgate.toml"));
+    let mut written = 0;
+    for line in text.lines() {
+        let l = line.trim_start_matches('#').trim();
+        for key in ["state_file", "queue_dir"] {
+            if let Some(v) = l.strip_prefix(key).and_then(|r| r.trim().strip_prefix('=')) {
+                let v = v.trim().trim_matches('"');
+                assert!(v.starts_with("/var/lib/graphgate/"), "{key} = {v}");
+                written += 1;
+            }
+        }
+    }
+    assert!(
+        written >= 2,
+        "deploy/graphgate.toml names no state_file and queue_dir"
+    );
+}
+
+// Prometheus scrapes /metrics on every graphgate replica's admin port over the compose network
+// (found by DNS), from the config file that is mounted where its command reads it, and loads the
+// alert rules mounted beside it.
 #[test]
 fn prometheus_scrapes_graphgate_admin_port() {
     let c = compose();
@@ -367,15 +455,26 @@ fn prometheus_scrapes_graphgate_admin_port() {
         job["metrics_path"].as_str().unwrap_or("/metrics"),
         "/metrics"
     );
-    let targets: Vec<String> = job["static_configs"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .flat_map(|s| strings(&s["targets"]))
-        .collect();
-    assert_eq!(targets, ["graphgate:9090"]);
-    let host = targets[0].split(':').next().unwrap();
-    service(&c, host);
+    // Every replica (DNS service discovery on the compose service name), not one static target.
+    assert!(job.get("static_configs").is_none(), "a static target");
+    let sd = &job["dns_sd_configs"][0];
+    assert_eq!(strings(&sd["names"]), ["graphgate"]);
+    assert_eq!(sd["type"].as_str(), Some("A"));
+    assert_eq!(sd["port"].as_u64(), Some(9090));
+    service(&c, "graphgate");
+    // The alert rules are loaded, from a file mounted beside the config.
+    let rules = strings(&p["rule_files"]);
+    assert_eq!(rules, ["alerts.yml"]);
+    let dir = Path::new(&config_arg).parent().unwrap();
+    assert_eq!(
+        mount_source(prom, dir.join("alerts.yml").to_str().unwrap())
+            .canonicalize()
+            .unwrap(),
+        deploy()
+            .join("prometheus/alerts.yml")
+            .canonicalize()
+            .unwrap()
+    );
 }
 
 // Grafana gets the Prometheus service as its datasource (with the uid the dashboard uses) and loads
