@@ -104,6 +104,9 @@ fn main() -> ExitCode {
     match command {
         Command::CheckConfig => match Config::load(&cli.config, &ProcessEnv) {
             Ok(c) => {
+                for w in placeholder_warnings(&c) {
+                    eprintln!("{}: warning: {w}", cli.config.display());
+                }
                 println!(
                     "{}: ok ({} app(s), {} client(s), upstream {})",
                     cli.config.display(),
@@ -161,6 +164,9 @@ fn main() -> ExitCode {
                         }
                     },
                 };
+                for w in placeholder_warnings(&config) {
+                    tracing::warn!("{w}");
+                }
                 let gw = graphgate::Gateway::new(config);
                 match graphgate::run_with_admin(listener, admin, gw, graphgate::server::signal())
                     .await
@@ -263,6 +269,55 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+/// Ids and key digests of the shipped examples (config/graphgate.toml, deploy/graphgate.toml, the
+/// README): a config that still holds one was copied and not filled in. The WABA and phone number
+/// are the simulator's seed objects, which no real app reaches.
+const PLACEHOLDER_APP_IDS: [&str; 2] = ["1234567890123456", "1234567890"];
+const PLACEHOLDER_OBJECT_IDS: [&str; 2] = ["102290129340398", "106540352242922"];
+const PLACEHOLDER_KEY_DIGESTS: [&str; 2] = [
+    "90627e143d783aa76b5ef08996acc6e0262d04d836673ac0031bf6e723ea88e7",
+    "8dbf5357a63c4fc0e8eae8b91391cd901d448c693b60b4689a5ed520bb05f4a7",
+];
+
+/// Warnings (not errors: the config is valid) for every example placeholder left in `c`.
+fn placeholder_warnings(c: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, app) in c.apps.iter().enumerate() {
+        if PLACEHOLDER_APP_IDS.contains(&app.id.as_str()) {
+            out.push(format!(
+                "app[{i}].id = \"{}\" is the example's placeholder: put your Meta app id",
+                app.id
+            ));
+        }
+        for (j, w) in app.wabas.iter().enumerate() {
+            if PLACEHOLDER_OBJECT_IDS.contains(&w.id.as_str()) {
+                out.push(format!(
+                    "app[{i}].waba[{j}].id = \"{}\" is the example's (the simulator's) WABA: put your WABA id",
+                    w.id
+                ));
+            }
+            for p in w
+                .phone_numbers
+                .iter()
+                .filter(|p| PLACEHOLDER_OBJECT_IDS.contains(&p.as_str()))
+            {
+                out.push(format!(
+                    "app[{i}].waba[{j}].phone_numbers has \"{p}\", the example's (the simulator's) phone number id"
+                ));
+            }
+        }
+    }
+    for (k, client) in c.clients.iter().enumerate() {
+        let digest = hex::encode(client.key_sha256);
+        if PLACEHOLDER_KEY_DIGESTS.contains(&digest.as_str()) {
+            out.push(format!(
+                "client[{k}].key_sha256 is the example's placeholder, whose key nobody knows: run `graphgate key` and put the line it prints there"
+            ));
+        }
+    }
+    out
 }
 
 /// One worker thread runs tokio's single-threaded scheduler: on one core it serves more requests
