@@ -441,6 +441,7 @@ async fn admin_token_is_required_everywhere_but_healthz() {
         "/readyz",
         "/admin/limits",
         "/admin/cache",
+        "/admin/status",
         "/admin",
         "/",
         "/nope",
@@ -592,6 +593,7 @@ async fn secrets_never_appear_in_metrics_admin_json_status_page_or_logs() {
         "/metrics",
         "/admin/limits",
         "/admin/cache",
+        "/admin/status",
         "/admin",
         "/readyz",
     ] {
@@ -690,4 +692,101 @@ async fn the_binary_binds_the_admin_listener_from_config() {
     let _ = child.wait();
     let addr = addr.expect("no admin listener address logged within 20 s");
     assert_eq!(status.map(|s| s.as_u16()), Some(200), "/healthz on {addr}");
+}
+
+// ---------------------------------------------------------------- /admin/status
+
+// /admin/status (the status page's health section) says who was refused, grouped by client and
+// bucket with counts, that Redis is down and Meta failing, the upstream error rate, and the
+// version and uptime; /readyz and it agree.
+#[tokio::test]
+async fn admin_status_groups_refusals_by_client_and_reports_redis_and_meta() {
+    let sim = start_sim(sim_config()).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = TestProxy::builder(&sim.url)
+        .waba_limit(WABA, 1)
+        .limits(&format!(
+            "backend = \"redis\"\nredis_url = \"redis://{closed}\"\nbackend_timeout = \"200ms\""
+        ))
+        .admin()
+        .start()
+        .await;
+    let c = client();
+    let call = |key: &'static str, n: u32| {
+        c.get(format!(
+            "{}/v19.0/{WABA}/message_templates?n={n}",
+            proxy.url
+        ))
+        .bearer_auth(key)
+        .send()
+    };
+    assert_eq!(call(CLIENT_KEY, 0).await.unwrap().status(), 200);
+    for n in 1..=3 {
+        assert_eq!(call(CLIENT_KEY, n).await.unwrap().status(), 429);
+    }
+    for n in 4..=5 {
+        assert_eq!(call(LIMITED_KEY, n).await.unwrap().status(), 429);
+    }
+    sim.sim.set_faults(graphgate::sim::Faults {
+        fail_next: 1,
+        fail_status: 503,
+        ..Default::default()
+    });
+    assert_eq!(
+        get(&proxy, &format!("/v19.0/{OTHER_WABA}")).await.status(),
+        503
+    );
+
+    let s: Value = admin_get(&proxy.admin_url(), "/admin/status", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
+    assert!(s["revision"].is_string());
+    assert!(s["started_at_unix"].as_u64().unwrap() > 1_600_000_000);
+    assert!(s["uptime_secs"].as_u64().unwrap() < 600);
+    // `connecting` until the first attempt fails, then `down`: either way not up.
+    let backend = s["limits_backend"].as_str().unwrap().to_string();
+    assert!(["down", "connecting"].contains(&backend.as_str()), "{s}");
+    assert_eq!(
+        s["meta"]["state"], "answering",
+        "Meta answered (with a 503): {s}"
+    );
+    assert_eq!(s["meta"]["calls"], 2);
+    assert_eq!(s["meta"]["failed"], 1);
+    assert_eq!(s["meta"]["error_rate"], 0.5);
+    let refused = s["refused"].as_array().unwrap();
+    let groups: Vec<(String, String, u64)> = refused
+        .iter()
+        .map(|g| {
+            (
+                g["client"].as_str().unwrap().to_string(),
+                g["bucket"].as_str().unwrap().to_string(),
+                g["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let bucket = format!("waba:{WABA}");
+    assert_eq!(
+        groups,
+        [
+            ("alpha".into(), bucket.clone(), 3),
+            ("bravo".into(), bucket, 2)
+        ],
+        "{s}"
+    );
+    assert!(refused
+        .iter()
+        .all(|g| g["reason"] == "full" && g["app"] == "main"));
+    let ready: Value = admin_get(&proxy.admin_url(), "/readyz", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["ready"], s["ready"]);
+    assert!(["down", "connecting"].contains(&ready["limits_backend"].as_str().unwrap()));
 }

@@ -146,6 +146,8 @@ pub struct Metrics {
     upstream: Mutex<Option<UpstreamOutcome>>,
     recent: Mutex<VecDeque<Rejection>>,
     groups: Mutex<BTreeMap<GroupKey, (u64, u64)>>,
+    /// When this gateway was made (unix seconds), for the status page's uptime.
+    started_unix: u64,
     /// Serializes scrapes: each refreshes the gauge families (clear, then set) before encoding.
     scrape: Mutex<()>,
     webhooks: Option<WebhookMetrics>,
@@ -310,6 +312,7 @@ impl Metrics {
             upstream: Mutex::new(None),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_REJECTIONS)),
             groups: Mutex::new(BTreeMap::new()),
+            started_unix: unix_now(),
             scrape: Mutex::new(()),
             webhooks,
         };
@@ -514,6 +517,11 @@ impl Metrics {
             .collect();
         out.sort_by_key(|g| std::cmp::Reverse(g.count));
         out
+    }
+
+    /// When this gateway started, in unix seconds.
+    pub fn started_unix(&self) -> u64 {
+        self.started_unix
     }
 
     /// Requests the proxy is serving now.
