@@ -643,8 +643,8 @@ async fn secrets_never_appear_in_metrics_admin_json_status_page_or_logs() {
 
 // ---------------------------------------------------------------- the binary
 
-// `graphgate serve` binds server.admin_listen itself (here 127.0.0.1:0), logs where, and serves
-// /healthz there.
+// `graphgate serve` binds server.admin_listen itself (here 127.0.0.1:0), logs where (and its version
+// at start), and serves /healthz there.
 #[tokio::test]
 async fn the_binary_binds_the_admin_listener_from_config() {
     use std::io::BufRead;
@@ -668,12 +668,23 @@ async fn the_binary_binds_the_admin_listener_from_config() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let (version_tx, version_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
         {
             let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if v["fields"]["message"] == "graphgate listening"
+                || v["message"] == "graphgate listening"
+            {
+                let version = v["fields"]["version"]
+                    .as_str()
+                    .or(v["version"].as_str())
+                    .unwrap_or("")
+                    .to_string();
+                let _ = version_tx.send(version);
+            }
             if let Some(addr) = v["admin"].as_str() {
                 let _ = tx.send(addr.to_string());
             }
@@ -692,6 +703,9 @@ async fn the_binary_binds_the_admin_listener_from_config() {
     let _ = child.wait();
     let addr = addr.expect("no admin listener address logged within 20 s");
     assert_eq!(status.map(|s| s.as_u16()), Some(200), "/healthz on {addr}");
+    // The start-up line names the version.
+    let version = version_rx.recv_timeout(Duration::from_secs(5));
+    assert_eq!(version.as_deref(), Ok(env!("CARGO_PKG_VERSION")));
 }
 
 // ---------------------------------------------------------------- /admin/status
