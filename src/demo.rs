@@ -1,6 +1,7 @@
 //! `graphgate demo`: the Graph simulator and the proxy in one process, with a generated demo app
 //! token (known only to the two of them) and a printed demo client key, so a newcomer can try
-//! graphgate with curl and no Meta account.
+//! graphgate with curl and no Meta account. The admin listener (status page, `/metrics`,
+//! `/healthz`, `/readyz`) is served beside the proxy, so there is something to look at.
 //!
 //! It must never print the system-user token or the app secret: only the client key is shown.
 
@@ -26,6 +27,7 @@ fn random_hex(bytes: usize) -> String {
 /// the same parser and validation as a config file; the secrets come from a private environment.
 pub fn demo_config(
     listen: SocketAddr,
+    admin_listen: SocketAddr,
     upstream: &str,
     token: &Secret,
     app_secret: &Secret,
@@ -38,6 +40,7 @@ pub fn demo_config(
         r#"
 [server]
 listen = "{listen}"
+admin_listen = "{admin_listen}"
 shutdown_grace = "5s"
 
 [upstream]
@@ -76,9 +79,11 @@ key_env = "DEMO_CLIENT_KEY"
         .expect("the built-in demo config is valid")
 }
 
-/// Runs the demo until `shutdown` resolves.
+/// Runs the demo until `shutdown` resolves: the proxy on `listen`, the admin listener on
+/// `admin_listen`.
 pub async fn run(
     listen: SocketAddr,
+    admin_listen: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let token = Secret::new(format!("demo-system-user-{}", random_hex(16)));
@@ -103,27 +108,43 @@ pub async fn run(
 
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
+    let admin = TcpListener::bind(admin_listen).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {admin_listen} (--admin-listen): {e}"),
+        )
+    })?;
+    let admin_addr = admin.local_addr()?;
     let config = demo_config(
         addr,
+        admin_addr,
         &format!("http://{sim_addr}"),
         &token,
         &app_secret,
         &client_key,
     );
-    print_banner(addr, sim_addr, &client_key);
-    let result = crate::run(listener, config, shutdown).await;
+    print_banner(addr, admin_addr, sim_addr, &client_key);
+    tracing::info!(
+        version = crate::metrics::VERSION,
+        revision = crate::metrics::GIT_REVISION,
+        "graphgate demo"
+    );
+    let gw = crate::Gateway::new(config);
+    let result = crate::run_with_admin(listener, Some(admin), gw, shutdown).await;
     let _ = stop_tx.send(());
     let _ = sim_task.await;
     result
 }
 
-fn print_banner(addr: SocketAddr, sim_addr: SocketAddr, key: &str) {
+fn print_banner(addr: SocketAddr, admin: SocketAddr, sim_addr: SocketAddr, key: &str) {
     let base = format!("http://{addr}");
+    let admin = format!("http://{admin}");
     let waba = sim::seed::WABA_ID;
     println!(
         r#"
 graphgate demo
   proxy       {base}   (forwards to the built-in Graph simulator at http://{sim_addr})
+  admin       {admin}   (status page at {admin}/admin; /metrics, /healthz, /readyz)
   client key  {key}
 
 Try:
@@ -135,6 +156,10 @@ Try:
 
   # 3. No key: a Graph-shaped 401 (code 190), and nothing reaches the upstream
   curl -s -i '{base}/v19.0/{waba}/phone_numbers'
+
+  # 4. What graphgate saw: budgets, refusals, cache (open {admin}/admin in a browser for the page)
+  curl -s '{admin}/admin/limits'
+  curl -s '{admin}/metrics' | grep -E '^graphgate_(requests|cache_requests|bucket_used)'
 
 Stop with Ctrl-C.
 "#

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use graphgate::config::{Config, ProcessEnv};
 use graphgate::telemetry::{self, Format};
 
@@ -44,18 +45,40 @@ enum Command {
     Serve,
     /// Validate the config file and exit 0 (valid) or 2 (with every problem listed).
     CheckConfig,
-    /// Start the Graph simulator and the proxy in one process, with a demo app and client.
+    /// Start the Graph simulator and the proxy in one process, with a demo app and client. It
+    /// runs its own built-in config: `--config` is refused.
     Demo {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Where the admin listener (status page, /metrics, /healthz, /readyz) listens.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
     },
+    /// Probe this config's admin listener: GET /healthz (or /readyz), exit 0 on a 200, 1 otherwise.
+    /// The container image's HEALTHCHECK.
+    Healthcheck {
+        /// Probe /readyz (with the admin token, if set) instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+        /// Give up after this long (e.g. 2s, 500ms).
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Make a new client key: prints the key (give it to the service) and the `key_sha256` line
+    /// for its `[[client]]` in the config (only the digest is stored).
+    Key,
     /// Run the Graph API simulator alone.
     Sim(graphgate::sim::SimArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let config_given = matches.value_source("config") == Some(ValueSource::CommandLine);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let format = match cli.log_format {
         LogFormat::Auto => Format::Auto,
         LogFormat::Json => Format::Json,
@@ -67,6 +90,8 @@ fn main() -> ExitCode {
         Command::Serve => Config::load(&cli.config, &ProcessEnv)
             .ok()
             .and_then(|c| c.server.worker_threads),
+        // A probe or a key needs no more than one thread.
+        Command::Healthcheck { .. } | Command::Key => Some(1),
         _ => None,
     };
     let runtime = match build_runtime(workers) {
@@ -79,6 +104,9 @@ fn main() -> ExitCode {
     match command {
         Command::CheckConfig => match Config::load(&cli.config, &ProcessEnv) {
             Ok(c) => {
+                for w in placeholder_warnings(&c) {
+                    eprintln!("{}: warning: {w}", cli.config.display());
+                }
                 println!(
                     "{}: ok ({} app(s), {} client(s), upstream {})",
                     cli.config.display(),
@@ -111,6 +139,8 @@ fn main() -> ExitCode {
                     }
                 };
                 tracing::info!(
+                    version = graphgate::metrics::VERSION,
+                    revision = graphgate::metrics::GIT_REVISION,
                     listen = %config.server.listen,
                     upstream = %config.upstream.url,
                     apps = config.apps.len(),
@@ -134,6 +164,9 @@ fn main() -> ExitCode {
                         }
                     },
                 };
+                for w in placeholder_warnings(&config) {
+                    tracing::warn!("{w}");
+                }
                 let gw = graphgate::Gateway::new(config);
                 match graphgate::run_with_admin(listener, admin, gw, graphgate::server::signal())
                     .await
@@ -146,14 +179,26 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Command::Demo { listen } => {
+        Command::Demo {
+            listen,
+            admin_listen,
+        } => {
+            if config_given {
+                eprintln!(
+                    "graphgate demo: --config is not used: the demo runs its own built-in config \
+                     and simulator. To serve a file: graphgate --config {}",
+                    cli.config.display()
+                );
+                return ExitCode::from(2);
+            }
             telemetry::init(if matches!(cli.log_format, LogFormat::Auto) {
                 Format::Text
             } else {
                 format
             });
             runtime.block_on(async move {
-                match graphgate::demo::run(listen, graphgate::server::signal()).await {
+                match graphgate::demo::run(listen, admin_listen, graphgate::server::signal()).await
+                {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("graphgate demo: {e}");
@@ -161,6 +206,33 @@ fn main() -> ExitCode {
                     }
                 }
             })
+        }
+        Command::Healthcheck { ready, timeout } => {
+            let config = match Config::load(&cli.config, &ProcessEnv) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let probe = graphgate::admin::healthcheck::probe(&config, ready, timeout);
+            match runtime.block_on(probe) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("graphgate healthcheck: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Key => {
+            // 32 random bytes from the OS-seeded CSPRNG, as hex: as strong as the tokens it stands for.
+            let key = format!("gg-{}", hex::encode(rand::random::<[u8; 32]>()));
+            let digest = hex::encode(graphgate::config::key_digest(&key));
+            println!("# The client key: give it to the service (it sends it where a Graph SDK sends a token).");
+            println!("{key}");
+            println!("# Its [[client]] line in the config (only the digest is stored):");
+            println!("key_sha256 = \"{digest}\"");
+            ExitCode::SUCCESS
         }
         Command::Sim(args) => {
             telemetry::init(format);
@@ -197,6 +269,55 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+/// Ids and key digests of the shipped examples (config/graphgate.toml, deploy/graphgate.toml, the
+/// README): a config that still holds one was copied and not filled in. The WABA and phone number
+/// are the simulator's seed objects, which no real app reaches.
+const PLACEHOLDER_APP_IDS: [&str; 2] = ["1234567890123456", "1234567890"];
+const PLACEHOLDER_OBJECT_IDS: [&str; 2] = ["102290129340398", "106540352242922"];
+const PLACEHOLDER_KEY_DIGESTS: [&str; 2] = [
+    "90627e143d783aa76b5ef08996acc6e0262d04d836673ac0031bf6e723ea88e7",
+    "8dbf5357a63c4fc0e8eae8b91391cd901d448c693b60b4689a5ed520bb05f4a7",
+];
+
+/// Warnings (not errors: the config is valid) for every example placeholder left in `c`.
+fn placeholder_warnings(c: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, app) in c.apps.iter().enumerate() {
+        if PLACEHOLDER_APP_IDS.contains(&app.id.as_str()) {
+            out.push(format!(
+                "app[{i}].id = \"{}\" is the example's placeholder: put your Meta app id",
+                app.id
+            ));
+        }
+        for (j, w) in app.wabas.iter().enumerate() {
+            if PLACEHOLDER_OBJECT_IDS.contains(&w.id.as_str()) {
+                out.push(format!(
+                    "app[{i}].waba[{j}].id = \"{}\" is the example's (the simulator's) WABA: put your WABA id",
+                    w.id
+                ));
+            }
+            for p in w
+                .phone_numbers
+                .iter()
+                .filter(|p| PLACEHOLDER_OBJECT_IDS.contains(&p.as_str()))
+            {
+                out.push(format!(
+                    "app[{i}].waba[{j}].phone_numbers has \"{p}\", the example's (the simulator's) phone number id"
+                ));
+            }
+        }
+    }
+    for (k, client) in c.clients.iter().enumerate() {
+        let digest = hex::encode(client.key_sha256);
+        if PLACEHOLDER_KEY_DIGESTS.contains(&digest.as_str()) {
+            out.push(format!(
+                "client[{k}].key_sha256 is the example's placeholder, whose key nobody knows: run `graphgate key` and put the line it prints there"
+            ));
+        }
+    }
+    out
 }
 
 /// One worker thread runs tokio's single-threaded scheduler: on one core it serves more requests

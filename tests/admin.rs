@@ -181,10 +181,19 @@ fn rand_word(i: u32, round: u32) -> String {
     )
 }
 
+/// Series by name and labels; a histogram's buckets, sum and count are one series.
 fn series(samples: &[Sample]) -> BTreeSet<String> {
     samples
         .iter()
-        .map(|s| format!("{}{:?}", s.name, s.labels))
+        .map(|s| {
+            let mut labels = s.labels.clone();
+            labels.remove("le");
+            let name = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|x| s.name.strip_suffix(x))
+                .unwrap_or(&s.name);
+            format!("{name}{labels:?}")
+        })
         .collect()
 }
 
@@ -432,6 +441,7 @@ async fn admin_token_is_required_everywhere_but_healthz() {
         "/readyz",
         "/admin/limits",
         "/admin/cache",
+        "/admin/status",
         "/admin",
         "/",
         "/nope",
@@ -583,6 +593,7 @@ async fn secrets_never_appear_in_metrics_admin_json_status_page_or_logs() {
         "/metrics",
         "/admin/limits",
         "/admin/cache",
+        "/admin/status",
         "/admin",
         "/readyz",
     ] {
@@ -632,8 +643,8 @@ async fn secrets_never_appear_in_metrics_admin_json_status_page_or_logs() {
 
 // ---------------------------------------------------------------- the binary
 
-// `graphgate serve` binds server.admin_listen itself (here 127.0.0.1:0), logs where, and serves
-// /healthz there.
+// `graphgate serve` binds server.admin_listen itself (here 127.0.0.1:0), logs where (and its version
+// at start), and serves /healthz there.
 #[tokio::test]
 async fn the_binary_binds_the_admin_listener_from_config() {
     use std::io::BufRead;
@@ -657,12 +668,23 @@ async fn the_binary_binds_the_admin_listener_from_config() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let (version_tx, version_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
         {
             let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if v["fields"]["message"] == "graphgate listening"
+                || v["message"] == "graphgate listening"
+            {
+                let version = v["fields"]["version"]
+                    .as_str()
+                    .or(v["version"].as_str())
+                    .unwrap_or("")
+                    .to_string();
+                let _ = version_tx.send(version);
+            }
             if let Some(addr) = v["admin"].as_str() {
                 let _ = tx.send(addr.to_string());
             }
@@ -681,4 +703,104 @@ async fn the_binary_binds_the_admin_listener_from_config() {
     let _ = child.wait();
     let addr = addr.expect("no admin listener address logged within 20 s");
     assert_eq!(status.map(|s| s.as_u16()), Some(200), "/healthz on {addr}");
+    // The start-up line names the version.
+    let version = version_rx.recv_timeout(Duration::from_secs(5));
+    assert_eq!(version.as_deref(), Ok(env!("CARGO_PKG_VERSION")));
+}
+
+// ---------------------------------------------------------------- /admin/status
+
+// /admin/status (the status page's health section) says who was refused, grouped by client and
+// bucket with counts, that Redis is down and Meta failing, the upstream error rate, and the
+// version and uptime; /readyz and it agree.
+#[tokio::test]
+async fn admin_status_groups_refusals_by_client_and_reports_redis_and_meta() {
+    let sim = start_sim(sim_config()).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = TestProxy::builder(&sim.url)
+        .waba_limit(WABA, 1)
+        .limits(&format!(
+            "backend = \"redis\"\nredis_url = \"redis://{closed}\"\nbackend_timeout = \"200ms\""
+        ))
+        .admin()
+        .start()
+        .await;
+    let c = client();
+    let call = |key: &'static str, n: u32| {
+        c.get(format!(
+            "{}/v19.0/{WABA}/message_templates?n={n}",
+            proxy.url
+        ))
+        .bearer_auth(key)
+        .send()
+    };
+    assert_eq!(call(CLIENT_KEY, 0).await.unwrap().status(), 200);
+    for n in 1..=3 {
+        assert_eq!(call(CLIENT_KEY, n).await.unwrap().status(), 429);
+    }
+    for n in 4..=5 {
+        assert_eq!(call(LIMITED_KEY, n).await.unwrap().status(), 429);
+    }
+    sim.sim.set_faults(graphgate::sim::Faults {
+        fail_next: 1,
+        fail_status: 503,
+        ..Default::default()
+    });
+    assert_eq!(
+        get(&proxy, &format!("/v19.0/{OTHER_WABA}")).await.status(),
+        503
+    );
+
+    let s: Value = admin_get(&proxy.admin_url(), "/admin/status", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
+    assert!(s["revision"].is_string());
+    assert!(s["started_at_unix"].as_u64().unwrap() > 1_600_000_000);
+    assert!(s["uptime_secs"].as_u64().unwrap() < 600);
+    // `connecting` until the first attempt fails, then `down`: either way not up.
+    let backend = s["limits_backend"].as_str().unwrap().to_string();
+    assert!(["down", "connecting"].contains(&backend.as_str()), "{s}");
+    assert_eq!(
+        s["meta"]["state"], "answering",
+        "Meta answered (with a 503): {s}"
+    );
+    assert_eq!(s["meta"]["calls"], 2);
+    assert_eq!(s["meta"]["failed"], 1);
+    assert_eq!(s["meta"]["error_rate"], 0.5);
+    let refused = s["refused"].as_array().unwrap();
+    let groups: Vec<(String, String, u64)> = refused
+        .iter()
+        .map(|g| {
+            (
+                g["client"].as_str().unwrap().to_string(),
+                g["bucket"].as_str().unwrap().to_string(),
+                g["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let bucket = format!("waba:{WABA}");
+    assert_eq!(
+        groups,
+        [
+            ("alpha".into(), bucket.clone(), 3),
+            ("bravo".into(), bucket, 2)
+        ],
+        "{s}"
+    );
+    assert!(refused
+        .iter()
+        .all(|g| g["reason"] == "full" && g["app"] == "main"));
+    let ready: Value = admin_get(&proxy.admin_url(), "/readyz", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["ready"], s["ready"]);
+    assert!(["down", "connecting"].contains(&ready["limits_backend"].as_str().unwrap()));
 }

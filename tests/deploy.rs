@@ -72,7 +72,23 @@ const METRICS: &[Metric] = &[
     m("graphgate_cache_entries", Kind::Gauge, &[]),
     m("graphgate_cache_bytes", Kind::Gauge, &[]),
     m("graphgate_cache_requests_total", Kind::Counter, &["result"]),
-    m("graphgate_build_info", Kind::Gauge, &["version"]),
+    m(
+        "graphgate_build_info",
+        Kind::Gauge,
+        &["version", "revision"],
+    ),
+    m(
+        "graphgate_request_duration_seconds",
+        Kind::Histogram,
+        &["class", "cache"],
+    ),
+    m("graphgate_requests_in_flight", Kind::Gauge, &[]),
+    m("process_cpu_seconds_total", Kind::Counter, &[]),
+    m("process_resident_memory_bytes", Kind::Gauge, &[]),
+    m("process_virtual_memory_bytes", Kind::Gauge, &[]),
+    m("process_open_fds", Kind::Gauge, &[]),
+    m("process_max_fds", Kind::Gauge, &[]),
+    m("process_start_time_seconds", Kind::Gauge, &[]),
 ];
 
 // ---------------------------------------------------------------- helpers
@@ -114,9 +130,21 @@ fn strings(v: &Yaml) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A service's `environment`, in list (`K=V`) or map form.
+/// Compose's `${VAR:-default}` interpolation, as `docker compose` applies it with VAR unset.
+fn interpolate(v: &str) -> String {
+    let mut out = v.to_string();
+    while let Some(start) = out.find("${") {
+        let end = start + out[start..].find('}').expect("closing brace");
+        let inner = &out[start + 2..end];
+        let default = inner.split_once(":-").map_or("", |(_, d)| d).to_string();
+        out.replace_range(start..=end, &default);
+    }
+    out
+}
+
+/// A service's `environment`, in list (`K=V`) or map form, interpolated with no variable set.
 fn environment(service: &Yaml) -> Vec<(String, String)> {
-    match &service["environment"] {
+    let vars: Vec<(String, String)> = match &service["environment"] {
         Yaml::Sequence(items) => items
             .iter()
             .map(|i| {
@@ -136,7 +164,10 @@ fn environment(service: &Yaml) -> Vec<(String, String)> {
             })
             .collect(),
         _ => Vec::new(),
-    }
+    };
+    vars.into_iter()
+        .map(|(k, v)| (k, interpolate(&v)))
+        .collect()
 }
 
 /// A service's short-syntax volumes as (source, target); sources starting with `.` are bind mounts
@@ -305,8 +336,8 @@ fn compose_mounts_the_config_where_the_image_reads_it() {
     assert!(dockerfile.contains(r#"CMD ["--config", "/etc/graphgate/graphgate.toml"]"#));
 }
 
-// Redis is wired for the shared-state mode only as a comment: the key does not exist yet, and an
-// unknown key would stop graphgate from starting.
+// graphgate shares its buckets through the redis service, starts only once Redis answers its
+// health check, and its replica count defaults to 1 (GRAPHGATE_REPLICAS sets it for --scale).
 #[test]
 fn compose_wires_graphgate_to_the_redis_service() {
     let c = compose();
@@ -321,10 +352,83 @@ fn compose_wires_graphgate_to_the_redis_service() {
         c["services"]["redis"].is_mapping(),
         "the redis service exists"
     );
+    assert_eq!(get("GRAPHGATE_LIMITS__REPLICAS").as_deref(), Some("1"));
+    let gg = service(&c, "graphgate");
+    assert_eq!(
+        gg["depends_on"]["redis"]["condition"].as_str(),
+        Some("service_healthy")
+    );
+    let health = strings(&service(&c, "redis")["healthcheck"]["test"]);
+    assert_eq!(health, ["CMD", "redis-cli", "ping"]);
 }
 
-// Prometheus scrapes /metrics on graphgate's admin port over the compose network, from the config
-// file that is mounted where its command reads it.
+// `--scale graphgate=N` can work: no graphgate port is fixed on the host (the admin port is an
+// ephemeral one on loopback), and the `front` service publishes the proxy port and forwards to the
+// service name, re-resolved through Docker's DNS. (`nginx -t` on that config passed by hand; nginx
+// is not among the test dependencies.)
+#[test]
+fn compose_scales_graphgate_behind_the_front_proxy() {
+    let c = compose();
+    let gg = service(&c, "graphgate");
+    for p in strings(&gg["ports"]) {
+        let parts: Vec<&str> = p.split(':').collect();
+        let host_port = match parts.len() {
+            1 => "",
+            2 => parts[0],
+            _ => parts[parts.len() - 2],
+        };
+        assert!(
+            host_port.is_empty(),
+            "graphgate publishes a fixed host port: {p}"
+        );
+    }
+    let front = service(&c, "front");
+    assert_eq!(strings(&front["ports"]), ["8080:8080"]);
+    let conf_path = mount_source(front, "/etc/nginx/nginx.conf");
+    let conf = read(&conf_path);
+    assert!(conf.contains("set $graphgate graphgate:8080;"), "{conf}");
+    assert!(conf.contains("proxy_pass http://$graphgate;"));
+    assert!(conf.contains("resolver 127.0.0.11"));
+}
+
+// With a read-only root, graphgate's one writable place is the `graphgate-state` volume on
+// /var/lib/graphgate, the directory the image makes for uid 10001; every path the deploy config
+// writes (limits.state_file, webhooks.queue_dir) is under it.
+#[test]
+fn compose_gives_the_read_only_root_a_writable_state_volume() {
+    let c = compose();
+    let gg = service(&c, "graphgate");
+    assert_eq!(gg["read_only"].as_bool(), Some(true));
+    let state = volumes(gg)
+        .into_iter()
+        .find(|(_, dst)| dst == "/var/lib/graphgate")
+        .expect("a volume on /var/lib/graphgate");
+    assert_eq!(state.0, "graphgate-state");
+    assert!(c["volumes"].get("graphgate-state").is_some());
+    let dockerfile = read(&repo().join("Dockerfile"));
+    assert!(dockerfile.contains("--chown=10001:10001 /rootfs/var/lib/graphgate /var/lib/graphgate"));
+    assert!(dockerfile.contains(r#"VOLUME ["/var/lib/graphgate"]"#));
+    let text = read(&deploy().join("graphgate.toml"));
+    let mut written = 0;
+    for line in text.lines() {
+        let l = line.trim_start_matches('#').trim();
+        for key in ["state_file", "queue_dir"] {
+            if let Some(v) = l.strip_prefix(key).and_then(|r| r.trim().strip_prefix('=')) {
+                let v = v.trim().trim_matches('"');
+                assert!(v.starts_with("/var/lib/graphgate/"), "{key} = {v}");
+                written += 1;
+            }
+        }
+    }
+    assert!(
+        written >= 2,
+        "deploy/graphgate.toml names no state_file and queue_dir"
+    );
+}
+
+// Prometheus scrapes /metrics on every graphgate replica's admin port over the compose network
+// (found by DNS), from the config file that is mounted where its command reads it, and loads the
+// alert rules mounted beside it.
 #[test]
 fn prometheus_scrapes_graphgate_admin_port() {
     let c = compose();
@@ -351,15 +455,26 @@ fn prometheus_scrapes_graphgate_admin_port() {
         job["metrics_path"].as_str().unwrap_or("/metrics"),
         "/metrics"
     );
-    let targets: Vec<String> = job["static_configs"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .flat_map(|s| strings(&s["targets"]))
-        .collect();
-    assert_eq!(targets, ["graphgate:9090"]);
-    let host = targets[0].split(':').next().unwrap();
-    service(&c, host);
+    // Every replica (DNS service discovery on the compose service name), not one static target.
+    assert!(job.get("static_configs").is_none(), "a static target");
+    let sd = &job["dns_sd_configs"][0];
+    assert_eq!(strings(&sd["names"]), ["graphgate"]);
+    assert_eq!(sd["type"].as_str(), Some("A"));
+    assert_eq!(sd["port"].as_u64(), Some(9090));
+    service(&c, "graphgate");
+    // The alert rules are loaded, from a file mounted beside the config.
+    let rules = strings(&p["rule_files"]);
+    assert_eq!(rules, ["alerts.yml"]);
+    let dir = Path::new(&config_arg).parent().unwrap();
+    assert_eq!(
+        mount_source(prom, dir.join("alerts.yml").to_str().unwrap())
+            .canonicalize()
+            .unwrap(),
+        deploy()
+            .join("prometheus/alerts.yml")
+            .canonicalize()
+            .unwrap()
+    );
 }
 
 // Grafana gets the Prometheus service as its datasource (with the uid the dashboard uses) and loads
@@ -498,9 +613,34 @@ fn queries(v: &Json, out: &mut Vec<Query>) {
     }
 }
 
+/// The webhook series: served only when `[webhooks]` is configured (so not in METRICS, which equals
+/// a scrape without it); the dashboard may query them too.
+const WEBHOOK_METRICS: &[Metric] = &[
+    m("graphgate_webhook_events_total", Kind::Counter, &["field"]),
+    m(
+        "graphgate_webhook_signature_failures_total",
+        Kind::Counter,
+        &[],
+    ),
+    m(
+        "graphgate_webhook_deliveries_total",
+        Kind::Counter,
+        &["subscriber", "outcome"],
+    ),
+    m(
+        "graphgate_webhook_queue_depth",
+        Kind::Gauge,
+        &["subscriber"],
+    ),
+];
+
 /// The metric a name refers to: itself, or for `_bucket`/`_sum`/`_count` the histogram it belongs to.
 fn metric(name: &str) -> Option<&'static Metric> {
-    if let Some(m) = METRICS.iter().find(|m| m.name == name) {
+    if let Some(m) = METRICS
+        .iter()
+        .chain(WEBHOOK_METRICS)
+        .find(|m| m.name == name)
+    {
         return Some(m);
     }
     ["_bucket", "_sum", "_count"]
@@ -620,7 +760,8 @@ fn dashboard_queries_only_metrics_and_labels_graphgate_serves() {
     assert!(qs.len() >= 10, "only {} queries found", qs.len());
     for q in &qs {
         let (names, labels) = names_in(&q.expr);
-        let mut allowed: BTreeSet<&str> = BTreeSet::new();
+        // Prometheus adds the target's own labels to every series.
+        let mut allowed: BTreeSet<&str> = BTreeSet::from(["instance", "job"]);
         for name in &names {
             let m = metric(name)
                 .unwrap_or_else(|| panic!("`{name}` in `{}` is not a graphgate metric", q.expr));
@@ -647,7 +788,8 @@ fn dashboard_queries_only_metrics_and_labels_graphgate_serves() {
 }
 
 // The dashboard shows what ops people read: budget used per WABA, rate-limit rejections, Meta's
-// usage percentages, throttling, cache hit ratio, latency percentiles and request rate by status.
+// usage percentages, throttling, cache hit ratio, latency percentiles, request rate by status,
+// Redis health, webhook deliveries and queue depth, and the process's memory.
 #[test]
 fn dashboard_shows_budgets_rejections_usage_cache_latency_and_status() {
     let mut qs = Vec::new();
@@ -673,6 +815,12 @@ fn dashboard_shows_budgets_rejections_usage_cache_latency_and_status() {
         );
     }
     assert!(has("sum by (status) (rate(graphgate_requests_total"));
+    // Redis health per replica, webhook deliveries and queue, callers' latency, process figures.
+    assert!(has("graphgate_limits_backend_up"));
+    assert!(has("rate(graphgate_webhook_deliveries_total"));
+    assert!(has("graphgate_webhook_queue_depth"));
+    assert!(has("graphgate_request_duration_seconds_bucket"));
+    assert!(has("process_resident_memory_bytes"));
 }
 
 // The query scanner itself: label values and ranges are not names; histogram series map to their
@@ -810,7 +958,7 @@ fn instructions(dockerfile: &str) -> Vec<String> {
 }
 
 // The Dockerfile builds in one stage with locked dependencies and runs in another as a non-root
-// user, with a health check against /healthz on the admin port and the documented entrypoint.
+// user, with a health check by `graphgate healthcheck` and the documented entrypoint.
 #[test]
 fn dockerfile_builds_locked_runs_non_root_and_checks_health() {
     let ins = instructions(&read(&repo().join("Dockerfile")));
@@ -838,7 +986,8 @@ fn dockerfile_builds_locked_runs_non_root_and_checks_health() {
     assert!(user_at > last_from, "USER is not set in the runtime stage");
     let health = with("HEALTHCHECK");
     assert_eq!(health.len(), 1);
-    assert!(health[0].contains("http://127.0.0.1:9090/healthz"));
+    // The binary probes itself (tests/image.rs runs it as the image would).
+    assert!(health[0].contains(r#"CMD ["graphgate", "healthcheck"]"#));
     assert!(with("EXPOSE")
         .iter()
         .any(|e| e.contains("8080") && e.contains("9090")));

@@ -133,10 +133,12 @@ impl Image {
     }
 }
 
-// After scripted traffic (6 of the active WABA's 10 calls used; 6 hits and 9 misses, the refused
-// read included; the other WABA's budget of 2 spent and a third call refused), headless Chromium
-// renders /admin: the DOM lists both buckets, the 40% hit ratio and the refusal; the screenshot
-// shows a blue bar filled to 60%, a red full bar and a green hit-ratio bar.
+// After scripted traffic (6 of the active WABA's 10 calls used; 6 hits and 8 misses, the refused
+// read not counted as one; the other WABA's budget of 2 spent and a third call refused), headless
+// Chromium renders /admin: the DOM lists both buckets, the hit ratio, health (ready, Redis not used,
+// Meta answering, 0% upstream errors, version and uptime), who was refused (client, app, bucket,
+// reason, count, dated); the screenshot shows a blue bar filled to 60%, a red full bar and a green
+// hit-ratio bar.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_renders_budget_bars_in_headless_chromium() {
     let sim = start_sim(sim_config()).await;
@@ -176,9 +178,19 @@ async fn status_page_renders_budget_bars_in_headless_chromium() {
         format!("waba:{OTHER_WABA}"),
         "6 / 10".to_string(),
         "2 / 2".to_string(),
-        "40%".to_string(),
+        "43%".to_string(),
         "full, retry after".to_string(),
         "updated ".to_string(),
+        // Health: ready, no Redis, Meta answering, no upstream error, version and uptime.
+        "id=\"h-ready\" class=\"ok\">ready<".to_string(),
+        "not used (memory)".to_string(),
+        "answering, last call 20".to_string(),
+        "0.0% of ".to_string(),
+        format!("v{} (", env!("CARGO_PKG_VERSION")),
+        " since 20".to_string(),
+        // Who was refused: the client, its app and bucket, why, how often, when (with the date).
+        format!("<td>alpha</td><td>main</td><td>waba:{OTHER_WABA}</td><td>full</td><td class=\"num\">1</td>"),
+        " UTC — alpha (main) waba:".to_string(),
     ] {
         assert!(
             dom.contains(&want),

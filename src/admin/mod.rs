@@ -1,13 +1,11 @@
 //! The admin listener's router: `/healthz`, `/readyz`, `/metrics`, `/admin/limits`,
-//! `/admin/cache`, `POST /admin/cache/purge`, and the status page (`status.rs`) at `/admin` and
-//! `/`.
+//! `/admin/cache`, `POST /admin/cache/purge`, `/admin/status` (`health.rs`), and the status page
+//! (`status.rs`) at `/admin` and `/`.
 //!
 //! It is served only on `server.admin_listen`, never on the proxy port (there every path is a Graph
 //! path). When `server.admin_token` is set, every path but `/healthz` needs it as a bearer token.
 //! It must never show a token, client key or app secret, never change the limiter's state, and never
 //! let a probe wait longer than a short connect check.
-
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -27,14 +25,11 @@ use crate::gateway::Gateway;
 use crate::limits::Reported;
 
 use crate::metrics::{self, Rejection};
+mod health;
+pub mod healthcheck;
+use health::unix_now;
+pub use health::READY_FRESH;
 mod status;
-
-/// A successful call to Meta this recent makes `/readyz` answer without a connect check.
-pub const READY_FRESH: Duration = Duration::from_secs(60);
-
-/// The connect check of `/readyz` gives up after this long (or `upstream.connect_timeout`, if
-/// shorter): orchestrators probe with short timeouts of their own.
-const READY_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Longest `prefix` a purge accepts (the proxy's own URI limit is of the same order).
 const MAX_PURGE_PREFIX: usize = 2048;
@@ -48,6 +43,7 @@ pub fn router(gw: Gateway) -> Router {
         .route("/admin/limits", get(limits))
         .route("/admin/cache", get(cache_stats))
         .route("/admin/cache/purge", post(purge))
+        .route("/admin/status", get(health::status))
         .route("/admin", get(status::page))
         .route("/", get(status::page))
         .fallback(not_found)
@@ -108,80 +104,13 @@ async fn healthz() -> Response {
 /// connect to the upstream succeeds now. Config is loaded and the proxy's listener is bound before
 /// this listener serves at all.
 async fn readyz(State(gw): State<Gateway>) -> Response {
-    // With `on_backend_error = "reject"`, a replica without Redis refuses every call: not ready.
-    let limiter = gw.limiter();
-    let backend = limiter.backend_state();
-    if limiter.backend_rejects() && backend != "up" {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({
-                "ready": false,
-                "reason": "the shared rate-limit backend (Redis) is unreachable",
-                "limits_backend": backend,
-            })),
-        )
-            .into_response();
-    }
-    let m = gw.metrics();
-    let last = m.upstream_outcome();
-    if let Some(o) = &last {
-        let age = o.at.elapsed();
-        if o.error.is_none() && age < READY_FRESH {
-            return Json(json!({
-                "ready": true,
-                "upstream": format!("answered {}s ago", age.as_secs()),
-                "limits_backend": backend,
-            }))
-            .into_response();
-        }
-    }
-    match connect_check(&gw).await {
-        Ok(addr) => Json(json!({
-            "ready": true,
-            "upstream": format!("TCP connect to {addr} succeeded"),
-            "limits_backend": backend,
-        }))
-        .into_response(),
-        Err(reason) => {
-            let last_error = last.and_then(|o| o.error);
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({
-                    "ready": false,
-                    "reason": reason,
-                    "last_upstream_error": last_error,
-                })),
-            )
-                .into_response()
-        }
-    }
-}
-
-async fn connect_check(gw: &Gateway) -> Result<String, String> {
-    let cfg = &gw.config().upstream;
-    let url = &cfg.url;
-    let host = url
-        .host()
-        .unwrap_or("")
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = url
-        .port_u16()
-        .unwrap_or(if url.scheme_str() == Some("https") {
-            443
-        } else {
-            80
-        });
-    let addr = format!("{host}:{port}");
-    let limit = cfg.connect_timeout.min(READY_CONNECT_TIMEOUT);
-    match tokio::time::timeout(limit, tokio::net::TcpStream::connect((host.as_str(), port))).await {
-        Ok(Ok(_)) => Ok(addr),
-        Ok(Err(e)) => Err(format!("upstream {addr} unreachable: {e}")),
-        Err(_) => Err(format!(
-            "upstream {addr} unreachable: no connection within {limit:?}"
-        )),
-    }
+    let r = health::readiness(&gw).await;
+    let status = if r.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(r.json())).into_response()
 }
 
 // ---------------------------------------------------------------- metrics
@@ -360,12 +289,6 @@ async fn purge(State(gw): State<Gateway>, body: Bytes) -> Response {
     let purged = g.invalidator().purge(app, &req.prefix);
     tracing::info!(app = %req.app, prefix = %req.prefix, purged, "cache purged by the admin API");
     Json(json!({ "app": req.app, "prefix": req.prefix, "purged": purged })).into_response()
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

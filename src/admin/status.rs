@@ -1,5 +1,6 @@
 //! The status page at `/admin` and `/` of the admin listener: one self-contained HTML file
-//! (`status.html`, no CDN, no build step) whose own script reads `/admin/limits` and `/admin/cache`.
+//! (`status.html`, no CDN, no build step) whose own script reads `/admin/limits`, `/admin/cache`
+//! and `/admin/status`.
 //!
 //! It owns the page and the headers it is served with. The page is static: it must never carry data,
 //! a token or a secret of its own, and its Content-Security-Policy lets it talk only to this listener.

@@ -66,6 +66,14 @@ pub(super) struct CacheLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct VersionLabels {
     pub(super) version: &'static str,
+    pub(super) revision: &'static str,
+}
+
+/// The time callers see, by what the call was and what the cache did.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct DurationLabels {
+    pub(super) class: &'static str,
+    pub(super) cache: &'static str,
 }
 
 /// What the cache step did with a request, from its `X-Cache` answer header.
@@ -89,6 +97,19 @@ impl CacheResult {
             Some(b"BYPASS") => CacheResult::Bypass,
             _ => CacheResult::None,
         }
+    }
+
+    /// What the cache did for an answer, from its `X-Cache` header, except that a 429 graphgate made
+    /// itself (a spent budget) is `None`: the cache answered nothing and Meta was not called, so it
+    /// is not a miss and does not lower the hit ratio.
+    pub fn of(resp: &http::Response<axum::body::Body>) -> CacheResult {
+        let local = resp
+            .headers()
+            .contains_key(crate::error::LOCAL_ERROR_HEADER);
+        if local && resp.status() == http::StatusCode::TOO_MANY_REQUESTS {
+            return CacheResult::None;
+        }
+        CacheResult::from_header(resp.headers().get("x-cache"))
     }
 
     pub fn label(self) -> &'static str {
@@ -177,5 +198,23 @@ mod tests {
             CacheResult::None
         );
         assert_eq!(CacheResult::from_header(None), CacheResult::None);
+    }
+
+    // A local 429 is not a miss even though the cache step labelled it MISS; Meta's 429 and other
+    // local errors (502, 504) keep their label.
+    #[test]
+    fn a_local_429_is_not_a_cache_result() {
+        let resp = |status: u16, local: bool| {
+            let mut b = http::Response::builder()
+                .status(status)
+                .header("x-cache", "MISS");
+            if local {
+                b = b.header(crate::error::LOCAL_ERROR_HEADER, "rate_limited");
+            }
+            b.body(axum::body::Body::empty()).unwrap()
+        };
+        assert_eq!(CacheResult::of(&resp(429, true)), CacheResult::None);
+        assert_eq!(CacheResult::of(&resp(429, false)), CacheResult::Miss);
+        assert_eq!(CacheResult::of(&resp(502, true)), CacheResult::Miss);
     }
 }

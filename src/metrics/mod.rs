@@ -11,10 +11,12 @@
 
 mod counters;
 mod labels;
+mod preset;
+mod process;
 mod scrape;
 mod webhooks;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -34,11 +36,22 @@ use crate::sync::MutexExt;
 use counters::Counters;
 pub use labels::{method_label, status_label, CacheResult};
 use labels::{
-    BucketLabels, CacheLabels, RequestLabels, ThrottleLabels, UpstreamLabels, UsageLabels,
-    VersionLabels, NONE,
+    BucketLabels, CacheLabels, DurationLabels, RequestLabels, ThrottleLabels, UpstreamLabels,
+    UsageLabels, VersionLabels, NONE,
 };
+use process::ProcessMetrics;
 use webhooks::WebhookMetrics;
 pub use webhooks::{SubscriberStats, WebhookStats};
+
+/// graphgate's version, as `graphgate_build_info` and the start-up log line show it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The git revision the binary was built from: `GRAPHGATE_GIT_REVISION` at build time (the
+/// Dockerfile's `GIT_REVISION` build argument), else `unknown`.
+pub const GIT_REVISION: &str = match option_env!("GRAPHGATE_GIT_REVISION") {
+    Some(r) => r,
+    None => "unknown",
+};
 
 /// `Content-Type` of `/metrics`: Prometheus text format 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -47,6 +60,13 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 /// up to `upstream.request_timeout` matters most.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Buckets (seconds) of the time callers see: a cache hit answers in well under a millisecond, a
+/// miss takes Meta's time, a caller held in wait mode up to `limits.max_wait`.
+const REQUEST_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
 ];
 
 /// How many refusals the status page can list.
@@ -65,11 +85,28 @@ pub struct UpstreamOutcome {
 pub struct Rejection {
     pub at_unix: u64,
     pub app: String,
+    /// The client's name from config.
+    pub client: String,
     pub bucket: String,
     /// `full`, `blocked` (Meta throttled), `client_quota` or `unavailable` (Redis down, reject mode).
     pub reason: &'static str,
     pub retry_after_secs: u64,
 }
+
+/// Refusals of one client for one bucket and reason, since start: who was refused and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusalGroup {
+    pub app: String,
+    pub client: String,
+    pub bucket: String,
+    pub reason: &'static str,
+    pub count: u64,
+    pub last_unix: u64,
+}
+
+/// Key of a [`RefusalGroup`]: app, client, bucket (all from config) and reason (a fixed set), so
+/// the map is bounded by the config.
+type GroupKey = (String, String, String, &'static str);
 
 /// Per-app label material from config.
 struct AppLabelSet {
@@ -86,6 +123,13 @@ pub struct Metrics {
     upstream_requests: Family<UpstreamLabels, Counter>,
     upstream_counters: Counters<UpstreamLabels>,
     upstream_duration: Histogram,
+    request_duration: Family<DurationLabels, Histogram, fn() -> Histogram>,
+    in_flight: Gauge,
+    /// Calls to Meta and those that failed (5xx, error, timeout), for the status page's error rate;
+    /// not exported (the labelled family is).
+    upstream_all: Counter,
+    upstream_failed: Counter,
+    process: ProcessMetrics,
     rejected: Family<BucketLabels, Counter>,
     waiting: Gauge,
     bucket_used: Family<BucketLabels, Gauge>,
@@ -101,6 +145,9 @@ pub struct Metrics {
     // The three locks below are held only to copy or replace a small value, never across an await.
     upstream: Mutex<Option<UpstreamOutcome>>,
     recent: Mutex<VecDeque<Rejection>>,
+    groups: Mutex<BTreeMap<GroupKey, (u64, u64)>>,
+    /// When this gateway was made (unix seconds), for the status page's uptime.
+    started_unix: u64,
     /// Serializes scrapes: each refreshes the gauge families (clear, then set) before encoding.
     scrape: Mutex<()>,
     webhooks: Option<WebhookMetrics>,
@@ -118,6 +165,11 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let upstream_requests = Family::<UpstreamLabels, Counter>::default();
         let upstream_duration = Histogram::new(LATENCY_BUCKETS);
+        let request_duration =
+            Family::<DurationLabels, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+                Histogram::new(REQUEST_BUCKETS)
+            });
+        let in_flight = Gauge::default();
         let rejected = Family::<BucketLabels, Counter>::default();
         let waiting = Gauge::default();
         let bucket_used = Family::<BucketLabels, Gauge>::default();
@@ -129,15 +181,17 @@ impl Metrics {
         let backend_up = Gauge::default();
         let cache_requests = Family::<CacheLabels, Counter>::default();
         let build_info = Family::<VersionLabels, Gauge>::default();
-        let webhooks = config
-            .webhooks
-            .as_ref()
-            .map(|_| WebhookMetrics::register(&mut registry));
+        let webhooks = config.webhooks.as_ref().map(|w| {
+            let names: Vec<String> = w.subscribers.iter().map(|s| s.name.clone()).collect();
+            WebhookMetrics::register(&mut registry, &names)
+        });
         build_info
             .get_or_create(&VersionLabels {
-                version: env!("CARGO_PKG_VERSION"),
+                version: VERSION,
+                revision: GIT_REVISION,
             })
             .set(1);
+        let process = ProcessMetrics::register(&mut registry);
 
         // Counter names go in without `_total`: the encoder appends it.
         let r = &mut registry;
@@ -155,6 +209,16 @@ impl Metrics {
             "graphgate_upstream_request_duration_seconds",
             "Time from sending a call to Meta until its response head arrived",
             upstream_duration.clone(),
+        );
+        r.register(
+            "graphgate_request_duration_seconds",
+            "Time from a request's arrival until its answer's head, as callers see it, by class and cache result",
+            request_duration.clone(),
+        );
+        r.register(
+            "graphgate_requests_in_flight",
+            "Requests the proxy is serving now",
+            in_flight.clone(),
         );
         r.register(
             "graphgate_ratelimit_rejected",
@@ -208,7 +272,7 @@ impl Metrics {
         );
         r.register(
             "graphgate_build_info",
-            "graphgate's version; always 1",
+            "graphgate's version and the git revision it was built from; always 1",
             build_info,
         );
 
@@ -221,13 +285,18 @@ impl Metrics {
                 wabas: a.wabas.iter().map(|w| w.id.clone()).collect(),
             })
             .collect();
-        Metrics {
+        let metrics = Metrics {
             registry,
             requests,
             request_counters: Counters::default(),
             upstream_requests,
             upstream_counters: Counters::default(),
             upstream_duration,
+            request_duration,
+            in_flight,
+            upstream_all: Counter::default(),
+            upstream_failed: Counter::default(),
+            process,
             rejected,
             waiting,
             bucket_used,
@@ -242,9 +311,13 @@ impl Metrics {
             none: Arc::from(NONE),
             upstream: Mutex::new(None),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_REJECTIONS)),
+            groups: Mutex::new(BTreeMap::new()),
+            started_unix: unix_now(),
             scrape: Mutex::new(()),
             webhooks,
-        }
+        };
+        metrics.preset(config);
+        metrics
     }
 
     fn shared_app_label(&self, app: Option<usize>) -> Arc<str> {
@@ -283,7 +356,15 @@ impl Metrics {
 
     // ------------------------------------------------------------ recording
 
-    /// Counts an answered request (and, for a read the cache step handled, its cache result).
+    /// Counts a request as it arrives; the guard counts it out when dropped (answered, or the
+    /// caller gone).
+    pub fn request_started(&self) -> InFlight<'_> {
+        self.in_flight.inc();
+        InFlight(&self.in_flight)
+    }
+
+    /// Counts an answered request (and, for a read the cache step handled, its cache result) and
+    /// the time it took until its answer's head (`elapsed`).
     #[allow(clippy::too_many_arguments)]
     pub fn record_request(
         &self,
@@ -294,7 +375,14 @@ impl Metrics {
         status: StatusCode,
         cache: CacheResult,
         reached_cache: bool,
+        elapsed: Duration,
     ) {
+        self.request_duration
+            .get_or_create(&DurationLabels {
+                class: class.unwrap_or(NONE),
+                cache: cache.label(),
+            })
+            .observe(elapsed.as_secs_f64());
         self.request_counters.inc(
             &self.requests,
             RequestLabels {
@@ -339,6 +427,10 @@ impl Metrics {
             },
         );
         self.upstream_duration.observe(elapsed.as_secs_f64());
+        self.upstream_all.inc();
+        if status.starts_with('5') || status == "error" || status == "timeout" {
+            self.upstream_failed.inc();
+        }
         let error = outcome.err().map(|e| e.to_string());
         *self.upstream.lock_unpoisoned() = Some(UpstreamOutcome {
             at: Instant::now(),
@@ -346,8 +438,9 @@ impl Metrics {
         });
     }
 
-    /// Counts a call graphgate refused for a budget and keeps it in the recent list.
-    pub fn record_rejection(&self, app: usize, refusal: &Refusal) {
+    /// Counts a call graphgate refused for a budget, keeps it in the recent list and adds it to
+    /// its client's group. `client` is the name from config.
+    pub fn record_rejection(&self, app: usize, client: &str, refusal: &Refusal) {
         let (bucket, reason) = match refusal.reason {
             RefusalReason::ClientQuota => ("client_quota".to_string(), "client_quota"),
             RefusalReason::Full => (self.bucket_label(app, &refusal.scope), "full"),
@@ -361,13 +454,21 @@ impl Metrics {
                 bucket: bucket.clone(),
             })
             .inc();
+        let now = unix_now();
+        {
+            let mut groups = self.groups.lock_unpoisoned();
+            let key = (app_name.clone(), client.to_string(), bucket.clone(), reason);
+            let g = groups.entry(key).or_insert((0, now));
+            *g = (g.0 + 1, now);
+        }
         let mut recent = self.recent.lock_unpoisoned();
         if recent.len() == RECENT_REJECTIONS {
             recent.pop_front();
         }
         recent.push_back(Rejection {
-            at_unix: unix_now(),
+            at_unix: now,
             app: app_name,
+            client: client.to_string(),
             bucket,
             reason,
             retry_after_secs: refusal.retry_after.as_secs_f64().ceil() as u64,
@@ -397,6 +498,42 @@ impl Metrics {
         self.upstream.lock_unpoisoned().clone()
     }
 
+    /// Refusals since start, grouped by app, client, bucket and reason, most first.
+    pub fn refusals_by_caller(&self) -> Vec<RefusalGroup> {
+        let mut out: Vec<RefusalGroup> = self
+            .groups
+            .lock_unpoisoned()
+            .iter()
+            .map(
+                |((app, client, bucket, reason), (count, last))| RefusalGroup {
+                    app: app.clone(),
+                    client: client.clone(),
+                    bucket: bucket.clone(),
+                    reason,
+                    count: *count,
+                    last_unix: *last,
+                },
+            )
+            .collect();
+        out.sort_by_key(|g| std::cmp::Reverse(g.count));
+        out
+    }
+
+    /// When this gateway started, in unix seconds.
+    pub fn started_unix(&self) -> u64 {
+        self.started_unix
+    }
+
+    /// Requests the proxy is serving now.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.get()
+    }
+
+    /// Calls to Meta counted so far: (all, failed: 5xx, transport error or timeout).
+    pub fn upstream_counts(&self) -> (u64, u64) {
+        (self.upstream_all.get(), self.upstream_failed.get())
+    }
+
     /// Recent refusals, oldest first.
     pub fn recent_rejections(&self) -> Vec<Rejection> {
         self.recent.lock_unpoisoned().iter().cloned().collect()
@@ -417,6 +554,15 @@ impl Metrics {
                 .map_or(0, |c| c.get());
             (r.label(), n)
         })
+    }
+}
+
+/// Counts a request out of `graphgate_requests_in_flight` when dropped.
+pub struct InFlight<'a>(&'a Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

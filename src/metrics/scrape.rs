@@ -26,6 +26,7 @@ impl Metrics {
         webhooks: Option<WebhookStats>,
     ) -> String {
         let _one_at_a_time = self.scrape.lock_unpoisoned();
+        self.process.refresh();
         if let (Some(w), Some(stats)) = (&self.webhooks, webhooks) {
             w.refresh(&stats);
         }

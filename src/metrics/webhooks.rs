@@ -75,6 +75,15 @@ const KNOWN_FIELDS: [&str; 9] = [
     "messages",
 ];
 
+/// Delivery outcomes, in the order of [`WebhookMetrics::refresh`]'s counts.
+const OUTCOMES: [&str; 5] = [
+    "delivered",
+    "failed_attempt",
+    "gave_up",
+    "expired",
+    "queue_full",
+];
+
 /// Webhook figures, registered only when `[webhooks]` is configured. They mirror the hub's own
 /// counters at scrape time.
 pub(super) struct WebhookMetrics {
@@ -85,8 +94,9 @@ pub(super) struct WebhookMetrics {
 }
 
 impl WebhookMetrics {
-    /// Creates the webhook series and registers them in `registry`.
-    pub(super) fn register(registry: &mut Registry) -> WebhookMetrics {
+    /// Creates the webhook series and registers them in `registry`: at 0 for every known field and
+    /// for each configured subscriber's outcomes, so an alert sees the first failure.
+    pub(super) fn register(registry: &mut Registry, subscribers: &[String]) -> WebhookMetrics {
         let w = WebhookMetrics {
             events: Family::default(),
             signature_failures: Counter::default(),
@@ -113,6 +123,28 @@ impl WebhookMetrics {
             "Deliveries waiting, by subscriber",
             w.queue_depth.clone(),
         );
+        for field in KNOWN_FIELDS.iter().chain(&["other"]) {
+            w.events
+                .get_or_create(&FieldLabels {
+                    field: field.to_string(),
+                })
+                .inc_by(0);
+        }
+        for name in subscribers {
+            for outcome in OUTCOMES {
+                w.deliveries
+                    .get_or_create(&DeliveryLabels {
+                        subscriber: name.clone(),
+                        outcome,
+                    })
+                    .inc_by(0);
+            }
+            w.queue_depth
+                .get_or_create(&SubscriberLabels {
+                    subscriber: name.clone(),
+                })
+                .set(0);
+        }
         w
     }
 
@@ -128,13 +160,14 @@ impl WebhookMetrics {
         }
         catch_up(&self.signature_failures, stats.signature_failures);
         for (name, sub) in &stats.subscribers {
-            for (outcome, n) in [
-                ("delivered", sub.delivered),
-                ("failed_attempt", sub.failed_attempts),
-                ("gave_up", sub.gave_up),
-                ("expired", sub.expired),
-                ("queue_full", sub.queue_full),
-            ] {
+            let counts = [
+                sub.delivered,
+                sub.failed_attempts,
+                sub.gave_up,
+                sub.expired,
+                sub.queue_full,
+            ];
+            for (outcome, n) in OUTCOMES.into_iter().zip(counts) {
                 let labels = DeliveryLabels {
                     subscriber: name.clone(),
                     outcome,

@@ -48,7 +48,7 @@ pub async fn forward(
     )?;
     // limit: a slot in every bucket the call spends, or a 429 (or a wait, in wait mode).
     let refused = |r: crate::limits::Refusal| {
-        gw.metrics().record_rejection(caller.app, &r);
+        gw.metrics().record_rejection(caller.app, &caller.name, &r);
         GatewayError::RateLimited(Box::new(r))
     };
     gw.limiter()

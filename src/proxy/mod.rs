@@ -36,6 +36,7 @@ pub use service::ProxyService;
 /// The handler for every proxied request: runs the pipeline, then counts and logs the answer.
 pub async fn handle<B: InBody>(gw: Gateway, req: http::Request<B>) -> Response {
     let started = Instant::now();
+    let _in_flight = gw.metrics().request_started();
     let request_id = check::request_id(req.headers());
     // Checked to be printable ASCII above, so this never falls back.
     let id = request_id.to_str().unwrap_or("");
@@ -59,7 +60,7 @@ pub async fn handle<B: InBody>(gw: Gateway, req: http::Request<B>) -> Response {
     // Only the cache step sets X-Cache; a read refused before it is labelled BYPASS below.
     let reached_cache = resp.headers().contains_key(cache::X_CACHE);
     cache::label_bypass(&method, &mut resp);
-    let cache_result = CacheResult::from_header(resp.headers().get(cache::X_CACHE));
+    let cache_result = CacheResult::of(&resp);
     gw.metrics().record_request(
         ctx.app,
         ctx.client.as_ref(),
@@ -68,6 +69,7 @@ pub async fn handle<B: InBody>(gw: Gateway, req: http::Request<B>) -> Response {
         resp.status(),
         cache_result,
         reached_cache,
+        started.elapsed(),
     );
     resp.headers_mut().insert(check::X_REQUEST_ID, request_id);
     if gw.config().server.access_log {
