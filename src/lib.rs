@@ -118,13 +118,7 @@ pub async fn run_with_admin(
             "server.auth = \"none\": every caller on the network can spend this app's budget"
         );
     }
-    let opts = server::ServeOptions {
-        tls,
-        grace: config.server.shutdown_grace,
-        // hyper's hard limits sit above the Graph-shaped 414/431 checks in the pipeline.
-        max_headers: config.server.max_headers * 2,
-        max_head_bytes: (config.server.max_uri + config.server.max_header_bytes) as usize * 2,
-    };
+    let opts = server::ServeOptions::new(&config.server, tls);
     let c = &config.cache;
     tracing::info!(
         enabled = c.enabled,
@@ -137,12 +131,7 @@ pub async fn run_with_admin(
     // Restores the limiter state, resumes webhook deliveries (an unusable queue_dir stops
     // start-up here) and starts the background work that lives as long as the server.
     let background = gw.start()?;
-    let admin_opts = server::ServeOptions {
-        tls: None,
-        grace: config.server.shutdown_grace,
-        max_headers: config.server.max_headers * 2,
-        max_head_bytes: (config.server.max_uri + config.server.max_header_bytes) as usize * 2,
-    };
+    let admin_opts = server::ServeOptions::new(&config.server, None);
     if let Some(l) = &admin {
         tracing::info!(
             admin = %l.local_addr()?,

@@ -1,8 +1,11 @@
-//! Listening: the accept loop (plain TCP or rustls), HTTP/1.1 and HTTP/2 connection settings, and
-//! graceful shutdown (stop accepting, let in-flight requests finish within a grace period).
+//! Listening: the accept loop (plain TCP or rustls), HTTP/1.1 and HTTP/2 connection settings, each
+//! connection's deadlines (`conn`), and graceful shutdown (stop accepting, let in-flight requests
+//! finish within a grace period).
 //!
 //! It owns no request logic: every connection is served by the service it is given. It never binds
 //! a socket itself, so tests hand it `127.0.0.1:0` listeners.
+
+mod conn;
 
 use std::future::Future;
 use std::io;
@@ -13,14 +16,17 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsFiles;
 
-/// A slow-loris client gets this long to send its request head.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub use conn::Deadlines;
+
+/// How long a connection closed for a deadline gets to say goodbye (an HTTP/2 GOAWAY) before it
+/// is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 pub struct ServeOptions {
     pub tls: Option<TlsAcceptor>,
@@ -29,9 +35,41 @@ pub struct ServeOptions {
     /// Graph-shaped checks sit below them.
     pub max_headers: usize,
     pub max_head_bytes: usize,
+    pub deadlines: Deadlines,
+    /// HTTP/2 keep-alive pings: interval, and how long one may go unanswered.
+    pub h2_ping: (Duration, Duration),
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then drains connections for up to
+impl ServeOptions {
+    /// The listener settings `[server]` gives, for the proxy (with `tls`) or the admin listener.
+    pub fn new(s: &crate::config::Server, tls: Option<TlsAcceptor>) -> ServeOptions {
+        ServeOptions {
+            tls,
+            grace: s.shutdown_grace,
+            // hyper's hard limits sit above the Graph-shaped 414/431 checks in the pipeline.
+            max_headers: s.max_headers * 2,
+            max_head_bytes: (s.max_uri + s.max_header_bytes) as usize * 2,
+            deadlines: Deadlines {
+                first_byte: s.first_byte_timeout,
+                header: s.header_timeout,
+                idle: s.keepalive_timeout,
+            },
+            h2_ping: (s.h2_ping_interval, s.h2_ping_timeout),
+        }
+    }
+}
+
+/// Where the server is in its life; connections watch it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd)]
+enum Phase {
+    Serving,
+    /// Finish the requests in flight, take no new ones.
+    Draining,
+    /// The grace period is over: drop every connection.
+    Closed,
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves, then drains connections for up to
 /// `opts.grace`.
 pub async fn serve<S, B>(
     listener: TcpListener,
@@ -51,18 +89,25 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let d = opts.deadlines;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // hyper's own timer runs from the moment it waits for a head (idle time included); the
+        // connection's watchdog is the real deadline, this is a backstop behind it.
+        .header_read_timeout(d.first_byte.max(d.idle) + d.header)
         .max_headers(opts.max_headers)
         .max_buf_size(opts.max_head_bytes.max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(opts.h2_ping.0)
+        .keep_alive_timeout(opts.h2_ping.1)
         .max_header_list_size(opts.max_head_bytes as u32);
-    let graceful = GracefulShutdown::new();
+    let (phase_tx, phase) = watch::channel(Phase::Serving);
+    // Every connection task holds a sender; the drain is over when the last one is dropped.
+    let (alive, mut drained) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
         let (stream, _peer) = tokio::select! {
@@ -80,38 +125,77 @@ where
         let _ = stream.set_nodelay(true);
         let svc = service.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
         let tls = opts.tls.clone();
-        // Connections without upgrade support: graphgate never switches protocols, and the
-        // upgradeable wrapper costs state and a check on every request.
+        let phase = phase.clone();
+        let alive = alive.clone();
         tokio::spawn(async move {
+            let _alive = alive;
             match tls {
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                    let _ = watcher.watch(conn.into_owned()).await;
-                }
+                None => serve_connection(&builder, stream, false, svc, d, phase).await,
                 Some(acceptor) => {
                     let Ok(Ok(tls)) =
-                        tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await
+                        tokio::time::timeout(d.first_byte, acceptor.accept(stream)).await
                     else {
                         return;
                     };
-                    let conn = builder.serve_connection(TokioIo::new(tls), svc);
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    serve_connection(&builder, tls, h2, svc, d, phase).await
                 }
             }
         });
     }
     drop(listener);
-    tracing::info!(
-        connections = graceful.count(),
-        "stopped accepting; draining"
-    );
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(opts.grace) => tracing::warn!("grace period over; closing remaining connections"),
+    drop(alive);
+    tracing::info!("stopped accepting; draining");
+    let _ = phase_tx.send(Phase::Draining);
+    if tokio::time::timeout(opts.grace, drained.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; closing remaining connections");
+        let _ = phase_tx.send(Phase::Closed);
     }
     Ok(())
+}
+
+/// One connection, until it ends, passes a deadline with no request in flight, or the server
+/// stops. Connections without upgrade support: graphgate never switches protocols, and the
+/// upgradeable wrapper costs state and a check on every request.
+async fn serve_connection<T, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: T,
+    h2: bool,
+    svc: S,
+    d: Deadlines,
+    mut phase: watch::Receiver<Phase>,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let act = conn::Activity::new(h2);
+    let io = TokioIo::new(conn::Watched::new(io, act.clone()));
+    let conn = builder.serve_connection(io, conn::Tracked::new(svc, act.clone()));
+    tokio::pin!(conn);
+    let expired = tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = act.expired(d) => true,
+        _ = phase.wait_for(|p| *p >= Phase::Draining) => false,
+    };
+    // Stop taking requests: HTTP/1.1 closes once idle, HTTP/2 sends GOAWAY and finishes its streams.
+    conn.as_mut().graceful_shutdown();
+    if expired {
+        let _ = tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await;
+    } else {
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = phase.wait_for(|p| *p == Phase::Closed) => {}
+        }
+    }
 }
 
 /// A rustls acceptor for the configured certificate and key (built as `check-config` checks them).

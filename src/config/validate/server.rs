@@ -14,6 +14,10 @@ use super::super::{
     DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_REWRITE_BODY, DEFAULT_MAX_URI, DEFAULT_POOL_IDLE_TIMEOUT,
     DEFAULT_POOL_MAX_IDLE, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPSTREAM,
 };
+use super::super::{
+    DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_H2_PING_INTERVAL, DEFAULT_H2_PING_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT,
+};
 
 impl Validator<'_> {
     pub(super) fn server(&mut self, r: RawServer) -> (Server, AuthMode) {
@@ -101,6 +105,31 @@ impl Validator<'_> {
                 r.admin_token_env,
                 r.admin_token_file,
                 false,
+            ),
+            first_byte_timeout: self.positive_duration(
+                "server.first_byte_timeout",
+                r.first_byte_timeout,
+                DEFAULT_FIRST_BYTE_TIMEOUT,
+            ),
+            header_timeout: self.positive_duration(
+                "server.header_timeout",
+                r.header_timeout,
+                DEFAULT_HEADER_TIMEOUT,
+            ),
+            keepalive_timeout: self.positive_duration(
+                "server.keepalive_timeout",
+                r.keepalive_timeout,
+                DEFAULT_KEEPALIVE_TIMEOUT,
+            ),
+            h2_ping_interval: self.positive_duration(
+                "server.h2_ping_interval",
+                r.h2_ping_interval,
+                DEFAULT_H2_PING_INTERVAL,
+            ),
+            h2_ping_timeout: self.positive_duration(
+                "server.h2_ping_timeout",
+                r.h2_ping_timeout,
+                DEFAULT_H2_PING_TIMEOUT,
             ),
         };
         (server, auth)
