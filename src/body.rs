@@ -99,6 +99,25 @@ where
     })
 }
 
+/// Turns for reads that must not all run at once (bodies read before the caller is known): at most
+/// `n` at a time, so what such reads can hold in memory is `n` times their size limit.
+#[derive(Clone)]
+pub struct Turns(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl Turns {
+    pub fn new(n: usize) -> Turns {
+        Turns(std::sync::Arc::new(tokio::sync::Semaphore::new(n)))
+    }
+
+    /// A turn, held until dropped; `None` when none came free by `deadline`.
+    pub async fn take(&self, deadline: Instant) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        tokio::time::timeout_at(deadline, self.0.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

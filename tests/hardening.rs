@@ -165,3 +165,34 @@ async fn upstream_is_asked_for_uncompressed_answers() {
         "{headers}"
     );
 }
+
+// A key in the header is checked before the body is read: a wrong key with a form body that never
+// arrives gets its 401 at once, and a body with no key at all is cut at preauth_body_timeout (408).
+#[tokio::test]
+async fn a_header_key_is_checked_before_the_body_and_keyless_bodies_have_a_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url)
+        .server("preauth_body_timeout = \"300ms\"")
+        .start()
+        .await;
+    let head = |auth: &str| {
+        format!(
+            "POST /v19.0/{WABA}/message_templates HTTP/1.1\r\nHost: x\r\n{auth}\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\nname=x"
+        )
+    };
+    for (auth, status) in [("Authorization: Bearer not-a-key\r\n", 401), ("", 408)] {
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(head(auth).as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("answered before the body arrived")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert_eq!(raw_status(&text), status, "{text}");
+        assert!(text.contains("fbtrace_id"), "Graph-shaped: {text}");
+    }
+    assert_eq!(upstream_requests(&sim), 0);
+}

@@ -83,6 +83,13 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// unanswered for `DEFAULT_H2_PING_TIMEOUT`.
 pub const DEFAULT_H2_PING_INTERVAL: Duration = Duration::from_secs(20);
 pub const DEFAULT_H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// A request body graphgate reads whole once the caller is known (a form or small JSON body).
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// A body read before the caller is known (a form carrying the key, a webhook post before its
+/// signature is checked), waiting for a turn included.
+pub const DEFAULT_PREAUTH_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many such reads run at once (for callers, and as many again for webhook posts).
+pub const DEFAULT_PREAUTH_READS: usize = 16;
 /// Meta's rolling window for the WhatsApp Business Management API.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3600);
 /// The seed's rate-limit table.
@@ -227,6 +234,10 @@ pub struct Server {
     pub keepalive_timeout: Duration,
     pub h2_ping_interval: Duration,
     pub h2_ping_timeout: Duration,
+    /// Body read deadlines and the pre-authentication read budget (see the `DEFAULT_*` above).
+    pub body_timeout: Duration,
+    pub preauth_body_timeout: Duration,
+    pub preauth_reads: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -93,6 +93,9 @@ pub(super) struct RawServer {
     pub(super) keepalive_timeout: Option<Dur>,
     pub(super) h2_ping_interval: Option<Dur>,
     pub(super) h2_ping_timeout: Option<Dur>,
+    pub(super) body_timeout: Option<Dur>,
+    pub(super) preauth_body_timeout: Option<Dur>,
+    pub(super) preauth_reads: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]

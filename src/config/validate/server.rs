@@ -14,6 +14,7 @@ use super::super::{
     DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_REWRITE_BODY, DEFAULT_MAX_URI, DEFAULT_POOL_IDLE_TIMEOUT,
     DEFAULT_POOL_MAX_IDLE, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPSTREAM,
 };
+use super::super::{DEFAULT_BODY_TIMEOUT, DEFAULT_PREAUTH_BODY_TIMEOUT, DEFAULT_PREAUTH_READS};
 use super::super::{
     DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_H2_PING_INTERVAL, DEFAULT_H2_PING_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT,
@@ -131,6 +132,19 @@ impl Validator<'_> {
                 r.h2_ping_timeout,
                 DEFAULT_H2_PING_TIMEOUT,
             ),
+            body_timeout: self.positive_duration(
+                "server.body_timeout",
+                r.body_timeout,
+                DEFAULT_BODY_TIMEOUT,
+            ),
+            preauth_body_timeout: self.positive_duration(
+                "server.preauth_body_timeout",
+                r.preauth_body_timeout,
+                DEFAULT_PREAUTH_BODY_TIMEOUT,
+            ),
+            preauth_reads: self
+                .int_in("server.preauth_reads", r.preauth_reads, 1, 100_000)
+                .map_or(DEFAULT_PREAUTH_READS, |n| n as usize),
         };
         (server, auth)
     }
