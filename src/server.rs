@@ -6,6 +6,7 @@
 //! a socket itself, so tests hand it `127.0.0.1:0` listeners.
 
 mod conn;
+pub mod overload;
 
 use std::future::Future;
 use std::io;
@@ -17,12 +18,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsFiles;
 
 pub use conn::Deadlines;
+pub use overload::{Capacity, InFlightLayer};
 
 /// How long a connection closed for a deadline gets to say goodbye (an HTTP/2 GOAWAY) before it
 /// is dropped.
@@ -38,6 +40,10 @@ pub struct ServeOptions {
     pub deadlines: Deadlines,
     /// HTTP/2 keep-alive pings: interval, and how long one may go unanswered.
     pub h2_ping: (Duration, Duration),
+    /// Connections held at once, and connections over that answered with a 503 at once (more wait
+    /// in the kernel's accept queue).
+    pub max_connections: usize,
+    pub reject_slots: usize,
 }
 
 impl ServeOptions {
@@ -55,6 +61,18 @@ impl ServeOptions {
                 idle: s.keepalive_timeout,
             },
             h2_ping: (s.h2_ping_interval, s.h2_ping_timeout),
+            max_connections: Capacity::of(s).connections,
+            reject_slots: overload::REJECT_SLOTS,
+        }
+    }
+
+    /// The admin listener's settings: no TLS, its own small connection cap and no 503s (probes
+    /// and scrapes retry; what it holds is kept out of the proxy's share of open files).
+    pub fn admin(s: &crate::config::Server) -> ServeOptions {
+        ServeOptions {
+            max_connections: overload::ADMIN_MAX_CONNECTIONS,
+            reject_slots: 0,
+            ..ServeOptions::new(s, None)
         }
     }
 }
@@ -108,8 +126,19 @@ where
     let (phase_tx, phase) = watch::channel(Phase::Serving);
     // Every connection task holds a sender; the drain is over when the last one is dropped.
     let (alive, mut drained) = mpsc::channel::<()>(1);
+    let slots = Arc::new(Semaphore::new(opts.max_connections));
+    let rejects = Arc::new(Semaphore::new(opts.reject_slots));
     tokio::pin!(shutdown);
     loop {
+        // At the cap with every refusal slot busy, stop accepting until one frees (only this loop
+        // takes permits, so one is free after the wait).
+        if slots.available_permits() == 0 && rejects.available_permits() == 0 {
+            tokio::select! {
+                _ = slots.acquire() => {}
+                _ = rejects.acquire() => {}
+                _ = &mut shutdown => break,
+            }
+        }
         let (stream, _peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -123,26 +152,29 @@ where
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let svc = service.clone();
-        let builder = builder.clone();
         let tls = opts.tls.clone();
         let phase = phase.clone();
         let alive = alive.clone();
-        tokio::spawn(async move {
-            let _alive = alive;
-            match tls {
-                None => serve_connection(&builder, stream, false, svc, d, phase).await,
-                Some(acceptor) => {
-                    let Ok(Ok(tls)) =
-                        tokio::time::timeout(d.first_byte, acceptor.accept(stream)).await
-                    else {
-                        return;
-                    };
-                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    serve_connection(&builder, tls, h2, svc, d, phase).await
-                }
-            }
-        });
+        if let Ok(slot) = slots.clone().try_acquire_owned() {
+            let svc = service.clone();
+            let builder = builder.clone();
+            tokio::spawn(async move {
+                let _held = (alive, slot);
+                accept_and_serve(&builder, stream, tls, svc, d, phase).await
+            });
+        } else if let Ok(slot) = rejects.clone().try_acquire_owned() {
+            let builder = builder.clone();
+            let d = Deadlines {
+                first_byte: d.first_byte.min(overload::REJECT_FIRST_BYTE),
+                ..d
+            };
+            tokio::spawn(async move {
+                let _held = (alive, slot);
+                let svc = overload::reject_service();
+                let serve = accept_and_serve(&builder, stream, tls, svc, d, phase);
+                let _ = tokio::time::timeout(overload::REJECT_DEADLINE, serve).await;
+            });
+        }
     }
     drop(listener);
     drop(alive);
@@ -156,6 +188,35 @@ where
         let _ = phase_tx.send(Phase::Closed);
     }
     Ok(())
+}
+
+/// The TLS handshake (within the first-byte deadline) when TLS is on, then [`serve_connection`].
+async fn accept_and_serve<S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: tokio::net::TcpStream,
+    tls: Option<TlsAcceptor>,
+    svc: S,
+    d: Deadlines,
+    phase: watch::Receiver<Phase>,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match tls {
+        None => serve_connection(builder, stream, false, svc, d, phase).await,
+        Some(acceptor) => {
+            let Ok(Ok(tls)) = tokio::time::timeout(d.first_byte, acceptor.accept(stream)).await
+            else {
+                return;
+            };
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            serve_connection(builder, tls, h2, svc, d, phase).await
+        }
+    }
 }
 
 /// One connection, until it ends, passes a deadline with no request in flight, or the server

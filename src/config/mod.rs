@@ -90,6 +90,10 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_PREAUTH_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many such reads run at once (for callers, and as many again for webhook posts).
 pub const DEFAULT_PREAUTH_READS: usize = 16;
+/// Callers' connections held at once (lowered to fit the open-file limit, see `server::overload`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Requests in flight at once; beyond, a 503 with Retry-After.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 /// Meta's rolling window for the WhatsApp Business Management API.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3600);
 /// The seed's rate-limit table.
@@ -238,6 +242,9 @@ pub struct Server {
     pub body_timeout: Duration,
     pub preauth_body_timeout: Duration,
     pub preauth_reads: usize,
+    /// Load shedding: connections and requests in flight (see the `DEFAULT_*` above).
+    pub max_connections: usize,
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone)]

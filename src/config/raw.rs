@@ -96,6 +96,8 @@ pub(super) struct RawServer {
     pub(super) body_timeout: Option<Dur>,
     pub(super) preauth_body_timeout: Option<Dur>,
     pub(super) preauth_reads: Option<i64>,
+    pub(super) max_connections: Option<i64>,
+    pub(super) max_in_flight: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -19,6 +19,7 @@ use super::super::{
     DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_H2_PING_INTERVAL, DEFAULT_H2_PING_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT,
 };
+use super::super::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT};
 
 impl Validator<'_> {
     pub(super) fn server(&mut self, r: RawServer) -> (Server, AuthMode) {
@@ -145,6 +146,12 @@ impl Validator<'_> {
             preauth_reads: self
                 .int_in("server.preauth_reads", r.preauth_reads, 1, 100_000)
                 .map_or(DEFAULT_PREAUTH_READS, |n| n as usize),
+            max_connections: self
+                .int_in("server.max_connections", r.max_connections, 1, 1_000_000)
+                .map_or(DEFAULT_MAX_CONNECTIONS, |n| n as usize),
+            max_in_flight: self
+                .int_in("server.max_in_flight", r.max_in_flight, 1, 1_000_000)
+                .map_or(DEFAULT_MAX_IN_FLIGHT, |n| n as usize),
         };
         (server, auth)
     }
