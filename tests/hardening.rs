@@ -196,3 +196,34 @@ async fn a_header_key_is_checked_before_the_body_and_keyless_bodies_have_a_deadl
     }
     assert_eq!(upstream_requests(&sim), 0);
 }
+
+// Beyond hyper's own limits (a head well over twice max_uri + max_header_bytes, here 200 KiB; more
+// than twice max_headers headers; a URI over 64 KiB) hyper answers before graphgate sees the request: a bare
+// 431 or 414 without a Graph body, then it closes the connection (as the README says). Nothing
+// reaches Meta, and the answer comes at once.
+#[tokio::test]
+async fn heads_beyond_hypers_limits_get_its_bare_answer_and_a_close() {
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url).start().await;
+    let huge_header = format!(
+        "GET /v19.0/{WABA} HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(200 * 1024)
+    );
+    let many: String = (0..250).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many_headers = format!("GET /v19.0/{WABA} HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    let huge_uri = format!(
+        "GET /v19.0/{WABA}?fields={} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    for (req, status) in [(huge_header, 431), (many_headers, 431), (huge_uri, 414)] {
+        let started = std::time::Instant::now();
+        let resp = raw(proxy.addr, req.as_bytes()).await;
+        assert_eq!(raw_status(&resp), status, "{resp}");
+        assert!(!resp.contains("fbtrace_id"), "hyper's own answer: {resp}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(4),
+            "closed at once"
+        );
+    }
+    assert_eq!(upstream_requests(&sim), 0);
+}
