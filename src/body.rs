@@ -99,6 +99,31 @@ where
     })
 }
 
+/// The longest a read waits for its turn: a waiting request is in flight, and a flood of them must
+/// not fill the proxy's cap on requests in flight (`server.max_in_flight`) for long.
+pub const TURN_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Turns for reads that must not all run at once (bodies read before the caller is known): at most
+/// `n` at a time, so what such reads can hold in memory is `n` times their size limit.
+#[derive(Clone)]
+pub struct Turns(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl Turns {
+    pub fn new(n: usize) -> Turns {
+        Turns(std::sync::Arc::new(tokio::sync::Semaphore::new(n)))
+    }
+
+    /// A turn, held until dropped; `None` when none came free by `deadline` or within
+    /// [`TURN_WAIT`].
+    pub async fn take(&self, deadline: Instant) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let until = deadline.min(Instant::now() + TURN_WAIT);
+        tokio::time::timeout_at(until, self.0.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

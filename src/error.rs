@@ -43,6 +43,16 @@ pub enum GatewayError {
     /// `Cache-Control: only-if-cached` and no usable entry (RFC 9111 section 5.2.1.7).
     #[error("nothing usable is cached for this request (only-if-cached)")]
     NotCached,
+    /// The caller's body did not arrive by its deadline (`server.body_timeout`, or
+    /// `server.preauth_body_timeout` before the caller is known).
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
+    /// Load shed before any work: too many connections, requests or unauthenticated body reads.
+    #[error("graphgate is busy ({what}); retry after {} s", retry_after_secs(*.retry_after))]
+    Overloaded {
+        what: &'static str,
+        retry_after: std::time::Duration,
+    },
 }
 
 impl From<crate::target::BadTarget> for GatewayError {
@@ -215,6 +225,21 @@ impl GatewayError {
                 "GraphMethodException",
                 false,
             ),
+            BodyTimeout(_) => s(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                100,
+                "GraphMethodException",
+                false,
+            ),
+            // Code 2, like an unreachable upstream: a temporary issue that SDKs retry.
+            Overloaded { .. } => s(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                2,
+                "OAuthException",
+                true,
+            ),
         }
     }
 
@@ -224,7 +249,12 @@ impl GatewayError {
 
     /// Whether this is the caller's mistake (not worth an error-level log line).
     pub fn is_caller_error(&self) -> bool {
-        self.status().is_client_error() || matches!(self, GatewayError::NotCached)
+        // Shedding load is not a failure worth a line per refused request either.
+        self.status().is_client_error()
+            || matches!(
+                self,
+                GatewayError::NotCached | GatewayError::Overloaded { .. }
+            )
     }
 }
 
@@ -244,6 +274,12 @@ impl IntoResponse for GatewayError {
             shape.transient,
             &message,
         );
+        if let GatewayError::Overloaded { retry_after, .. } = &self {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(*retry_after)),
+            );
+        }
         if let GatewayError::RateLimited(r) = &self {
             let h = resp.headers_mut();
             h.insert(
@@ -443,6 +479,21 @@ mod tests {
                 true,
             ),
             (NotCached, 504, 100, false),
+            (
+                BodyTimeout(std::time::Duration::from_secs(1)),
+                408,
+                100,
+                false,
+            ),
+            (
+                Overloaded {
+                    what: "connections",
+                    retry_after: std::time::Duration::from_secs(1),
+                },
+                503,
+                2,
+                true,
+            ),
         ];
         for (err, status, code, transient) in cases {
             let (s, body, local) = body_of(err).await;

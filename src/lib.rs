@@ -118,13 +118,7 @@ pub async fn run_with_admin(
             "server.auth = \"none\": every caller on the network can spend this app's budget"
         );
     }
-    let opts = server::ServeOptions {
-        tls,
-        grace: config.server.shutdown_grace,
-        // hyper's hard limits sit above the Graph-shaped 414/431 checks in the pipeline.
-        max_headers: config.server.max_headers * 2,
-        max_head_bytes: (config.server.max_uri + config.server.max_header_bytes) as usize * 2,
-    };
+    let opts = server::ServeOptions::new(&config.server, tls);
     let c = &config.cache;
     tracing::info!(
         enabled = c.enabled,
@@ -137,12 +131,7 @@ pub async fn run_with_admin(
     // Restores the limiter state, resumes webhook deliveries (an unusable queue_dir stops
     // start-up here) and starts the background work that lives as long as the server.
     let background = gw.start()?;
-    let admin_opts = server::ServeOptions {
-        tls: None,
-        grace: config.server.shutdown_grace,
-        max_headers: config.server.max_headers * 2,
-        max_head_bytes: (config.server.max_uri + config.server.max_header_bytes) as usize * 2,
-    };
+    let admin_opts = server::ServeOptions::admin(&config.server);
     if let Some(l) = &admin {
         tracing::info!(
             admin = %l.local_addr()?,
@@ -155,10 +144,27 @@ pub async fn run_with_admin(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    // The proxy's layers, outer to inner. None yet: deadlines, concurrency limits and load
-    // shedding go here, around the pipeline (and the stack then reaches hyper through
-    // `hyper_util::service::TowerToHyperService`).
-    let service = tower::ServiceBuilder::new().service(ProxyService::new(gw.clone()));
+    // The proxy's layers, outer to inner (the connection cap and deadlines are the listener's):
+    // - the cap on requests in flight sheds load with a 503 before any work is done.
+    let capacity = server::Capacity::of(&config.server);
+    tracing::info!(
+        max_connections = capacity.connections,
+        max_in_flight = capacity.in_flight,
+        "load shedding"
+    );
+    if capacity.connections < config.server.max_connections
+        || capacity.in_flight < config.server.max_in_flight
+    {
+        tracing::warn!(
+            max_connections = capacity.connections,
+            max_in_flight = capacity.in_flight,
+            "server.max_connections / max_in_flight lowered to fit the open-file limit (ulimit -n)"
+        );
+    }
+    let service = tower::ServiceBuilder::new()
+        .layer(server::InFlightLayer::new(capacity.in_flight))
+        .service(ProxyService::new(gw.clone()));
+    let service = hyper_util::service::TowerToHyperService::new(service);
     let proxy = server::serve(listener, service, opts, stopped(stop_rx.clone()));
     let admin = async {
         match admin {

@@ -1,8 +1,12 @@
-//! Listening: the accept loop (plain TCP or rustls), HTTP/1.1 and HTTP/2 connection settings, and
-//! graceful shutdown (stop accepting, let in-flight requests finish within a grace period).
+//! Listening: the accept loop (plain TCP or rustls), HTTP/1.1 and HTTP/2 connection settings, each
+//! connection's deadlines (`conn`), and graceful shutdown (stop accepting, let in-flight requests
+//! finish within a grace period).
 //!
 //! It owns no request logic: every connection is served by the service it is given. It never binds
 //! a socket itself, so tests hand it `127.0.0.1:0` listeners.
+
+mod conn;
+pub mod overload;
 
 use std::future::Future;
 use std::io;
@@ -13,14 +17,18 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsFiles;
 
-/// A slow-loris client gets this long to send its request head.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub use conn::Deadlines;
+pub use overload::{Capacity, InFlightLayer};
+
+/// How long a connection closed for a deadline gets to say goodbye (an HTTP/2 GOAWAY) before it
+/// is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 pub struct ServeOptions {
     pub tls: Option<TlsAcceptor>,
@@ -29,9 +37,57 @@ pub struct ServeOptions {
     /// Graph-shaped checks sit below them.
     pub max_headers: usize,
     pub max_head_bytes: usize,
+    pub deadlines: Deadlines,
+    /// HTTP/2 keep-alive pings: interval, and how long one may go unanswered.
+    pub h2_ping: (Duration, Duration),
+    /// Connections held at once, and connections over that answered with a 503 at once (more wait
+    /// in the kernel's accept queue).
+    pub max_connections: usize,
+    pub reject_slots: usize,
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then drains connections for up to
+impl ServeOptions {
+    /// The listener settings `[server]` gives, for the proxy (with `tls`) or the admin listener.
+    pub fn new(s: &crate::config::Server, tls: Option<TlsAcceptor>) -> ServeOptions {
+        ServeOptions {
+            tls,
+            grace: s.shutdown_grace,
+            // hyper's hard limits sit above the Graph-shaped 414/431 checks in the pipeline.
+            max_headers: s.max_headers * 2,
+            max_head_bytes: (s.max_uri + s.max_header_bytes) as usize * 2,
+            deadlines: Deadlines {
+                first_byte: s.first_byte_timeout,
+                header: s.header_timeout,
+                idle: s.keepalive_timeout,
+            },
+            h2_ping: (s.h2_ping_interval, s.h2_ping_timeout),
+            max_connections: Capacity::of(s).connections,
+            reject_slots: overload::REJECT_SLOTS,
+        }
+    }
+
+    /// The admin listener's settings: no TLS, its own small connection cap and no 503s (probes
+    /// and scrapes retry; what it holds is kept out of the proxy's share of open files).
+    pub fn admin(s: &crate::config::Server) -> ServeOptions {
+        ServeOptions {
+            max_connections: overload::ADMIN_MAX_CONNECTIONS,
+            reject_slots: 0,
+            ..ServeOptions::new(s, None)
+        }
+    }
+}
+
+/// Where the server is in its life; connections watch it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd)]
+enum Phase {
+    Serving,
+    /// Finish the requests in flight, take no new ones.
+    Draining,
+    /// The grace period is over: drop every connection.
+    Closed,
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves, then drains connections for up to
 /// `opts.grace`.
 pub async fn serve<S, B>(
     listener: TcpListener,
@@ -51,20 +107,38 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let d = opts.deadlines;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // hyper's own timer runs from the moment it waits for a head (idle time included); the
+        // connection's watchdog is the real deadline, this is a backstop behind it.
+        .header_read_timeout(d.first_byte.max(d.idle) + d.header)
         .max_headers(opts.max_headers)
         .max_buf_size(opts.max_head_bytes.max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(opts.h2_ping.0)
+        .keep_alive_timeout(opts.h2_ping.1)
         .max_header_list_size(opts.max_head_bytes as u32);
-    let graceful = GracefulShutdown::new();
+    let (phase_tx, phase) = watch::channel(Phase::Serving);
+    // Every connection task holds a sender; the drain is over when the last one is dropped.
+    let (alive, mut drained) = mpsc::channel::<()>(1);
+    let slots = Arc::new(Semaphore::new(opts.max_connections));
+    let rejects = Arc::new(Semaphore::new(opts.reject_slots));
     tokio::pin!(shutdown);
     loop {
+        // At the cap with every refusal slot busy, stop accepting until one frees (only this loop
+        // takes permits, so one is free after the wait).
+        if slots.available_permits() == 0 && rejects.available_permits() == 0 {
+            tokio::select! {
+                _ = slots.acquire() => {}
+                _ = rejects.acquire() => {}
+                _ = &mut shutdown => break,
+            }
+        }
         let (stream, _peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -78,40 +152,111 @@ where
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let svc = service.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
         let tls = opts.tls.clone();
-        // Connections without upgrade support: graphgate never switches protocols, and the
-        // upgradeable wrapper costs state and a check on every request.
-        tokio::spawn(async move {
-            match tls {
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                    let _ = watcher.watch(conn.into_owned()).await;
-                }
-                Some(acceptor) => {
-                    let Ok(Ok(tls)) =
-                        tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await
-                    else {
-                        return;
-                    };
-                    let conn = builder.serve_connection(TokioIo::new(tls), svc);
-                    let _ = watcher.watch(conn.into_owned()).await;
-                }
-            }
-        });
+        let phase = phase.clone();
+        let alive = alive.clone();
+        if let Ok(slot) = slots.clone().try_acquire_owned() {
+            let svc = service.clone();
+            let builder = builder.clone();
+            tokio::spawn(async move {
+                let _held = (alive, slot);
+                accept_and_serve(&builder, stream, tls, svc, d, phase).await
+            });
+        } else if let Ok(slot) = rejects.clone().try_acquire_owned() {
+            let builder = builder.clone();
+            let d = Deadlines {
+                first_byte: d.first_byte.min(overload::REJECT_FIRST_BYTE),
+                ..d
+            };
+            tokio::spawn(async move {
+                let _held = (alive, slot);
+                let svc = overload::reject_service();
+                let serve = accept_and_serve(&builder, stream, tls, svc, d, phase);
+                let _ = tokio::time::timeout(overload::REJECT_DEADLINE, serve).await;
+            });
+        }
     }
     drop(listener);
-    tracing::info!(
-        connections = graceful.count(),
-        "stopped accepting; draining"
-    );
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(opts.grace) => tracing::warn!("grace period over; closing remaining connections"),
+    drop(alive);
+    tracing::info!("stopped accepting; draining");
+    let _ = phase_tx.send(Phase::Draining);
+    if tokio::time::timeout(opts.grace, drained.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; closing remaining connections");
+        let _ = phase_tx.send(Phase::Closed);
     }
     Ok(())
+}
+
+/// The TLS handshake (within the first-byte deadline) when TLS is on, then [`serve_connection`].
+async fn accept_and_serve<S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: tokio::net::TcpStream,
+    tls: Option<TlsAcceptor>,
+    svc: S,
+    d: Deadlines,
+    phase: watch::Receiver<Phase>,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match tls {
+        None => serve_connection(builder, stream, false, svc, d, phase).await,
+        Some(acceptor) => {
+            let Ok(Ok(tls)) = tokio::time::timeout(d.first_byte, acceptor.accept(stream)).await
+            else {
+                return;
+            };
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            serve_connection(builder, tls, h2, svc, d, phase).await
+        }
+    }
+}
+
+/// One connection, until it ends, passes a deadline with no request in flight, or the server
+/// stops. Connections without upgrade support: graphgate never switches protocols, and the
+/// upgradeable wrapper costs state and a check on every request.
+async fn serve_connection<T, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: T,
+    h2: bool,
+    svc: S,
+    d: Deadlines,
+    mut phase: watch::Receiver<Phase>,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let act = conn::Activity::new(h2);
+    let io = TokioIo::new(conn::Watched::new(io, act.clone()));
+    let conn = builder.serve_connection(io, conn::Tracked::new(svc, act.clone()));
+    tokio::pin!(conn);
+    let expired = tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = act.expired(d) => true,
+        _ = phase.wait_for(|p| *p >= Phase::Draining) => false,
+    };
+    // Stop taking requests: HTTP/1.1 closes once idle, HTTP/2 sends GOAWAY and finishes its streams.
+    conn.as_mut().graceful_shutdown();
+    if expired {
+        let _ = tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await;
+    } else {
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = phase.wait_for(|p| *p == Phase::Closed) => {}
+        }
+    }
 }
 
 /// A rustls acceptor for the configured certificate and key (built as `check-config` checks them).

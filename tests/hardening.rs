@@ -165,3 +165,65 @@ async fn upstream_is_asked_for_uncompressed_answers() {
         "{headers}"
     );
 }
+
+// A key in the header is checked before the body is read: a wrong key with a form body that never
+// arrives gets its 401 at once, and a body with no key at all is cut at preauth_body_timeout (408).
+#[tokio::test]
+async fn a_header_key_is_checked_before_the_body_and_keyless_bodies_have_a_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url)
+        .server("preauth_body_timeout = \"300ms\"")
+        .start()
+        .await;
+    let head = |auth: &str| {
+        format!(
+            "POST /v19.0/{WABA}/message_templates HTTP/1.1\r\nHost: x\r\n{auth}\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\nname=x"
+        )
+    };
+    for (auth, status) in [("Authorization: Bearer not-a-key\r\n", 401), ("", 408)] {
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(head(auth).as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("answered before the body arrived")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert_eq!(raw_status(&text), status, "{text}");
+        assert!(text.contains("fbtrace_id"), "Graph-shaped: {text}");
+    }
+    assert_eq!(upstream_requests(&sim), 0);
+}
+
+// Beyond hyper's own limits (a head well over twice max_uri + max_header_bytes, here 200 KiB; more
+// than twice max_headers headers; a URI over 64 KiB) hyper answers before graphgate sees the request: a bare
+// 431 or 414 without a Graph body, then it closes the connection (as the README says). Nothing
+// reaches Meta, and the answer comes at once.
+#[tokio::test]
+async fn heads_beyond_hypers_limits_get_its_bare_answer_and_a_close() {
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url).start().await;
+    let huge_header = format!(
+        "GET /v19.0/{WABA} HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(200 * 1024)
+    );
+    let many: String = (0..250).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many_headers = format!("GET /v19.0/{WABA} HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    let huge_uri = format!(
+        "GET /v19.0/{WABA}?fields={} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    for (req, status) in [(huge_header, 431), (many_headers, 431), (huge_uri, 414)] {
+        let started = std::time::Instant::now();
+        let resp = raw(proxy.addr, req.as_bytes()).await;
+        assert_eq!(raw_status(&resp), status, "{resp}");
+        assert!(!resp.contains("fbtrace_id"), "hyper's own answer: {resp}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(4),
+            "closed at once"
+        );
+    }
+    assert_eq!(upstream_requests(&sim), 0);
+}

@@ -66,6 +66,8 @@ pub fn serves_stale(e: &GatewayError) -> bool {
         | BodyTooLarge { .. }
         | CallerBodyFailed
         | NotCached => false,
+        // Refused before the cache is consulted.
+        BodyTimeout(_) | Overloaded { .. } => false,
     }
 }
 

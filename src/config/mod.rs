@@ -73,6 +73,27 @@ pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 32 * 1024;
 /// In-flight requests get this long to finish after SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// A new connection must send its first byte (or finish its TLS handshake) within this.
+pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// From the first byte of a request head to its end (HTTP/1.1), like nginx's `client_header_timeout`.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no request in flight (HTTP/1.1 keep-alive, HTTP/2 alike) is closed after this.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// HTTP/2 keep-alive pings: sent this often on a connection, which is dropped when one goes
+/// unanswered for `DEFAULT_H2_PING_TIMEOUT`.
+pub const DEFAULT_H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+pub const DEFAULT_H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// A request body graphgate reads whole once the caller is known (a form or small JSON body).
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// A body read before the caller is known (a form carrying the key, a webhook post before its
+/// signature is checked), waiting for a turn included.
+pub const DEFAULT_PREAUTH_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many such reads run at once (for callers, and as many again for webhook posts).
+pub const DEFAULT_PREAUTH_READS: usize = 16;
+/// Callers' connections held at once (lowered to fit the open-file limit, see `server::overload`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Requests in flight at once; beyond, a 503 with Retry-After.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 /// Meta's rolling window for the WhatsApp Business Management API.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3600);
 /// The seed's rate-limit table.
@@ -211,6 +232,19 @@ pub struct Server {
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token every admin path but `/healthz` requires, when set.
     pub admin_token: Option<Secret>,
+    /// Connection deadlines (see the `DEFAULT_*` above): first byte, request head, idle, h2 pings.
+    pub first_byte_timeout: Duration,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub h2_ping_interval: Duration,
+    pub h2_ping_timeout: Duration,
+    /// Body read deadlines and the pre-authentication read budget (see the `DEFAULT_*` above).
+    pub body_timeout: Duration,
+    pub preauth_body_timeout: Duration,
+    pub preauth_reads: usize,
+    /// Load shedding: connections and requests in flight (see the `DEFAULT_*` above).
+    pub max_connections: usize,
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone)]

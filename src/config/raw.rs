@@ -88,6 +88,16 @@ pub(super) struct RawServer {
     pub(super) admin_token: Option<de::IgnoredAny>,
     pub(super) admin_token_env: Option<String>,
     pub(super) admin_token_file: Option<PathBuf>,
+    pub(super) first_byte_timeout: Option<Dur>,
+    pub(super) header_timeout: Option<Dur>,
+    pub(super) keepalive_timeout: Option<Dur>,
+    pub(super) h2_ping_interval: Option<Dur>,
+    pub(super) h2_ping_timeout: Option<Dur>,
+    pub(super) body_timeout: Option<Dur>,
+    pub(super) preauth_body_timeout: Option<Dur>,
+    pub(super) preauth_reads: Option<i64>,
+    pub(super) max_connections: Option<i64>,
+    pub(super) max_in_flight: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]

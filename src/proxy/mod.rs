@@ -104,12 +104,23 @@ async fn pipeline<B: InBody>(
     // check: nothing else reads a target or headers that could be ambiguous.
     let target = check::check(&gw.config().server, &parts)?;
 
-    // authenticate: the key may sit in a form body, which is read (bounded) here.
-    let mut body = body::read(&gw.config().server, &parts, body).await?;
-    let key = auth::key_from_header(&parts.headers)
-        .or_else(|| target.param("access_token"))
-        .or_else(|| body.form_param("access_token"));
-    let caller = gw.directory().authenticate(key)?;
+    // authenticate: a key in the header or query is checked before any body is read. Only a form
+    // body, the one place left for a key, is read first, within the pre-authentication budget.
+    let server = &gw.config().server;
+    let early = auth::key_from_header(&parts.headers).or_else(|| target.param("access_token"));
+    let (caller, mut body) = if early.is_none() && body::is_form(&parts.headers) {
+        let body = body::read(server, &parts, body, body::Reader::Unknown).await?;
+        let caller = gw
+            .directory()
+            .authenticate(body.form_param("access_token"))?;
+        (caller, body)
+    } else {
+        let caller = gw.directory().authenticate(early)?;
+        (
+            caller,
+            body::read(server, &parts, body, body::Reader::Known).await?,
+        )
+    };
     ctx.app = Some(caller.app);
     ctx.client = Some(caller.name.clone());
 

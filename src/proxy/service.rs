@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 
 use axum::response::Response;
 
-use super::body::InBody;
+use super::body::{InBody, PreAuthTurns};
 use crate::gateway::Gateway;
 
 /// The whole proxy for one listener; cheap to clone.
@@ -22,6 +22,8 @@ pub struct ProxyService {
     gw: Gateway,
     /// The webhook path and its routes, when `[webhooks]` is configured.
     webhooks: Option<(Arc<str>, axum::Router)>,
+    /// The few turns for bodies read before the caller is known (`server.preauth_reads`).
+    preauth: PreAuthTurns,
 }
 
 impl ProxyService {
@@ -32,13 +34,18 @@ impl ProxyService {
                 .with_state(hub.clone());
             (Arc::from(hub.path()), routes)
         });
-        ProxyService { gw, webhooks }
+        let preauth = PreAuthTurns(crate::body::Turns::new(gw.config().server.preauth_reads));
+        ProxyService {
+            gw,
+            webhooks,
+            preauth,
+        }
     }
 }
 
 impl ProxyService {
     /// One request: the webhook routes for their exact path, the pipeline for every other path.
-    fn dispatch<B: InBody>(&self, req: http::Request<B>) -> ProxyFuture {
+    fn dispatch<B: InBody>(&self, mut req: http::Request<B>) -> ProxyFuture {
         if let Some((path, routes)) = &self.webhooks {
             if req.uri().path() == &**path {
                 let req = req.map(axum::body::Body::new);
@@ -48,6 +55,10 @@ impl ProxyService {
                     routes.oneshot(req).await
                 });
             }
+        }
+        // Only a request with a body can need a turn; reads (most calls) skip the extension map.
+        if !http_body::Body::is_end_stream(req.body()) {
+            req.extensions_mut().insert(self.preauth.clone());
         }
         let gw = self.gw.clone();
         Box::pin(async move { Ok(super::handle(gw, req).await) })

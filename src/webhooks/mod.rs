@@ -73,6 +73,10 @@ pub enum WebhookError {
     BodyFailed,
     #[error("the body is not a webhook envelope ({0})")]
     Malformed(String),
+    #[error("the body did not arrive within {0:?}")]
+    TimedOut(std::time::Duration),
+    #[error("too many webhook bodies are being read; retry shortly")]
+    Busy,
 }
 
 impl WebhookError {
@@ -86,6 +90,9 @@ impl WebhookError {
             WebhookError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", 100),
             WebhookError::BodyFailed => (StatusCode::BAD_REQUEST, "bad-request", 100),
             WebhookError::Malformed(_) => (StatusCode::BAD_REQUEST, "webhook-malformed", 100),
+            WebhookError::TimedOut(_) => (StatusCode::REQUEST_TIMEOUT, "body-timeout", 100),
+            // Code 2, a temporary issue: Meta retries a failed delivery.
+            WebhookError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", 2),
         }
     }
 
@@ -102,14 +109,20 @@ impl IntoResponse for WebhookError {
         } else {
             "GraphMethodException"
         };
-        graph_error(
+        let busy = matches!(self, WebhookError::Busy);
+        let mut resp = graph_error(
             status,
             kind,
             code,
             typ,
-            false,
+            busy,
             &format!("(#{code}) graphgate: {self}"),
-        )
+        );
+        if busy {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
     }
 }
 
@@ -139,6 +152,9 @@ pub struct Hub {
     /// Probes started by events, per (app, WABA): `true` means "run once more when done", so a
     /// burst of events costs at most two probes.
     probing: Mutex<HashMap<(usize, String), bool>>,
+    /// Bodies are read before their signature can be checked: only `server.preauth_reads` at once,
+    /// each within `server.preauth_body_timeout` (waiting for its turn included).
+    turns: crate::body::Turns,
 }
 
 impl Hub {
@@ -160,6 +176,7 @@ impl Hub {
             queue: Arc::new(queue::Queue::new(w)),
             counters: Mutex::default(),
             probing: Mutex::default(),
+            turns: crate::body::Turns::new(config.server.preauth_reads),
         }))
     }
 
@@ -256,11 +273,19 @@ impl Hub {
         if declared.is_some_and(|n| n > limit) {
             return Err(WebhookError::TooLarge { limit });
         }
-        // No deadline yet: the pre-authentication read budget is a hardening step of its own.
-        let body = crate::body::read_whole(body, limit, None)
-            .await
-            .map_err(|_| WebhookError::BodyFailed)?
-            .ok_or(WebhookError::TooLarge { limit })?;
+        // A post that cannot be signed is refused before its body costs anything.
+        if !parts.headers.contains_key("x-hub-signature-256") {
+            return Err(WebhookError::MissingSignature);
+        }
+        let timeout = self.config.server.preauth_body_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let _turn = self.turns.take(deadline).await.ok_or(WebhookError::Busy)?;
+        let body = match crate::body::read_whole(body, limit, Some(deadline)).await {
+            Ok(Some(body)) => body,
+            Ok(None) => return Err(WebhookError::TooLarge { limit }),
+            Err(crate::body::ReadError::TimedOut) => return Err(WebhookError::TimedOut(timeout)),
+            Err(crate::body::ReadError::Failed) => return Err(WebhookError::BodyFailed),
+        };
         let app = verify(
             &self.secrets,
             parts.headers.get("x-hub-signature-256"),

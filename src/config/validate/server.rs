@@ -14,6 +14,12 @@ use super::super::{
     DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_REWRITE_BODY, DEFAULT_MAX_URI, DEFAULT_POOL_IDLE_TIMEOUT,
     DEFAULT_POOL_MAX_IDLE, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPSTREAM,
 };
+use super::super::{DEFAULT_BODY_TIMEOUT, DEFAULT_PREAUTH_BODY_TIMEOUT, DEFAULT_PREAUTH_READS};
+use super::super::{
+    DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_H2_PING_INTERVAL, DEFAULT_H2_PING_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT,
+};
+use super::super::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT};
 
 impl Validator<'_> {
     pub(super) fn server(&mut self, r: RawServer) -> (Server, AuthMode) {
@@ -102,6 +108,50 @@ impl Validator<'_> {
                 r.admin_token_file,
                 false,
             ),
+            first_byte_timeout: self.positive_duration(
+                "server.first_byte_timeout",
+                r.first_byte_timeout,
+                DEFAULT_FIRST_BYTE_TIMEOUT,
+            ),
+            header_timeout: self.positive_duration(
+                "server.header_timeout",
+                r.header_timeout,
+                DEFAULT_HEADER_TIMEOUT,
+            ),
+            keepalive_timeout: self.positive_duration(
+                "server.keepalive_timeout",
+                r.keepalive_timeout,
+                DEFAULT_KEEPALIVE_TIMEOUT,
+            ),
+            h2_ping_interval: self.positive_duration(
+                "server.h2_ping_interval",
+                r.h2_ping_interval,
+                DEFAULT_H2_PING_INTERVAL,
+            ),
+            h2_ping_timeout: self.positive_duration(
+                "server.h2_ping_timeout",
+                r.h2_ping_timeout,
+                DEFAULT_H2_PING_TIMEOUT,
+            ),
+            body_timeout: self.positive_duration(
+                "server.body_timeout",
+                r.body_timeout,
+                DEFAULT_BODY_TIMEOUT,
+            ),
+            preauth_body_timeout: self.positive_duration(
+                "server.preauth_body_timeout",
+                r.preauth_body_timeout,
+                DEFAULT_PREAUTH_BODY_TIMEOUT,
+            ),
+            preauth_reads: self
+                .int_in("server.preauth_reads", r.preauth_reads, 1, 100_000)
+                .map_or(DEFAULT_PREAUTH_READS, |n| n as usize),
+            max_connections: self
+                .int_in("server.max_connections", r.max_connections, 1, 1_000_000)
+                .map_or(DEFAULT_MAX_CONNECTIONS, |n| n as usize),
+            max_in_flight: self
+                .int_in("server.max_in_flight", r.max_in_flight, 1, 1_000_000)
+                .map_or(DEFAULT_MAX_IN_FLIGHT, |n| n as usize),
         };
         (server, auth)
     }
