@@ -208,6 +208,11 @@ async fn redis_going_away_falls_back_locally_and_recovers() {
         ok, 15,
         "the fallback holds this replica's share (40 / 2), less the 5 it made through Redis"
     );
+    assert_eq!(
+        gw.limiter().unshared_calls(),
+        15,
+        "calls Redis does not hold yet"
+    );
     redis.restart();
     // Redis came back empty: before admitting there again, the replica writes the 15 calls it
     // made meanwhile into the shared bucket, so other replicas count them.

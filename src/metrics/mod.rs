@@ -139,6 +139,7 @@ pub struct Metrics {
     cache_entries: Gauge,
     cache_bytes: Gauge,
     backend_up: Gauge,
+    unshared: Gauge,
     cache_requests: Family<CacheLabels, Counter>,
     apps: Vec<AppLabelSet>,
     none: Arc<str>,
@@ -179,6 +180,7 @@ impl Metrics {
         let cache_entries = Gauge::default();
         let cache_bytes = Gauge::default();
         let backend_up = Gauge::default();
+        let unshared = Gauge::default();
         let cache_requests = Family::<CacheLabels, Counter>::default();
         let build_info = Family::<VersionLabels, Gauge>::default();
         let webhooks = config.webhooks.as_ref().map(|w| {
@@ -271,6 +273,12 @@ impl Metrics {
             backend_up.clone(),
         );
         r.register(
+            "graphgate_limits_unshared_calls",
+            "Calls this replica made or settled while Redis was away that Redis does not hold yet \
+             (written back when it answers again)",
+            unshared.clone(),
+        );
+        r.register(
             "graphgate_build_info",
             "graphgate's version and the git revision it was built from; always 1",
             build_info,
@@ -306,6 +314,7 @@ impl Metrics {
             cache_entries,
             cache_bytes,
             backend_up,
+            unshared,
             cache_requests,
             apps,
             none: Arc::from(NONE),

@@ -94,6 +94,8 @@ impl Metrics {
             limiter.backend_state(),
             "memory" | "up"
         )));
+        self.unshared
+            .set(clamp_i64(limiter.unshared_calls() as u64));
 
         let mut out = String::new();
         // Writing into a String cannot fail; an encoder error would only truncate the output.
