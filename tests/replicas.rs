@@ -576,3 +576,51 @@ async fn once_every_replica_is_back_one_can_spend_the_whole_budget() {
     assert_eq!(b["calls"], 20);
     assert_eq!(b["throttled"], 0);
 }
+
+// Redis restarted empty in the middle of a window (no persistence): every replica writes its calls
+// still in the window again, so the budget spent before the restart still counts, and Meta never
+// sees more than N.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_empty_gets_the_windows_calls_written_again() {
+    let mut redis = RedisServer::start();
+    let sim = start_sim(sim_config_limited(Duration::from_secs(3600), 20)).await;
+    let limits =
+        "waba_active = 20\nreplicas = 2\non_backend_error = \"local\"\nbackend_timeout = \"100ms\"";
+    let reps = replicas(2, &sim.url, &redis, "t14", limits, false).await;
+    // Both replicas have checked in and know the data's epoch.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for i in 0..20 {
+        let url = format!("{}/v19.0/{WABA}", reps[i % 2].0.url);
+        assert_eq!(get(&url).await.status(), 200, "call {i}");
+    }
+    redis.restart();
+    let started = Instant::now();
+    loop {
+        let view = reps[0].1.limiter().view().await;
+        let used = view
+            .iter()
+            .find(|v| v.scope == format!("waba:{WABA}"))
+            .map_or(0, |v| v.used);
+        if used == 20
+            && reps
+                .iter()
+                .all(|(_, g)| g.limiter().backend_state() == "up")
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the restarted Redis holds {used} of the 20 calls in the window"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Once both are back and checked in, Redis alone decides: the bucket is still full.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in 0..6 {
+        let url = format!("{}/v19.0/{WABA}", reps[i % 2].0.url);
+        assert_eq!(get(&url).await.status(), 429, "call {i} after the restart");
+    }
+    let b = bucket(&stats(&sim), WABA);
+    assert_eq!(b["calls"], 20);
+    assert_eq!(b["throttled"], 0);
+}

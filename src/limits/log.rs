@@ -229,6 +229,18 @@ impl Logs {
         before - map.len()
     }
 
+    /// This process's completed calls still in the window, per bucket (for a Redis that lost them).
+    pub(super) fn own_calls(&self, now: Micros, window: Micros) -> Vec<(BucketKey, Vec<Micros>)> {
+        self.all()
+            .into_iter()
+            .filter_map(|(key, log)| {
+                let mut b = log.lock_unpoisoned();
+                b.prune(now, window);
+                (!b.done.is_empty()).then(|| (key, b.done.iter().copied().collect()))
+            })
+            .collect()
+    }
+
     /// `waba`'s limit changed (it became active or not): its log takes the new limit at once and
     /// wakes its waiters.
     pub(super) fn limit_changed(&self, apps: &Apps, app: usize, waba: &str) {

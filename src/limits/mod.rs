@@ -162,9 +162,15 @@ impl Limiter {
 
     /// Writes what Redis missed as soon as it answers again, for the life of the process.
     pub async fn keep_shared(self: Arc<Self>) {
-        if let Some(journal) = &self.journal {
-            journal.clone().keep_writing().await;
-        }
+        let (Some(journal), Some(link)) = (&self.journal, &self.redis) else {
+            return;
+        };
+        let own = || {
+            let calls = self.logs.own_calls(self.clock.now(), self.window);
+            let base = |k: &BucketKey| replicas::base_of(link, &self.apps, k);
+            calls.into_iter().map(|(k, t)| (base(&k), t)).collect()
+        };
+        journal.clone().keep_writing(own).await;
     }
 
     /// The link to Redis, when the buckets are shared.

@@ -10,7 +10,7 @@
 //! It must never forget a call that was sent and not written, never write one twice (the script
 //! makes a rerun harmless), and never hold its lock across an await.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -84,7 +84,18 @@ pub(super) struct Journal {
     /// Every replica has checked in, clean, since this one came back, and within `FRESH`: none
     /// can be spending where Redis cannot see.
     all_seen: AtomicBool,
+    /// The epoch of the data in Redis this replica's calls are in ("": none yet).
+    epoch: Mutex<String>,
+    /// This replica's admissions through Redis still in flight, by member: what Redis must hold
+    /// again if it loses its data.
+    admitted: Mutex<HashMap<String, Vec<(String, u32)>>>,
 }
+
+/// This replica's completed calls in the window: per bucket base, their completion times.
+pub(super) type OwnCalls = Vec<(String, Vec<Micros>)>;
+
+/// Calls written back in one script at most.
+const CHUNK: usize = 500;
 
 impl Journal {
     pub(super) fn new(
@@ -102,7 +113,15 @@ impl Journal {
             replicas,
             back_since: AtomicU64::new(0),
             all_seen: AtomicBool::new(false),
+            epoch: Mutex::new(String::new()),
+            admitted: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// An admission through Redis took slots under `member`: followed until it settles.
+    pub(super) fn admitted(&self, member: &str, buckets: &[(String, u32)]) {
+        let mut admitted = self.admitted.lock_unpoisoned();
+        admitted.insert(member.to_string(), buckets.to_vec());
     }
 
     /// Whether every replica is known to be back on Redis with nothing unwritten (see
@@ -158,6 +177,7 @@ impl Journal {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        self.admitted.lock_unpoisoned().remove(&member);
         let me = self.clone();
         let at = self.clock.now();
         handle.spawn(async move {
@@ -196,7 +216,9 @@ impl Journal {
     /// a replica with no traffic shares its calls too), then checks in. Every replica is seen when
     /// `limits.replicas` of them have checked in clean since this one last came back, and within
     /// `FRESH`: one that lost Redis stops checking in, and the others then keep to their shares.
-    pub(super) async fn keep_writing(self: Arc<Self>) {
+    /// When Redis lost its data (a new epoch), this replica's calls still in the window (`own`)
+    /// and in flight are written again first.
+    pub(super) async fn keep_writing(self: Arc<Self>, own: impl Fn() -> OwnCalls) {
         loop {
             tokio::time::sleep(EVERY).await;
             if !self.link.available() {
@@ -208,17 +230,82 @@ impl Journal {
                 continue;
             }
             let since = self.back_since.load(Ordering::Relaxed);
-            match self.link.check_in(since, FRESH).await {
-                Ok((now, back, fresh)) => {
+            let epoch = self.epoch.lock_unpoisoned().clone();
+            match self.link.check_in(since, FRESH, &epoch).await {
+                Ok(Ok((now, back, fresh))) => {
                     if since == 0 {
                         self.back_since.store(now, Ordering::Relaxed);
                     }
                     let seen = back >= self.replicas && fresh >= self.replicas;
                     self.all_seen.store(seen, Ordering::Relaxed);
                 }
+                Ok(Err(new)) => {
+                    self.all_seen.store(false, Ordering::Relaxed);
+                    if self.rewrite(own(), !epoch.is_empty()).await {
+                        *self.epoch.lock_unpoisoned() = new;
+                    }
+                }
                 Err(_) => self.all_seen.store(false, Ordering::Relaxed),
             }
         }
+    }
+
+    /// Redis lost its data (`lost`; else this replica just started and its calls are all there):
+    /// writes this replica's completed calls still in the window again, at their ages, grouped by
+    /// tick, and its calls in flight as held slots. The journal's completed calls are among `own`
+    /// and need no write of their own; its calls in flight are no longer held.
+    async fn rewrite(&self, own: OwnCalls, lost: bool) -> bool {
+        if !lost {
+            return true;
+        }
+        let _one = self.writing.lock().await;
+        let now = self.clock.now();
+        let tick = (self.window / 3600).max(1000);
+        let stamp = format!("{}:e{:08x}", self.link.replica, rand::random::<u32>());
+        let mut calls: Vec<Unshared> = Vec::new();
+        for (b, (base, times)) in own.into_iter().enumerate() {
+            let mut groups: Vec<(Micros, u32)> = Vec::new();
+            for t in times.into_iter().filter(|&t| t + self.window > now) {
+                match groups.last_mut() {
+                    Some((last, n)) if last.div_ceil(tick) == t.div_ceil(tick) => {
+                        *last = (*last).max(t);
+                        *n += 1;
+                    }
+                    _ => groups.push((t, 1)),
+                }
+            }
+            calls.extend(groups.into_iter().enumerate().map(|(g, (t, n))| Unshared {
+                member: format!("{stamp}:{b}:{g}"),
+                state: Unsettled::Done(Duration::from_micros(now.saturating_sub(t))),
+                buckets: vec![(base.clone(), n)],
+            }));
+        }
+        let admitted = self.admitted.lock_unpoisoned().clone();
+        calls.extend(admitted.into_iter().map(|(member, buckets)| Unshared {
+            member,
+            state: Unsettled::InFlight,
+            buckets,
+        }));
+        {
+            let mut journal = self.calls.lock_unpoisoned();
+            journal
+                .map
+                .retain(|_, c| matches!(c.state, State::Open { .. }));
+            for c in journal.map.values_mut() {
+                c.state = State::Open { held: false };
+            }
+        }
+        for chunk in calls.chunks(CHUNK) {
+            if let Err(e) = self.link.write_back(chunk).await {
+                tracing::warn!(error = %e, "could not write this replica's calls into a Redis that lost its data");
+                return false;
+            }
+        }
+        tracing::warn!(
+            calls = calls.len(),
+            "Redis lost its data (restarted without persistence): this replica's calls in the window were written again"
+        );
+        true
     }
 
     /// Writes what Redis does not know yet; true when the journal is clean afterwards. A failed

@@ -211,24 +211,33 @@ impl RedisLink {
         ))
     }
 
-    /// Says this replica is here with nothing unwritten; answers (Redis time in ms, how many
-    /// replicas checked in since `since_ms` (0: now), how many within the last `fresh`).
+    /// Says this replica is here with nothing unwritten, if Redis still holds the data of `epoch`
+    /// (see `scripts::CHECK_IN`). Answers `Ok(Ok((Redis time in ms, replicas checked in since
+    /// `since_ms` (0: now), replicas checked in within `fresh`)))`, or `Ok(Err(epoch))` when
+    /// Redis's data are not those of `epoch` (it lost them, or this replica knew none yet).
     pub async fn check_in(
         &self,
         since_ms: u64,
         fresh: Duration,
-    ) -> redis::RedisResult<(u64, u32, u32)> {
+        epoch: &str,
+    ) -> redis::RedisResult<Result<(u64, u32, u32), String>> {
         let mut inv = CHECK_IN.prepare_invoke();
         inv.key(format!("{}:replicas", self.prefix))
+            .key(format!("{}:epoch", self.prefix))
             .arg(&self.replica)
             .arg(since_ms)
-            .arg(fresh.as_millis() as u64);
+            .arg(fresh.as_millis() as u64)
+            .arg(epoch)
+            .arg(format!("{:016x}", rand::random::<u64>()));
         let inv = &inv;
-        let v: Vec<u64> = self
+        let (now, back, seen, now_epoch): (u64, u32, u32, String) = self
             .call(move |mut conn| async move { inv.invoke_async(&mut conn).await })
             .await?;
-        let at = |i: usize| v.get(i).copied().unwrap_or(0);
-        Ok((at(0), at(1) as u32, at(2) as u32))
+        Ok(if now == 0 {
+            Err(now_epoch)
+        } else {
+            Ok((now, back, seen))
+        })
     }
 
     /// Writes what Redis does not know of this replica's calls (see `scripts::WRITE_BACK`): calls

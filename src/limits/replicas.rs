@@ -107,6 +107,7 @@ async fn admit(
                     window: at.window,
                 })
                 .collect();
+            at.journal.admitted(&member, &bases());
             let remote = Remote {
                 journal: at.journal.clone(),
                 buckets: bases(),

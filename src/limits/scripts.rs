@@ -257,9 +257,18 @@ return {done, fl, reset, b}
 );
 
 /// A replica says it is here and knows nothing Redis misses: KEYS[1] is the sorted set of replicas
-/// by their last check-in (Redis milliseconds). ARGV: replica, since (ms; 0: now), fresh (ms).
-/// Answers `{now, replicas checked in since `since`, replicas checked in within `fresh`}`.
+/// by their last check-in (Redis milliseconds), KEYS[2] the data's epoch: a name Redis keeps while it
+/// keeps its data, and a new one after it lost them (restarted without persistence). ARGV:
+/// replica, since (ms; 0: now), fresh (ms), the epoch the replica knows, a new epoch if none is set.
+/// Answers `{now, replicas checked in since `since`, replicas checked in within `fresh`, epoch}`;
+/// `now` is 0, and the replica not checked in, when the epoch is not the one it knows.
 pub(super) const CHECK_IN: &str = r#"
+local e = redis.call('GET', KEYS[2])
+if not e then
+  e = ARGV[5]
+  redis.call('SET', KEYS[2], e)
+end
+if e ~= ARGV[4] then return {0, 0, 0, e} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local since = tonumber(ARGV[2])
@@ -268,7 +277,7 @@ redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600000)
 redis.call('PEXPIRE', KEYS[1], 3600000)
 return {now, redis.call('ZCOUNT', KEYS[1], since, '+inf'),
-  redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[3]), '+inf')}
+  redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[3]), '+inf'), e}
 "#;
 
 /// Writes what Redis does not know of one replica's calls, before it admits through Redis again.
