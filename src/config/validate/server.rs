@@ -14,6 +14,7 @@ use super::super::{
     DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_REWRITE_BODY, DEFAULT_MAX_URI, DEFAULT_POOL_IDLE_TIMEOUT,
     DEFAULT_POOL_MAX_IDLE, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPSTREAM,
 };
+use super::super::{DEFAULT_BODY_IDLE_TIMEOUT, DEFAULT_BODY_TIMEOUT};
 
 impl Validator<'_> {
     pub(super) fn server(&mut self, r: RawServer) -> (Server, AuthMode) {
@@ -166,6 +167,16 @@ impl Validator<'_> {
                 DEFAULT_POOL_IDLE_TIMEOUT,
             ),
             pool_max_idle_per_host,
+            body_idle_timeout: self.positive_duration(
+                "upstream.body_idle_timeout",
+                r.body_idle_timeout,
+                DEFAULT_BODY_IDLE_TIMEOUT,
+            ),
+            body_timeout: self.positive_duration(
+                "upstream.body_timeout",
+                r.body_timeout,
+                DEFAULT_BODY_TIMEOUT,
+            ),
             ca_roots: r.ca_file.map(|f| self.ca_roots(&f)).unwrap_or_default(),
         }
     }
