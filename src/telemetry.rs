@@ -111,6 +111,12 @@ impl RequestTag {
         std::str::from_utf8(&self.id[..self.id_len as usize]).unwrap_or("")
     }
 
+    /// The request this thread works for now, if any: for work that outlives the request's
+    /// future (a streamed body) and logs on its behalf later.
+    pub fn current() -> Option<Arc<RequestTag>> {
+        CURRENT.with(|c| c.borrow().clone())
+    }
+
     /// Makes this the current request on this thread until the guard is dropped.
     pub fn enter(self: &Arc<Self>) -> Entered {
         Entered {

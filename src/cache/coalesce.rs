@@ -7,11 +7,13 @@
 //! It must never decide freshness rules or render a hit: that is the facade's and the entry's.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::Response;
 use http::header::{self, HeaderValue};
+use http_body_util::BodyExt;
 use tokio::sync::watch;
 
 use super::entry::{self, CachedResponse, Stored, BYPASS, MISS};
@@ -20,6 +22,16 @@ use super::plan::Read;
 use super::store::Store;
 use crate::error::GatewayError;
 use crate::sync::MutexExt;
+
+/// When the body of a streamed answer must be whole for the cache to keep it: set by the respond
+/// step as a response extension (from `upstream.body_timeout`, counted from the answer's head). A
+/// fill that is not done by then ends in a 504 (or a stale entry) for the leader and every waiter.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDeadline {
+    pub at: tokio::time::Instant,
+    /// The configured timeout, for the error message.
+    pub after: Duration,
+}
 
 /// What one fetch left for the callers that waited on it (and for the caller that made it).
 #[derive(Clone)]
@@ -194,12 +206,23 @@ impl Inflight {
         (outcome, Role::Led(own))
     }
 
-    /// Reads a body whole when it fits an entry; a larger one is passed on as a stream.
+    /// Reads a body whole when it fits an entry (by its [`BodyDeadline`], if the answer has one);
+    /// a larger one is passed on as a stream. A body that fails or stalls is a failed fetch: a
+    /// stall past `upstream.body_idle_timeout` or the deadline is a timeout (504, or stale).
     async fn buffer(&self, resp: Response) -> Result<Buffered, GatewayError> {
         let (parts, body) = resp.into_parts();
+        let deadline = parts.extensions.get::<BodyDeadline>().copied();
+        // What the body's error meant, kept for after the read (which reports only "failed").
+        let failure: Arc<OnceLock<GatewayError>> = Arc::default();
+        let seen = failure.clone();
+        let body = body.map_err(move |e| {
+            let _ = seen.set(crate::upstream::body_failure(&e));
+            e
+        });
         // The rewritten JSON arrives as one frame: `read` keeps it as that `Bytes`, without a copy.
-        // No deadline here: a JSON answer was read (with one) by the respond step already.
-        let body = match crate::body::read(body, self.max_entry as u64, None).await {
+        let body = match crate::body::read(body, self.max_entry as u64, deadline.map(|d| d.at))
+            .await
+        {
             Ok(crate::body::Read::Whole(body)) => body,
             Ok(crate::body::Read::TooLarge { head, rest }) => {
                 let head = futures_util::stream::once(async move { Ok::<_, axum::Error>(head) });
@@ -209,7 +232,16 @@ impl Inflight {
                     Body::from_stream(stream),
                 )));
             }
-            Err(_) => return Err(GatewayError::UpstreamUnreachable),
+            Err(crate::body::ReadError::TimedOut) => {
+                let after = deadline.map_or(Duration::ZERO, |d| d.after);
+                return Err(GatewayError::UpstreamTimeout(after));
+            }
+            Err(crate::body::ReadError::Failed) => {
+                return Err(failure
+                    .get()
+                    .cloned()
+                    .unwrap_or(GatewayError::UpstreamUnreachable))
+            }
         };
         let mut headers = parts.headers;
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));

@@ -33,8 +33,28 @@ const KEPT_HEADERS: [HeaderName; 4] = [
     HeaderName::from_static("x-business-use-case-usage"),
 ];
 
-/// Bytes counted per entry on top of its key, body and headers (the structs and moka's node).
-const ENTRY_OVERHEAD: usize = 160;
+/// Bytes an entry costs beyond what [`CachedResponse::weight`] counts one by one: the entry and
+/// key structs in their `Arc`s, the header map's index, and moka's own per-entry state (its hash
+/// table slot, access and write deque nodes, timer wheel node, entry info). Measured, not derived:
+/// `tests/memory.rs` drives thousands of small entries through the real binary and compares VmRSS
+/// growth with the weighed bytes (`docs/cache.md`, "Memory").
+const ENTRY_OVERHEAD: usize = 768;
+/// One header of an entry: its slot in the map (name, value, hash, links) and the shared handle
+/// its value's bytes gain on the first clone.
+const HEADER_OVERHEAD: usize = 144;
+
+/// What the allocator really hands out for `n` bytes: jemalloc's size classes, four per doubling
+/// (at most 25% above `n`, and a 16-byte quantum for small sizes). glibc rounds less, so on it
+/// this errs on the safe side.
+pub(super) fn alloc_size(n: usize) -> usize {
+    if n <= 16 {
+        return 16;
+    }
+    // The class spacing is a quarter of the power of two below `n`.
+    let below = 1usize << (usize::BITS - 1 - (n - 1).leading_zeros());
+    let step = (below / 4).max(16);
+    n.div_ceil(step) * step
+}
 
 /// A buffered answer: status, headers and body.
 #[derive(Debug, Clone)]
@@ -129,14 +149,20 @@ impl CachedResponse {
     pub(super) fn generation(&self) -> Generation {
         self.generation
     }
+    /// What the entry holds in memory, as the allocator sizes it: key, body, each kept header,
+    /// and the measured fixed cost of an entry. Every part is an allocation of its own (see
+    /// [`keep_headers`]), so this is what evicting it gives back.
     pub(super) fn weight(&self, key: &CacheKey) -> u32 {
         let headers: usize = self
             .resp
             .headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 16)
+            .values()
+            .map(|v| alloc_size(v.len()) + HEADER_OVERHEAD)
             .sum();
-        let n = key.text().len() + self.resp.body.len() + headers + ENTRY_OVERHEAD;
+        let n = alloc_size(key.text().len())
+            + alloc_size(self.resp.body.len())
+            + headers
+            + ENTRY_OVERHEAD;
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
@@ -162,20 +188,41 @@ impl CachedResponse {
     }
 }
 
-/// The part of an answer an entry keeps: [`KEPT_HEADERS`], Content-Length and the body.
+/// The part of an answer an entry keeps: [`KEPT_HEADERS`], Content-Length and the body, each in
+/// an allocation of its own size.
+///
+/// Copied, never shared: the body Meta sent is usually a slice of hyper's read buffer (or a `Vec`
+/// with spare capacity after a rewrite), and each header value a slice of the buffer the head was
+/// parsed from. Kept as slices, every small entry pinned a buffer many times its size, and
+/// `cache.max_bytes` bounded the weighed bytes but not memory (issue #14: 4 MiB weighed held
+/// 38 MiB). A copy costs one `memcpy` per miss.
 pub(super) fn keep_headers(s: &Stored) -> Stored {
-    // Room for the headers every answer adds (label, age, cache-control, request id, warning), so
-    // a clone of this map grows its entries once and never rehashes.
+    // Room in the index for the headers every answer adds (label, age, cache-control, request id,
+    // warning), so a clone of this map grows its entries once and never rehashes.
     let mut headers = HeaderMap::with_capacity(KEPT_HEADERS.len() + 6);
     for name in KEPT_HEADERS.into_iter().chain([header::CONTENT_LENGTH]) {
         if let Some(v) = s.headers.get(&name) {
-            headers.insert(name, v.clone());
+            headers.insert(name, own_value(v));
         }
     }
     Stored {
         status: s.status,
-        headers,
-        body: s.body.clone(),
+        // A clone keeps the index but holds exactly the entries there are: the spare room of
+        // the map built above (about 1 KiB) stays out of every stored entry.
+        headers: headers.clone(),
+        body: Bytes::copy_from_slice(&s.body),
+    }
+}
+
+/// A header value in an allocation of its own (a static or parsed-here value stays as it is).
+fn own_value(v: &HeaderValue) -> HeaderValue {
+    match HeaderValue::from_bytes(v.as_bytes()) {
+        Ok(mut owned) => {
+            owned.set_sensitive(v.is_sensitive());
+            owned
+        }
+        // Not reached: the bytes came from a valid value.
+        Err(_) => v.clone(),
     }
 }
 

@@ -15,7 +15,8 @@
 //! - `plan.rs`: [`Lookup`] in, [`Plan`] out (bypass, read under a TTL rule, write);
 //! - `entry.rs`: [`CachedResponse`], what may be stored, and rendering (`X-Cache`, `Age`, ...);
 //! - `store.rs`: the moka store, invalidation counters and clock;
-//! - `coalesce.rs`: one upstream call for identical concurrent misses.
+//! - `coalesce.rs`: one upstream call for identical concurrent misses, and the [`BodyDeadline`]
+//!   by which a streamed answer must be whole to be kept.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -43,6 +44,7 @@ use entry::{answer, BYPASS, HIT, MISS};
 use plan::{PlanKind, Read};
 use store::Store;
 
+pub use coalesce::BodyDeadline;
 pub use entry::{CachedResponse, X_CACHE};
 pub use key::CacheKey;
 pub use plan::{Lookup, Plan};

@@ -1,4 +1,5 @@
-//! Unit tests of the cache's pure parts: keys, rule paths, `fields` names, request directives.
+//! Unit tests of the cache's pure parts: keys, rule paths, `fields` names, request directives,
+//! what an entry keeps and how much it weighs.
 
 use std::time::Duration;
 
@@ -6,7 +7,7 @@ use http::header::{self, HeaderValue};
 use http::HeaderMap;
 
 use super::directives::Directives;
-use super::entry::has_graph_error;
+use super::entry::{alloc_size, has_graph_error, keep_headers, Stored};
 use super::key::CacheKey;
 use super::plan::field_names;
 use super::serves_stale;
@@ -170,4 +171,44 @@ fn only_upstream_failures_are_answered_stale() {
     assert!(!serves_stale(&refusal(
         crate::limits::RefusalReason::ClientQuota
     )));
+}
+
+// An entry owns its body and header values: a small answer sliced from a large read buffer keeps
+// none of that buffer alive (issue #14: slices pinned kilobytes per entry).
+#[test]
+fn kept_entries_copy_their_body_and_header_values_out_of_shared_buffers() {
+    let buffer = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+    let mut headers = HeaderMap::new();
+    let head = bytes::Bytes::from_static(b"application/json; charset=UTF-8 and more");
+    let ct = HeaderValue::from_maybe_shared(head.slice(0..31)).unwrap();
+    headers.insert(header::CONTENT_TYPE, ct);
+    headers.insert(header::SERVER, HeaderValue::from_static("dropped"));
+    let s = Stored {
+        status: http::StatusCode::OK,
+        headers,
+        body: buffer.slice(100..150),
+    };
+    let kept = keep_headers(&s);
+    assert_eq!(kept.body, s.body);
+    assert_ne!(kept.body.as_ptr(), s.body.as_ptr(), "the body is a copy");
+    let ct = kept.headers.get(header::CONTENT_TYPE).unwrap();
+    assert_eq!(ct, "application/json; charset=UTF-8");
+    assert_ne!(ct.as_bytes().as_ptr(), head.as_ptr(), "the value is a copy");
+    assert!(kept.headers.get(header::SERVER).is_none());
+}
+
+// Allocation sizes follow jemalloc's classes: a 16-byte quantum, then four classes per doubling.
+#[test]
+fn weights_round_to_the_allocators_size_classes() {
+    assert_eq!(alloc_size(0), 16);
+    assert_eq!(alloc_size(17), 32);
+    assert_eq!(alloc_size(100), 112);
+    assert_eq!(alloc_size(129), 160);
+    assert_eq!(alloc_size(1025), 1280);
+    assert_eq!(alloc_size(1 << 20), 1 << 20);
+    assert_eq!(alloc_size((1 << 20) + 1), (1 << 20) + (1 << 18));
+    for n in 1..100_000 {
+        let a = alloc_size(n);
+        assert!(a >= n && a <= n + n / 4 + 16, "{n} -> {a}");
+    }
 }

@@ -122,7 +122,9 @@ impl Validator<'_> {
                 None
             }
             (Some(var), None) => match self.env.var(&var) {
-                Some(v) if !v.trim().is_empty() => Some(Secret(v.trim().to_string())),
+                Some(v) if !v.trim().is_empty() => {
+                    self.header_safe(format!("{key}_env"), &var, v.trim())
+                }
                 Some(_) => {
                     self.problem(
                         format!("{key}_env"),
@@ -141,7 +143,10 @@ impl Validator<'_> {
             (None, Some(path)) => {
                 let path = self.base.join(path);
                 match std::fs::read_to_string(&path) {
-                    Ok(v) if !v.trim().is_empty() => Some(Secret(v.trim().to_string())),
+                    Ok(v) if !v.trim().is_empty() => {
+                        let from = path.display().to_string();
+                        self.header_safe(format!("{key}_file"), &from, v.trim())
+                    }
                     Ok(_) => {
                         self.problem(
                             format!("{key}_file"),
@@ -169,4 +174,34 @@ impl Validator<'_> {
             }
         }
     }
+
+    /// The secret, if an HTTP header can carry it (as a bearer token must be): otherwise a problem
+    /// naming the key and where the value came from, never the value.
+    fn header_safe(&mut self, key: String, from: &str, value: &str) -> Option<Secret> {
+        match unsafe_for_header(value) {
+            None => Some(Secret(value.to_string())),
+            Some(what) => {
+                self.problem(
+                    key,
+                    format!(
+                        "the value in {from} contains {what}, which an HTTP header cannot carry"
+                    ),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// What in a secret an HTTP header could not carry, if anything: tokens and keys are sent (or
+/// received) as `Authorization: Bearer <value>`, so only visible ASCII is allowed. A token with a
+/// newline once passed the check and was sent upstream as `Bearer invalid` without a word.
+pub(super) fn unsafe_for_header(value: &str) -> Option<&'static str> {
+    value.bytes().find_map(|b| match b {
+        0x21..=0x7e => None,
+        b'\r' | b'\n' => Some("a line break"),
+        b' ' => Some("a space"),
+        0x00..=0x1f | 0x7f => Some("a control character"),
+        _ => Some("a character outside visible ASCII"),
+    })
 }

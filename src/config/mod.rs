@@ -62,6 +62,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const DEFAULT_POOL_MAX_IDLE: usize = 64;
+/// Longest silence between two chunks of an answer's body from Meta.
+pub const DEFAULT_UPSTREAM_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline for a body from Meta that graphgate reads whole, from the answer's head.
+pub const DEFAULT_UPSTREAM_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Meta accepts media uploads up to 100 MB; leave room for multipart framing.
 pub const DEFAULT_MAX_BODY: u64 = 128 * 1024 * 1024;
 /// Form bodies are read whole to strip `access_token`; Graph forms are small.
@@ -261,6 +265,11 @@ pub struct Upstream {
     pub request_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Longest silence between two chunks of an answer's body from Meta (`upstream.body_idle_timeout`).
+    pub body_idle_timeout: Duration,
+    /// Deadline, from the answer's head, for a body graphgate reads whole (a JSON answer it
+    /// rewrites, an answer it caches): `upstream.body_timeout`.
+    pub body_timeout: Duration,
     /// Certificate authorities trusted for the upstream instead of the bundled web PKI roots
     /// (`upstream.ca_file`), e.g. a TLS-inspecting egress proxy's; empty for the bundled roots.
     pub ca_roots: Vec<rustls_pki_types::CertificateDer<'static>>,

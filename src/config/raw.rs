@@ -109,6 +109,8 @@ pub(super) struct RawUpstream {
     pub(super) pool_idle_timeout: Option<Dur>,
     pub(super) pool_max_idle_per_host: Option<i64>,
     pub(super) ca_file: Option<PathBuf>,
+    pub(super) body_idle_timeout: Option<Dur>,
+    pub(super) body_timeout: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -27,7 +27,7 @@ use crate::error::GatewayError;
 use pool::{Pool, SendError};
 
 pub use headers::{outbound_headers, strip_hop_by_hop};
-pub use pool::UpstreamBody;
+pub use pool::{BodyError, UpstreamBody};
 pub use proof::{appsecret_proof, proof_params};
 pub use tls::https_connector;
 
@@ -64,6 +64,7 @@ impl Upstream {
                 host,
                 cfg.pool_max_idle_per_host,
                 cfg.pool_idle_timeout,
+                cfg.body_idle_timeout,
             ),
             base_path: cfg.url.path().trim_end_matches('/').to_string(),
             timeout: cfg.request_timeout,
@@ -150,6 +151,16 @@ impl Upstream {
 pub struct UpstreamError {
     pub error: GatewayError,
     pub reached: bool,
+}
+
+/// What a failure of an answer's body from Meta means for the caller: a stall past
+/// `upstream.body_idle_timeout` is a timeout (504, or a stale entry), anything else a transport
+/// failure (502). `e` may be the body's own error or any error that wraps it.
+pub fn body_failure(e: &(dyn std::error::Error + 'static)) -> GatewayError {
+    match find_cause::<BodyError>(e) {
+        Some(BodyError::Stalled(idle)) => GatewayError::UpstreamTimeout(*idle),
+        Some(BodyError::Transport(_)) | None => GatewayError::UpstreamUnreachable,
+    }
 }
 
 fn find_cause<'a, T: std::error::Error + 'static>(

@@ -1,7 +1,7 @@
 //! graphgate's own connection pool to Meta, over `hyper::client::conn`: dialing (TCP, TLS, the
 //! HTTP/2 preface), HTTP/1 connections kept idle for reuse, the one shared HTTP/2 connection,
 //! sending one request on them, and [`UpstreamBody`], which hands an HTTP/1 connection back to
-//! the pool at the body's end.
+//! the pool at the body's end and ends with [`BodyError::Stalled`] when Meta goes quiet mid-body.
 //!
 //! It must never choose a destination (the scheme and authority are fixed when the pool is built
 //! from config), never pool a connection that is closed or still busy with an upload, never keep
@@ -10,6 +10,7 @@
 //!
 //! There is one upstream, so there is no per-host map to look up and no key to hash.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -50,6 +51,8 @@ pub(super) struct Pool {
     idle_timeout: Duration,
     /// Whether the task that closes connections idle past `idle_timeout` runs.
     sweeping: AtomicBool,
+    /// Longest silence between two chunks of an answer's body (`upstream.body_idle_timeout`).
+    body_idle: Duration,
 }
 
 struct Idle {
@@ -81,6 +84,7 @@ impl Pool {
         host: HeaderValue,
         max_idle: usize,
         idle_timeout: Duration,
+        body_idle: Duration,
     ) -> Arc<Pool> {
         Arc::new(Pool {
             connector,
@@ -92,6 +96,7 @@ impl Pool {
             max_idle,
             idle_timeout,
             sweeping: AtomicBool::new(false),
+            body_idle,
         })
     }
 
@@ -121,9 +126,9 @@ impl Pool {
                     parts.path_and_query = req.uri().path_and_query().cloned();
                     *req.uri_mut() =
                         Uri::from_parts(parts).map_err(|e| SendError::Connect(e.into()))?;
-                    c.try_send_request(req)
-                        .await
-                        .map(|resp| resp.map(|inner| UpstreamBody::new(inner, None)))
+                    c.try_send_request(req).await.map(|resp| {
+                        resp.map(|inner| UpstreamBody::new(inner, None, self.body_idle))
+                    })
                 }
                 Conn::H1(mut c) => {
                     if req.uri().scheme().is_some() {
@@ -137,7 +142,8 @@ impl Pool {
                     req.headers_mut().insert(header::HOST, self.host.clone());
                     let sent = c.try_send_request(req).await;
                     let back = Some((self.clone(), c));
-                    sent.map(|resp| resp.map(|inner| UpstreamBody::new(inner, back)))
+                    let idle = self.body_idle;
+                    sent.map(|resp| resp.map(|inner| UpstreamBody::new(inner, back, idle)))
                 }
             };
             match sent {
@@ -259,21 +265,54 @@ fn drive(conn: impl std::future::Future<Output = hyper::Result<()>> + Send + 'st
     });
 }
 
+/// Why an answer's body from Meta ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// No chunk came for `upstream.body_idle_timeout`; the connection is dropped with the body.
+    #[error("Meta's answer body stalled: nothing for {0:?}")]
+    Stalled(Duration),
+    #[error("Meta's answer body failed: {0}")]
+    Transport(#[from] hyper::Error),
+}
+
 /// A response body from Meta. An HTTP/1 connection goes back to the pool once the body has been
 /// read to its end; a body dropped before that takes its connection with it (hyper closes it).
+/// Once a poll finds no chunk ready, the next must come within `idle`: otherwise the body ends
+/// with [`BodyError::Stalled`], whoever reads it (a caller's stream, the rewrite step's bounded
+/// read, a cache fill).
 pub struct UpstreamBody {
     inner: Incoming,
     back: Option<(Arc<Pool>, http1::SendRequest<Body>)>,
     ended: bool,
+    idle: Duration,
+    /// Armed when a poll finds no chunk ready after one did (or at the first). Boxed: a timer is
+    /// large, and most bodies arrive whole before it is needed.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether the last poll found nothing (the timer then runs).
+    waiting: bool,
+    stalled: bool,
 }
 
 impl UpstreamBody {
-    fn new(inner: Incoming, back: Option<(Arc<Pool>, http1::SendRequest<Body>)>) -> Self {
+    fn new(
+        inner: Incoming,
+        back: Option<(Arc<Pool>, http1::SendRequest<Body>)>,
+        idle: Duration,
+    ) -> Self {
         UpstreamBody {
             inner,
             back,
             ended: false,
+            idle,
+            timer: None,
+            waiting: false,
+            stalled: false,
         }
+    }
+
+    /// The idle timeout, when the body ended because Meta stopped sending it.
+    pub fn stalled(&self) -> Option<Duration> {
+        self.stalled.then_some(self.idle)
     }
 
     fn release(&mut self) {
@@ -301,22 +340,50 @@ impl UpstreamBody {
 
 impl http_body::Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if frame.is_none() {
-            self.ended = true;
-            self.release();
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if self.stalled {
+            return Poll::Ready(None);
         }
-        Poll::Ready(frame)
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                self.waiting = false;
+                if frame.is_none() {
+                    self.ended = true;
+                    self.release();
+                }
+                Poll::Ready(frame.map(|f| f.map_err(BodyError::Transport)))
+            }
+            Poll::Pending => {
+                // The silence counts from the first poll that found nothing, not from the last
+                // chunk: a caller that reads slowly is not Meta stalling.
+                let idle = self.idle;
+                if !self.waiting {
+                    self.waiting = true;
+                    let at = tokio::time::Instant::now() + idle;
+                    match self.timer.as_mut() {
+                        Some(t) => t.as_mut().reset(at),
+                        None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                    }
+                }
+                let Some(timer) = self.timer.as_mut() else {
+                    return Poll::Pending;
+                };
+                ready!(timer.as_mut().poll(cx));
+                // Dropping the body (and with it the connection) is what tells Meta; the reader
+                // gets the error once and the end after it.
+                self.stalled = true;
+                Poll::Ready(Some(Err(BodyError::Stalled(idle))))
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.stalled || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::Method;
 
-use super::super::check::Validator;
+use super::super::check::{unsafe_for_header, Validator};
 use super::super::raw::{RawActive, RawApp, RawClient};
 use super::super::{key_digest, Active, App, Client, ProofMode, Rate, Waba};
 
@@ -190,7 +190,18 @@ impl Validator<'_> {
                 }
             },
             (None, Some(var)) => match self.env.var(&var) {
-                Some(k) if k.trim().len() >= 16 => Some(key_digest(k.trim())),
+                Some(k) if k.trim().len() >= 16 => match unsafe_for_header(k.trim()) {
+                    // Callers send the key as a bearer token: one a header cannot carry could
+                    // never be presented.
+                    Some(what) => {
+                        self.problem(
+                            format!("{at}.key_env"),
+                            format!("the key in {var} contains {what}, which an HTTP header cannot carry"),
+                        );
+                        None
+                    }
+                    None => Some(key_digest(k.trim())),
+                },
                 Some(_) => {
                     self.problem(
                         format!("{at}.key_env"),
@@ -290,5 +301,27 @@ impl Validator<'_> {
             rate,
             allow_no_cache: r.allow_no_cache.unwrap_or(true),
         })
+    }
+}
+
+#[cfg(test)]
+mod header_safety {
+    use super::unsafe_for_header;
+
+    // Visible ASCII passes; a line break, a control character, a space or a non-ASCII character
+    // is named by its kind (the value itself never appears in a problem).
+    #[test]
+    fn only_visible_ascii_can_travel_in_a_header() {
+        assert_eq!(unsafe_for_header("EAAG~!azAZ09-_.+/="), None);
+        assert_eq!(unsafe_for_header("a\nb"), Some("a line break"));
+        assert_eq!(unsafe_for_header("a\rb"), Some("a line break"));
+        assert_eq!(unsafe_for_header("a\tb"), Some("a control character"));
+        assert_eq!(unsafe_for_header("a\u{0}b"), Some("a control character"));
+        assert_eq!(unsafe_for_header("a\u{7f}b"), Some("a control character"));
+        assert_eq!(unsafe_for_header("a b"), Some("a space"));
+        assert_eq!(
+            unsafe_for_header("caf\u{e9}"),
+            Some("a character outside visible ASCII")
+        );
     }
 }

@@ -20,6 +20,7 @@ use super::super::{
     DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT,
 };
 use super::super::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT};
+use super::super::{DEFAULT_UPSTREAM_BODY_IDLE_TIMEOUT, DEFAULT_UPSTREAM_BODY_TIMEOUT};
 
 impl Validator<'_> {
     pub(super) fn server(&mut self, r: RawServer) -> (Server, AuthMode) {
@@ -216,6 +217,16 @@ impl Validator<'_> {
                 DEFAULT_POOL_IDLE_TIMEOUT,
             ),
             pool_max_idle_per_host,
+            body_idle_timeout: self.positive_duration(
+                "upstream.body_idle_timeout",
+                r.body_idle_timeout,
+                DEFAULT_UPSTREAM_BODY_IDLE_TIMEOUT,
+            ),
+            body_timeout: self.positive_duration(
+                "upstream.body_timeout",
+                r.body_timeout,
+                DEFAULT_UPSTREAM_BODY_TIMEOUT,
+            ),
             ca_roots: r.ca_file.map(|f| self.ca_roots(&f)).unwrap_or_default(),
         }
     }
