@@ -21,6 +21,9 @@ use crate::sync::{MutexExt, RwLockExt};
 /// time later). Each new figure replaces the last: it is the more recent truth.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Others {
+    /// What Redis last showed of the whole bucket, this replica's calls included: the rest of
+    /// the limit is what the others may have taken after, unseen, until Redis went away.
+    pub(super) total: u32,
     pub(super) done: u32,
     pub(super) done_until: Micros,
     pub(super) inflight: u32,
@@ -138,6 +141,7 @@ impl CallLog {
         self.prune(now, window);
         self.remote_inflight += taken;
         self.others = Others {
+            total: done + inflight,
             done: done.saturating_sub(self.done.len() as u32),
             done_until: now + window,
             inflight: inflight.saturating_sub(self.remote_inflight + self.inflight),

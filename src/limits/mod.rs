@@ -142,10 +142,12 @@ impl Limiter {
 
     /// `"memory"`, or the state of the shared backend (`"up"`, `"down"`, `"connecting"`).
     pub fn backend_state(&self) -> &'static str {
-        match &self.redis {
-            Some(link) => link.state(),
-            None if self.unusable_backend => "down",
-            None => "memory",
+        match (&self.redis, &self.journal) {
+            // Connected, but this replica's calls are not known to be in Redis yet.
+            (Some(link), Some(j)) if link.state() == "up" && !j.confirmed() => "connecting",
+            (Some(link), _) => link.state(),
+            (None, _) if self.unusable_backend => "down",
+            (None, _) => "memory",
         }
     }
 
@@ -194,13 +196,9 @@ impl Limiter {
 
     /// The client's own `rate` quota (governor GCRA), checked before any Meta bucket.
     pub fn check_client_quota(&self, client: Option<ClientId>, app: usize) -> Result<(), Refusal> {
-        self.quotas.check(client).map_err(|wait| {
-            let key = BucketKey {
-                app,
-                scope: Scope::Other,
-            };
-            self.refuse(RefusalReason::ClientQuota, &key, 0, wait)
-        })
+        let key = BucketKey::other(app);
+        let refuse = |wait| self.refuse(RefusalReason::ClientQuota, &key, 0, wait);
+        self.quotas.check(client).map_err(refuse)
     }
 
     /// Admits a call or refuses it at once.
@@ -233,7 +231,8 @@ impl Limiter {
         // Back from an outage: Redis must hold this replica's calls before it admits there again.
         let deadline = tokio::time::Instant::now() + max_wait;
         let mut local = None;
-        if link.available() && (journal.clean() || journal.write_back().await) {
+        let usable = link.available() && journal.confirmed();
+        if usable && (journal.clean() || journal.write_back().await) {
             // Until every replica is seen back, one may still be spending its share where Redis
             // cannot see it: this replica keeps to its own share as well (at most a window after
             // Redis was last away, by when what anyone spent unseen has left the window).
@@ -292,12 +291,10 @@ impl Limiter {
 
     /// The shared backend cannot be used: a transient refusal (503).
     fn unavailable(&self, wants: &[(BucketKey, u32)]) -> Refusal {
-        let other = BucketKey {
-            app: 0,
-            scope: Scope::Other,
-        };
-        let key = wants.first().map_or(&other, |(k, _)| k);
-        self.refuse(RefusalReason::Unavailable, key, 0, Duration::from_secs(1))
+        let key = wants
+            .first()
+            .map_or(BucketKey::other(0), |(k, _)| k.clone());
+        self.refuse(RefusalReason::Unavailable, &key, 0, Duration::from_secs(1))
     }
 
     /// Takes `n` slots in each keyed bucket of this process, all or nothing; buckets without a
@@ -325,7 +322,11 @@ impl Limiter {
                 return Err((self.refuse(RefusalReason::Blocked, key, 0, retry), log));
             }
         }
+        let unseen = self.window + self.call_max;
+        let confirmed = self.journal.as_ref().is_none_or(|j| j.confirmed());
+        let unseen_until = replicas::unseen_until(self.redis.as_ref(), confirmed, now, unseen);
         let rules = Rules {
+            unseen_until,
             now,
             window: self.window,
             app_block,

@@ -50,6 +50,17 @@ struct Calls {
 }
 
 impl Calls {
+    /// Forgets what no longer counts and holds nothing in Redis (never while a write-back runs,
+    /// which may be writing them): the journal stays within a window of calls however long
+    /// Redis is away.
+    fn prune(&mut self, now: Micros, window: Micros) {
+        self.map.retain(|_, c| match c.state {
+            State::Done { at, held: false } => at + window > now,
+            State::Released { held: false } => false,
+            _ => true,
+        });
+    }
+
     fn add(&mut self, member: String, buckets: Vec<(String, u32)>, state: State) -> u64 {
         self.next += 1;
         let call = Call {
@@ -84,6 +95,8 @@ pub(super) struct Journal {
     /// Every replica has checked in, clean, since this one came back, and within `FRESH`: none
     /// can be spending where Redis cannot see.
     all_seen: AtomicBool,
+    /// `RedisLink::downs` when this replica last checked in (`u64::MAX`: never).
+    confirmed: AtomicU64,
     /// The epoch of the data in Redis this replica's calls are in ("": none yet).
     epoch: Mutex<String>,
     /// This replica's admissions through Redis still in flight, by member: what Redis must hold
@@ -113,6 +126,7 @@ impl Journal {
             replicas,
             back_since: AtomicU64::new(0),
             all_seen: AtomicBool::new(false),
+            confirmed: AtomicU64::new(u64::MAX),
             epoch: Mutex::new(String::new()),
             admitted: Mutex::new(HashMap::new()),
         }
@@ -133,6 +147,9 @@ impl Journal {
     /// A call admitted in the fallback, in the buckets (base, slots) named; its id.
     pub(super) fn open(&self, buckets: Vec<(String, u32)>) -> u64 {
         let mut calls = self.calls.lock_unpoisoned();
+        if let Ok(_none_writing) = self.writing.try_lock() {
+            calls.prune(self.clock.now(), self.window);
+        }
         let member = format!("{}:o{}", self.link.replica, calls.next + 1);
         calls.add(member, buckets, State::Open { held: false })
     }
@@ -219,30 +236,40 @@ impl Journal {
     /// When Redis lost its data (a new epoch), this replica's calls still in the window (`own`)
     /// and in flight are written again first.
     pub(super) async fn keep_writing(self: Arc<Self>, own: impl Fn() -> OwnCalls) {
+        let mut again = false;
         loop {
-            tokio::time::sleep(EVERY).await;
+            if !again {
+                tokio::time::sleep(EVERY).await;
+            }
+            again = false;
             if !self.link.available() {
                 self.back_since.store(0, Ordering::Relaxed);
                 self.all_seen.store(false, Ordering::Relaxed);
                 continue;
             }
-            if !self.clean() && !self.write_back().await {
-                continue;
-            }
+            // The epoch first: a Redis that lost its data gets this replica's whole window
+            // (`rewrite`), which includes the journal's calls; one that kept them, the journal.
+            let clean = self.clean();
             let since = self.back_since.load(Ordering::Relaxed);
             let epoch = self.epoch.lock_unpoisoned().clone();
-            match self.link.check_in(since, FRESH, &epoch).await {
+            let downs = self.link.downs();
+            match self.link.check_in(since, FRESH, &epoch, clean).await {
+                Ok(Ok(_)) if !clean => {
+                    again = self.write_back().await;
+                }
                 Ok(Ok((now, back, fresh))) => {
                     if since == 0 {
                         self.back_since.store(now, Ordering::Relaxed);
                     }
                     let seen = back >= self.replicas && fresh >= self.replicas;
                     self.all_seen.store(seen, Ordering::Relaxed);
+                    self.confirmed.store(downs, Ordering::Relaxed);
                 }
                 Ok(Err(new)) => {
                     self.all_seen.store(false, Ordering::Relaxed);
-                    if self.rewrite(own(), !epoch.is_empty()).await {
+                    if self.rewrite(own(), !epoch.is_empty(), &new).await {
                         *self.epoch.lock_unpoisoned() = new;
+                        again = true; // check in at once
                     }
                 }
                 Err(_) => self.all_seen.store(false, Ordering::Relaxed),
@@ -250,20 +277,28 @@ impl Journal {
         }
     }
 
+    /// Whether Redis holds this replica's calls: it checked in, on the data it wrote them to,
+    /// since Redis was last away. Until then its admissions do not go through Redis (a Redis that
+    /// lost its data would count those calls twice once they are written again).
+    pub(super) fn confirmed(&self) -> bool {
+        self.confirmed.load(Ordering::Relaxed) == self.link.downs()
+    }
+
     /// Redis lost its data (`lost`; else this replica just started and its calls are all there):
     /// writes this replica's completed calls still in the window again, at their ages, grouped by
     /// tick, and its calls in flight as held slots. The journal's completed calls are among `own`
     /// and need no write of their own; its calls in flight are no longer held.
-    async fn rewrite(&self, own: OwnCalls, lost: bool) -> bool {
+    async fn rewrite(&self, own: OwnCalls, lost: bool, epoch: &str) -> bool {
         if !lost {
             return true;
         }
         let _one = self.writing.lock().await;
         let now = self.clock.now();
         let tick = (self.window / 3600).max(1000);
-        let stamp = format!("{}:e{:08x}", self.link.replica, rand::random::<u32>());
+        // Named by epoch, bucket and tick, so a rerun (a lost answer) writes nothing twice.
+        let stamp = format!("{}:e{epoch}", self.link.replica);
         let mut calls: Vec<Unshared> = Vec::new();
-        for (b, (base, times)) in own.into_iter().enumerate() {
+        for (base, times) in own {
             let mut groups: Vec<(Micros, u32)> = Vec::new();
             for t in times.into_iter().filter(|&t| t + self.window > now) {
                 match groups.last_mut() {
@@ -274,8 +309,8 @@ impl Journal {
                     _ => groups.push((t, 1)),
                 }
             }
-            calls.extend(groups.into_iter().enumerate().map(|(g, (t, n))| Unshared {
-                member: format!("{stamp}:{b}:{g}"),
+            calls.extend(groups.into_iter().map(|(t, n)| Unshared {
+                member: format!("{stamp}:{base}:{}", t.div_ceil(tick)),
                 state: Unsettled::Done(Duration::from_micros(now.saturating_sub(t))),
                 buckets: vec![(base.clone(), n)],
             }));
@@ -330,13 +365,7 @@ impl Journal {
         let age = |at: Micros| Duration::from_micros(now.saturating_sub(at));
         let batch: Vec<(u64, Unshared)> = {
             let mut calls = self.calls.lock_unpoisoned();
-            let window = self.window;
-            // What no longer counts and holds nothing needs no write.
-            calls.map.retain(|_, c| match c.state {
-                State::Done { at, held: false } => at + window > now,
-                State::Released { held: false } => false,
-                _ => true,
-            });
+            calls.prune(now, self.window);
             calls
                 .map
                 .iter()

@@ -39,6 +39,9 @@ pub(super) struct Rules {
     pub(super) reserve: bool,
     /// The caller's place in a wait queue, if it waits.
     pub(super) ticket: Option<u64>,
+    /// In the fallback from Redis: until then, the others may have spent, unseen, what Redis last
+    /// showed free (calls made before Redis went away, still in the window).
+    pub(super) unseen_until: Micros,
 }
 
 /// Why a take failed: which want refused, when it could pass, and why.
@@ -140,10 +143,18 @@ pub(super) fn take(wants: &[Want], rules: &Rules) -> Result<Vec<Budget>, Shortfa
             return Err(refuse(retry_at, RefusalReason::Full));
         }
         if let Some(cap) = w.cap {
-            let others = g.others.at(now);
+            let unseen = if now < rules.unseen_until {
+                cap.saturating_sub(g.others.total)
+            } else {
+                0
+            };
+            let others = g.others.at(now) + unseen;
             if g.used() + others + w.n > usable(cap, rules.reserve, rules.reserve_percent) {
                 g.rejected += 1;
-                let retry_at = g.others.next_free(now).min(g.next_free(now, window));
+                let mut retry_at = g.others.next_free(now).min(g.next_free(now, window));
+                if unseen > 0 {
+                    retry_at = retry_at.max(rules.unseen_until);
+                }
                 return Err(refuse(retry_at.max(now + 1), RefusalReason::Full));
             }
         }

@@ -68,6 +68,8 @@ pub struct RedisLink {
     down_until_ms: AtomicU64,
     /// Process-relative milliseconds (plus one; 0: never) when Redis was last found away.
     last_down_ms: AtomicU64,
+    /// Process-relative milliseconds of the last answer from Redis (0: none, since start).
+    last_up_ms: AtomicU64,
     up: AtomicBool,
     /// Timeouts in a row; a burst on a busy host can delay one answer without Redis being away.
     slow: AtomicU64,
@@ -87,6 +89,7 @@ impl RedisLink {
             lease: Duration::from_secs(60),
             down_until_ms: AtomicU64::new(0),
             last_down_ms: AtomicU64::new(0),
+            last_up_ms: AtomicU64::new(0),
             up: AtomicBool::new(false),
             slow: AtomicU64::new(0),
             started: Instant::now(),
@@ -131,13 +134,27 @@ impl RedisLink {
             .store(until.as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// Changes each time Redis is found away (for "has it been away since?").
+    pub fn downs(&self) -> u64 {
+        self.last_down_ms.load(Ordering::Relaxed)
+    }
+
     /// Whether Redis was found away within the last `d`.
     pub fn away_within(&self, d: Duration) -> bool {
         let last = self.last_down_ms.load(Ordering::Relaxed);
         last != 0 && (self.started.elapsed().as_millis() as u64 + 1) < last + d.as_millis() as u64
     }
 
+    /// How long since Redis last answered (since this process started, if it never has): the
+    /// others' calls up to then may be unknown to this replica.
+    pub fn since_up(&self) -> Duration {
+        let last = Duration::from_millis(self.last_up_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+
     fn mark_up(&self) {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        self.last_up_ms.store(now_ms, Ordering::Relaxed);
         self.slow.store(0, Ordering::Relaxed);
         self.down_until_ms.store(0, Ordering::Relaxed);
     }

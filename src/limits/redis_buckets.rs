@@ -211,7 +211,8 @@ impl RedisLink {
         ))
     }
 
-    /// Says this replica is here with nothing unwritten, if Redis still holds the data of `epoch`
+    /// Says this replica is here with nothing unwritten (if `clean`; else only asks), if Redis
+    /// still holds the data of `epoch`
     /// (see `scripts::CHECK_IN`). Answers `Ok(Ok((Redis time in ms, replicas checked in since
     /// `since_ms` (0: now), replicas checked in within `fresh`)))`, or `Ok(Err(epoch))` when
     /// Redis's data are not those of `epoch` (it lost them, or this replica knew none yet).
@@ -220,6 +221,7 @@ impl RedisLink {
         since_ms: u64,
         fresh: Duration,
         epoch: &str,
+        clean: bool,
     ) -> redis::RedisResult<Result<(u64, u32, u32), String>> {
         let mut inv = CHECK_IN.prepare_invoke();
         inv.key(format!("{}:replicas", self.prefix))
@@ -228,7 +230,8 @@ impl RedisLink {
             .arg(since_ms)
             .arg(fresh.as_millis() as u64)
             .arg(epoch)
-            .arg(format!("{:016x}", rand::random::<u64>()));
+            .arg(format!("{:016x}", rand::random::<u64>()))
+            .arg(if clean { "1" } else { "0" });
         let inv = &inv;
         let (now, back, seen, now_epoch): (u64, u32, u32, String) = self
             .call(move |mut conn| async move { inv.invoke_async(&mut conn).await })

@@ -15,7 +15,7 @@ use super::permit::{self, Mirror, Permit, Remote};
 use super::redis::RedisLink;
 use super::redis_buckets::Admission;
 use super::types::{BucketKey, Budget, Refusal, RefusalReason};
-use crate::clock::SharedClock;
+use crate::clock::{Micros, SharedClock};
 use crate::config::Config;
 
 /// What an admission through Redis is measured against.
@@ -169,6 +169,22 @@ pub(super) fn connect(
     let window = crate::clock::micros(l.window);
     let journal = Arc::new(Journal::new(link.clone(), clock, window, r.replicas));
     Ok(Some((link, journal)))
+}
+
+/// While Redis is away, what the others did after it last answered is unknown: until `for_` after
+/// that moment (0 while Redis answers, or without Redis).
+pub(super) fn unseen_until(
+    link: Option<&Arc<RedisLink>>,
+    confirmed: bool,
+    now: Micros,
+    for_: Micros,
+) -> Micros {
+    match link {
+        Some(link) if !link.available() || !confirmed => {
+            now.saturating_sub(crate::clock::micros(link.since_up())) + for_
+        }
+        _ => 0,
+    }
 }
 
 /// The base of `key`'s keys in Redis.

@@ -7,8 +7,9 @@
 //!
 //! A bucket is three keys: `:log`, the completed calls; `:fl`, calls in flight (a sorted set of
 //! admission members scored by their lease end); `:blk`, blocked until (microseconds). The log is
-//! one string that grows with the budget, not with every call: a 4-byte count of the calls in it,
-//! then 8-byte records of a 6-byte tick and a 2-byte count, ticks ascending. A tick is 1/3600 of
+//! one string that grows with the budget, not with every call: a 4-byte count of the calls in it
+//! and the 4-byte tick it is written with, then 8-byte records of a 6-byte tick and a 2-byte count,
+//! ticks ascending. A tick is 1/3600 of
 //! the window (at least 1 ms), and a call completed at `t` is recorded at the tick that ends at or
 //! after `t`: it leaves the window at most one tick late, never early, so never more than the
 //! limit pass in any window and at most 1/3600 of the budget (0.03%) waits that tick. The string
@@ -26,11 +27,17 @@ local function log_total(key)
   if #h < 4 then return 0 end
   return (struct.unpack('>I4', h))
 end
+-- The tick the log was written with (replicas may disagree on the window), else `default`.
+local function log_tick(key, default)
+  local h = redis.call('GETRANGE', key, 4, 7)
+  if #h < 4 then return default end
+  return (struct.unpack('>I4', h))
+end
 -- Drops the records that have left the window; returns the calls still in it.
 local function log_trim(key, now, window, tick)
   local total = log_total(key)
   if total == 0 then return 0 end
-  local off, gone = 4, 0
+  local off, gone = 8, 0
   while true do
     local chunk = redis.call('GETRANGE', key, off, off + 511)
     local i, kept = 1, false
@@ -46,12 +53,13 @@ local function log_trim(key, now, window, tick)
   if gone == 0 then return total end
   total = total - gone
   if total <= 0 then redis.call('DEL', key) return 0 end
-  redis.call('SET', key, struct.pack('>I4', total) .. redis.call('GETRANGE', key, off, -1), 'KEEPTTL')
+  local rest = redis.call('GETRANGE', key, off, -1)
+  redis.call('SET', key, struct.pack('>I4I4', total, tick) .. rest, 'KEEPTTL')
   return total
 end
 -- When the `need`-th oldest call in the log leaves the window (nil if there are fewer).
 local function log_exit(key, need, window, tick)
-  local off, seen = 4, 0
+  local off, seen = 8, 0
   while true do
     local chunk = redis.call('GETRANGE', key, off, off + 511)
     if #chunk < 8 then return nil end
@@ -66,12 +74,12 @@ local function log_exit(key, need, window, tick)
   end
 end
 -- Logs `n` calls at tick `t`; a last record at or after `t` takes them (later, never earlier).
-local function log_add(key, t, n)
+local function log_add(key, t, n, tick)
   while n > 0 do
     local c = math.min(n, 65535)
     local len = redis.call('STRLEN', key)
-    if len < 12 then
-      redis.call('SET', key, struct.pack('>I4I6I2', c, t, c), 'KEEPTTL')
+    if len < 16 then
+      redis.call('SET', key, struct.pack('>I4I4I6I2', c, tick, t, c), 'KEEPTTL')
     else
       local total = log_total(key)
       local lt, lc = struct.unpack('>I6I2', redis.call('GETRANGE', key, len - 8, len - 1))
@@ -86,11 +94,11 @@ local function log_add(key, t, n)
   end
 end
 -- Logs calls at the ticks of `adds` ({tick, n} pairs, any order) in their places: one rewrite.
-local function log_merge(key, adds)
+local function log_merge(key, adds, tick)
   if #adds == 0 then return end
   table.sort(adds, function(a, b) return a[1] < b[1] end)
   local s = redis.call('GET', key) or ''
-  local old, i = {}, 5
+  local old, i = {}, 9
   while i + 7 <= #s do
     local t, c = struct.unpack('>I6I2', s, i)
     table.insert(old, {t, c})
@@ -112,14 +120,17 @@ local function log_merge(key, adds)
     end
   end
   if lt then table.insert(out, struct.pack('>I6I2', lt, lc)) end
-  redis.call('SET', key, struct.pack('>I4', total) .. table.concat(out), 'KEEPTTL')
+  redis.call('SET', key, struct.pack('>I4I4', total, tick) .. table.concat(out), 'KEEPTTL')
 end
 -- Leases that ran out (a replica died mid-call) become calls at their lease end: the latest
 -- moment Meta can have counted them.
-local function fl_expire(log, fl, now, tick)
+local function fl_expire(log, fl, now, tick, ttl)
   local exp = redis.call('ZRANGEBYSCORE', fl, '-inf', now, 'WITHSCORES')
-  for j = 1, #exp, 2 do log_add(log, tick_of(tonumber(exp[j+1]), tick), 1) end
-  if #exp > 0 then redis.call('ZREMRANGEBYSCORE', fl, '-inf', now) end
+  for j = 1, #exp, 2 do log_add(log, tick_of(tonumber(exp[j+1]), tick), 1, tick) end
+  if #exp > 0 then
+    redis.call('ZREMRANGEBYSCORE', fl, '-inf', now)
+    redis.call('PEXPIRE', log, ttl)
+  end
 end
 local function now_us()
   local t = redis.call('TIME')
@@ -141,15 +152,16 @@ local lease = tonumber(ARGV[2])
 local member = ARGV[3]
 local nb = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
-local tick = tick_us(window)
 local ab = tonumber(redis.call('GET', KEYS[nb*3+1]) or '0')
 if ab > now then return {0, 0, ab - now, 1, 0, 0} end
-local done = {}
+local done, ticks = {}, {}
 for i = 0, nb - 1 do
   local log, fl, blk = KEYS[i*3+1], KEYS[i*3+2], KEYS[i*3+3]
+  local tick = log_tick(log, tick_us(window))
+  ticks[i] = tick
   local limit = tonumber(ARGV[6 + i*2])
   local n = tonumber(ARGV[7 + i*2])
-  fl_expire(log, fl, now, tick)
+  fl_expire(log, fl, now, tick, ttl)
   local d = log_trim(log, now, window, tick)
   local f = redis.call('ZCARD', fl)
   done[i] = d
@@ -171,7 +183,7 @@ for i = 0, nb - 1 do
   for k = 1, n do redis.call('ZADD', fl, now + lease, member .. ':' .. i .. ':' .. k) end
   local f = redis.call('ZCARD', fl)
   local reset = window
-  local e = log_exit(log, 1, window, tick)
+  local e = log_exit(log, 1, window, ticks[i])
   if e then reset = e - now end
   if reset < 0 then reset = 0 end
   redis.call('PEXPIRE', log, ttl)
@@ -195,16 +207,16 @@ local sent = ARGV[2] == '1'
 local nb = tonumber(ARGV[3])
 local window = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
-local t = tick_of(now, tick_us(window))
 for i = 0, nb - 1 do
   local log, fl = KEYS[i*2+1], KEYS[i*2+2]
+  local tick = log_tick(log, tick_us(window))
   local n = tonumber(ARGV[6 + i])
   local logged = 0
   for k = 1, n do
     if redis.call('ZREM', fl, member .. ':' .. i .. ':' .. k) == 1 and sent then logged = logged + 1 end
   end
   if logged > 0 then
-    log_add(log, t, logged)
+    log_add(log, tick_of(now, tick), logged, tick)
     redis.call('PEXPIRE', log, ttl)
   end
 end
@@ -221,10 +233,10 @@ local window = tonumber(ARGV[1])
 local target = tonumber(ARGV[2])
 local block_for = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
-local tick = tick_us(window)
+local tick = log_tick(KEYS[1], tick_us(window))
 local used = log_trim(KEYS[1], now, window, tick) + redis.call('ZCARD', KEYS[2])
 if target > used then
-  log_add(KEYS[1], tick_of(now, tick), target - used)
+  log_add(KEYS[1], tick_of(now, tick), target - used, tick)
   redis.call('PEXPIRE', KEYS[1], ttl)
 end
 if block_for > 0 then
@@ -243,7 +255,7 @@ pub(super) const PEEK: &str = concat!(
     r#"
 local now = now_us()
 local window = tonumber(ARGV[1])
-local tick = tick_us(window)
+local tick = log_tick(KEYS[1], tick_us(window))
 local done = log_trim(KEYS[1], now, window, tick)
 local fl = redis.call('ZCARD', KEYS[2])
 local reset = window
@@ -259,7 +271,8 @@ return {done, fl, reset, b}
 /// A replica says it is here and knows nothing Redis misses: KEYS[1] is the sorted set of replicas
 /// by their last check-in (Redis milliseconds), KEYS[2] the data's epoch: a name Redis keeps while it
 /// keeps its data, and a new one after it lost them (restarted without persistence). ARGV:
-/// replica, since (ms; 0: now), fresh (ms), the epoch the replica knows, a new epoch if none is set.
+/// replica, since (ms; 0: now), fresh (ms), the epoch the replica knows, a new epoch if none is set,
+/// `1` if the replica has nothing left to write (else it only asks, and is not checked in).
 /// Answers `{now, replicas checked in since `since`, replicas checked in within `fresh`, epoch}`;
 /// `now` is 0, and the replica not checked in, when the epoch is not the one it knows.
 pub(super) const CHECK_IN: &str = r#"
@@ -273,7 +286,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local since = tonumber(ARGV[2])
 if since == 0 then since = now end
-redis.call('ZADD', KEYS[1], now, ARGV[1])
+if ARGV[6] == '1' then redis.call('ZADD', KEYS[1], now, ARGV[1]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600000)
 redis.call('PEXPIRE', KEYS[1], 3600000)
 return {now, redis.call('ZCOUNT', KEYS[1], since, '+inf'),
@@ -322,13 +335,15 @@ for e = 1, ne do
     if kind == 'f' then redis.call('PEXPIRE', fl, ttl) end
     if count > 0 and age < window then
       adds[log] = adds[log] or {}
-      table.insert(adds[log], {tick_of(now - age, tick), count})
+      local tk = log_tick(log, tick)
+      table.insert(adds[log], {tick_of(now - age, tk), count})
     end
   end
 end
 for log, list in pairs(adds) do
-  log_trim(log, now, window, tick)
-  log_merge(log, list)
+  local tk = log_tick(log, tick)
+  log_trim(log, now, window, tk)
+  log_merge(log, list, tk)
   redis.call('PEXPIRE', log, ttl)
 end
 redis.call('PEXPIRE', logged, ttl)

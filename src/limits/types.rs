@@ -18,6 +18,16 @@ pub struct BucketKey {
     pub scope: Scope,
 }
 
+impl BucketKey {
+    /// The app's key for what no bucket of Meta's counts (a client's quota, an app-wide block).
+    pub fn other(app: usize) -> BucketKey {
+        BucketKey {
+            app,
+            scope: Scope::Other,
+        }
+    }
+}
+
 /// Which of Meta's budgets a call spends (the seed's rate-limit table); `classify` picks it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Scope {
