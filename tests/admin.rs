@@ -723,11 +723,15 @@ async fn admin_status_groups_refusals_by_client_and_reports_redis_and_meta() {
     let proxy = TestProxy::builder(&sim.url)
         .waba_limit(WABA, 1)
         .limits(&format!(
-            "backend = \"redis\"\nredis_url = \"redis://{closed}\"\nbackend_timeout = \"200ms\""
+            "backend = \"redis\"\nredis_url = \"redis://{closed}\"\nbackend_timeout = \"200ms\"\nwindow = \"3s\""
         ))
+        .upstream("request_timeout = \"1s\"")
         .admin()
         .start()
         .await;
+    // A replica that starts without Redis admits nothing for a window plus request_timeout (what
+    // it spent before a restart is unknown); then from its share.
+    tokio::time::sleep(Duration::from_millis(4200)).await;
     let c = client();
     let call = |key: &'static str, n: u32| {
         c.get(format!(
