@@ -17,7 +17,6 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// The deadlines of a connection with no request in flight.
@@ -44,9 +43,11 @@ pub(super) struct Activity {
     head_since: AtomicU64,
     read_any: AtomicBool,
     h2: AtomicBool,
-    /// Wakes the watchdog when its deadline may have moved earlier (idle again, or a head began).
-    changed: Notify,
 }
+
+/// The watchdog looks again at least this often, and at most a quarter of the shortest deadline
+/// late: a request costs the watchdog nothing (no wake-up, no timer), only a few atomic stores.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 impl Activity {
     /// `h2`: the protocol is known to be HTTP/2 already (TLS ALPN); otherwise the preface tells.
@@ -58,7 +59,6 @@ impl Activity {
             head_since: AtomicU64::new(NONE),
             read_any: AtomicBool::new(false),
             h2: AtomicBool::new(h2),
-            changed: Notify::new(),
         })
     }
 
@@ -81,7 +81,6 @@ impl Activity {
             && self.head_since.load(Ordering::SeqCst) == NONE
         {
             self.head_since.store(self.now_ms(), Ordering::SeqCst);
-            self.changed.notify_one();
         }
     }
 
@@ -100,20 +99,20 @@ impl Activity {
         Some(self.idle_since.load(Ordering::SeqCst) + d.idle.as_millis() as u64)
     }
 
-    /// Resolves when the connection has been idle, silent or slow past its deadline.
+    /// Resolves when the connection has been idle, silent or slow past its deadline. It looks
+    /// every `LOOK_EVERY` (or a quarter of the shortest deadline), so a deadline that moved
+    /// earlier is seen that late at most.
     pub(super) async fn expired(&self, d: Deadlines) {
+        let shortest = d.first_byte.min(d.header).min(d.idle);
+        let every = (shortest / 4).clamp(Duration::from_millis(10), LOOK_EVERY);
         loop {
-            match self.deadline(&d) {
-                Some(at) if self.now_ms() >= at => return,
-                Some(at) => {
-                    let wake = self.started + Duration::from_millis(at);
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(wake) => {}
-                        _ = self.changed.notified() => {}
-                    }
-                }
-                None => self.changed.notified().await,
-            }
+            let now = self.now_ms();
+            let wait = match self.deadline(&d) {
+                Some(at) if now >= at => return,
+                Some(at) => Duration::from_millis(at - now).min(every),
+                None => every,
+            };
+            tokio::time::sleep(wait).await;
         }
     }
 }
@@ -125,9 +124,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let a = &self.0;
         a.idle_since.store(a.now_ms(), Ordering::SeqCst);
-        if a.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            a.changed.notify_one();
-        }
+        a.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
