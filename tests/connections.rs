@@ -24,34 +24,6 @@ async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
     }
 }
 
-/// Reads one Content-Length-framed HTTP/1.1 answer and returns its status.
-async fn read_answer(s: &mut TcpStream) -> u16 {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("an answer in time")
-            .unwrap();
-        assert!(n > 0, "closed before a whole answer");
-        got.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&got).to_string();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len: usize = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            if got.len() >= end + 4 + len {
-                return raw_status(&text);
-            }
-        }
-    }
-}
-
 fn deadlines(first_byte: &str, header: &str, idle: &str) -> String {
     format!(
         "first_byte_timeout = \"{first_byte}\"\nheader_timeout = \"{header}\"\nkeepalive_timeout = \"{idle}\""
@@ -130,7 +102,11 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_keepalive_timeout() {
     let req = b"GET /v19.0/1 HTTP/1.1\r\nHost: x\r\n\r\n";
     for _ in 0..4 {
         s.write_all(req).await.unwrap();
-        assert_eq!(read_answer(&mut s).await, 401, "no key: 401, and kept open");
+        assert_eq!(
+            read_answer(&mut s, Duration::from_secs(5)).await,
+            401,
+            "no key: 401, and kept open"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let closed = closed_within(&mut s, Duration::from_secs(5)).await;

@@ -935,34 +935,11 @@ async fn metrics_list_equals_real_metrics_output_after_scripted_traffic() {
 
 // ---------------------------------------------------------------- Dockerfile
 
-fn instructions(dockerfile: &str) -> Vec<String> {
-    // Join continuation lines, drop comments.
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    for line in dockerfile.lines() {
-        let t = line.trim();
-        if t.starts_with('#') || (t.is_empty() && cur.is_empty()) {
-            continue;
-        }
-        match t.strip_suffix('\\') {
-            Some(head) => {
-                cur.push_str(head);
-                cur.push(' ');
-            }
-            None => {
-                cur.push_str(t);
-                out.push(std::mem::take(&mut cur));
-            }
-        }
-    }
-    out
-}
-
 // The Dockerfile builds in one stage with locked dependencies and runs in another as a non-root
 // user, with a health check by `graphgate healthcheck` and the documented entrypoint.
 #[test]
 fn dockerfile_builds_locked_runs_non_root_and_checks_health() {
-    let ins = instructions(&read(&repo().join("Dockerfile")));
+    let ins = support::dockerfile_instructions(&read(&repo().join("Dockerfile")));
     let with = |kw: &str| -> Vec<&String> {
         ins.iter()
             .filter(|i| i.split_whitespace().next() == Some(kw))

@@ -23,32 +23,9 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Dockerfile instructions with continuation lines joined and comments dropped.
-fn instructions(dockerfile: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    for line in dockerfile.lines() {
-        let t = line.trim();
-        if t.starts_with('#') || (t.is_empty() && cur.is_empty()) {
-            continue;
-        }
-        match t.strip_suffix('\\') {
-            Some(head) => {
-                cur.push_str(head);
-                cur.push(' ');
-            }
-            None => {
-                cur.push_str(t);
-                out.push(std::mem::take(&mut cur));
-            }
-        }
-    }
-    out
-}
-
 /// The sources of the first stage's `COPY` instructions from the build context (no `--from`).
 fn build_stage_copy_sources(dockerfile: &str) -> Vec<String> {
-    let ins = instructions(dockerfile);
+    let ins = support::dockerfile_instructions(dockerfile);
     let froms: Vec<usize> = ins
         .iter()
         .enumerate()
@@ -192,7 +169,7 @@ fn docker_build_context_compiles_from_the_dockerfiles_copy_set_alone() {
 #[test]
 fn dockerfile_runtime_is_pinned_distroless_non_root_and_probes_with_the_binary() {
     let text = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
-    let ins = instructions(&text);
+    let ins = support::dockerfile_instructions(&text);
     let froms: Vec<&String> = ins.iter().filter(|i| i.starts_with("FROM ")).collect();
     for f in &froms {
         assert!(

@@ -314,30 +314,7 @@ async fn keyed_on(s: &mut TcpStream, path: &str) -> u16 {
     let req =
         format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 16384];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-            .await
-            .expect("answered")
-            .unwrap();
-        assert!(n > 0, "closed");
-        got.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&got).to_string();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len: usize = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            if got.len() >= end + 4 + len {
-                return raw_status(&text);
-            }
-        }
-    }
+    read_answer(s, Duration::from_secs(10)).await
 }
 
 // The spawned proxy runs with 256 open files (prlimit), so its caps are lowered to 96 connections

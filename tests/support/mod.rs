@@ -231,6 +231,59 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
 }
 
 /// Status code of a raw HTTP/1.1 response.
+/// Dockerfile instructions with continuation lines joined and comments dropped.
+pub fn dockerfile_instructions(dockerfile: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in dockerfile.lines() {
+        let t = line.trim();
+        if t.starts_with('#') || (t.is_empty() && cur.is_empty()) {
+            continue;
+        }
+        match t.strip_suffix('\\') {
+            Some(head) => {
+                cur.push_str(head);
+                cur.push(' ');
+            }
+            None => {
+                cur.push_str(t);
+                out.push(std::mem::take(&mut cur));
+            }
+        }
+    }
+    out
+}
+
+/// Reads one Content-Length-framed HTTP/1.1 answer from an open connection (within `within`) and
+/// returns its status; the connection stays usable for the next request.
+pub async fn read_answer(s: &mut tokio::net::TcpStream, within: std::time::Duration) -> u16 {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        let n = tokio::time::timeout(within, s.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(n > 0, "closed before a whole answer");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return raw_status(&text);
+            }
+        }
+    }
+}
+
 pub fn raw_status(resp: &str) -> u16 {
     resp.split_whitespace()
         .nth(1)
