@@ -4,103 +4,33 @@
 
 mod support;
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::Value;
-use support::{client, env, sim_config_limited, start_sim, TestProxy, CLIENT_KEY, WABA};
+use support::spawned::Spawned;
+use support::{client, sim_config_limited, start_sim, TestProxy, CLIENT_KEY, WABA};
 
 const MIB: u64 = 1024 * 1024;
 
-/// The binary serving `config`, killed when dropped.
-struct Proc {
-    child: Child,
-    url: String,
-    admin: String,
+/// The binary on `builder`'s config, without access log lines.
+fn spawn(builder: support::ProxyBuilder) -> Spawned {
+    Spawned::start(builder.server("access_log = false"), None)
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The process's resident set, in bytes.
+fn rss(p: &Spawned) -> u64 {
+    p.rss_kib() * 1024
 }
 
-impl Proc {
-    fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS in /proc/<pid>/status");
-        kib * 1024
-    }
-
-    async fn cache(&self) -> Value {
-        let r = client()
-            .get(format!("{}/admin/cache", self.admin))
-            .send()
-            .await
-            .unwrap();
-        r.json().await.unwrap()
-    }
-}
-
-/// A port that was free a moment ago (the binary binds `server.listen` itself).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts the binary on `builder`'s config; waits (bounded) until its admin listener answers.
-async fn spawn(builder: support::ProxyBuilder) -> Proc {
-    let port = free_port();
-    let text = builder
-        .server(&format!(
-            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\naccess_log = false"
-        ))
-        .toml();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("graphgate.toml");
-    std::fs::write(&path, text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_graphgate"))
-        .args(["--log-format", "json", "--config"])
-        .arg(&path)
-        .envs(env())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
+/// What `/admin/cache` says.
+async fn cache(p: &Spawned) -> Value {
+    let r = client()
+        .get(format!("{}/admin/cache", p.admin))
+        .send()
+        .await
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Drains stdout for the life of the process, so logging never blocks it.
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            if let Some(addr) = v["admin"].as_str() {
-                let _ = tx.send(addr.to_string());
-            }
-        }
-    });
-    let admin = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("no admin listener address logged within 20 s");
-    Proc {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        admin: format!("http://{admin}"),
-    }
+    r.json().await.unwrap()
 }
 
 /// `n` distinct GETs of `path(i)`, `conc` at a time; every answer must be a 200.
@@ -154,16 +84,16 @@ async fn cache_max_bytes_bounds_the_process_rss() {
     let builder = TestProxy::builder(&sim.url)
         .set("cache.max_bytes", format!("{mib}MiB"))
         .set("limits.waba_active", 1_000_000);
-    let p = spawn(builder).await;
+    let p = spawn(builder);
     // Small answers: the per-entry costs that the weigher must not miss dominate.
     let path = |i: usize| format!("/v19.0/{WABA}?fields=id,name&n={i}");
     // Warm-up on one key (one entry): connections, thread caches, lazily built tables.
-    drive(&p.url, 500, 32, |_| path(usize::MAX)).await;
-    let base = p.rss();
+    drive(&p.url(), 500, 32, |_| path(usize::MAX)).await;
+    let base = rss(&p);
     let n = knob("GG_MEM_N", 8_000) as usize;
-    drive(&p.url, n, 32, path).await;
-    let full = p.rss();
-    let c = p.cache().await;
+    drive(&p.url(), n, 32, path).await;
+    let full = rss(&p);
+    let c = cache(&p).await;
     let (entries, bytes) = (c["entries"].as_u64().unwrap(), c["bytes"].as_u64().unwrap());
     assert!(bytes <= max_bytes, "weighed {bytes} > {max_bytes}");
     assert!(
@@ -177,11 +107,11 @@ async fn cache_max_bytes_bounds_the_process_rss() {
         .await
         .unwrap();
     assert_eq!(purged.status().as_u16(), 200);
-    let after_purge = p.rss();
-    assert_eq!(p.cache().await["entries"], 0);
+    let after_purge = rss(&p);
+    assert_eq!(cache(&p).await["entries"], 0);
     // Freed entries are reused by the next fills rather than added to.
-    drive(&p.url, n / 2, 32, |i| path(n + i)).await;
-    let refilled = p.rss();
+    drive(&p.url(), n / 2, 32, |i| path(n + i)).await;
+    let refilled = rss(&p);
     eprintln!(
         "max_bytes={max_bytes} base={}KiB full={}KiB (+{}KiB) entries={entries} weighed={bytes} \
          after_purge={}KiB refilled={}KiB",

@@ -8,6 +8,7 @@
 mod metrics;
 mod proxy;
 pub mod redis;
+pub mod spawned;
 mod table;
 
 // Each test binary uses its own part of the harness (hence also `dead_code` above).

@@ -1,0 +1,104 @@
+//! The real graphgate binary as its own process, for tests that measure it from outside (its RSS
+//! from `/proc/<pid>/status`, a lowered open-file limit) rather than in the test's process.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{env, ProxyBuilder};
+
+/// A graphgate binary serving a test config, killed when dropped.
+pub struct Spawned {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Spawned {
+    /// Starts `builder`'s config on a free port, with at most `nofile` open files when given.
+    pub fn start(builder: ProxyBuilder, nofile: Option<u32>) -> Spawned {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("graphgate.toml");
+        let toml = builder
+            .set("server.listen", addr.to_string())
+            .set("server.admin_listen", "127.0.0.1:0")
+            .toml();
+        std::fs::write(&path, toml).unwrap();
+        let bin = env!("CARGO_BIN_EXE_graphgate");
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
+            .args(["--log-format", "json", "--config"])
+            .arg(&path)
+            .envs(env())
+            .env("TEST_VERIFY_TOKEN", "verify-me")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads every line (so the pipe never fills) and reports the admin address.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if let Some(a) = v["admin"].as_str() {
+                    let _ = tx.send(a.to_string());
+                }
+            }
+        });
+        let admin = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the spawned proxy logs its admin address");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(20), "proxy listens");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Spawned {
+            child,
+            addr,
+            admin: format!("http://{admin}"),
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The process's resident set, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
