@@ -107,10 +107,11 @@ async fn admit(
                     window: at.window,
                 })
                 .collect();
-            at.journal.admitted(&member, &bases());
+            let buckets = bases();
+            at.journal.admitted(&member, &buckets);
             let remote = Remote {
                 journal: at.journal.clone(),
-                buckets: bases(),
+                buckets,
                 member,
                 keys: picked.iter().map(|(k, _, _, n)| (k.clone(), *n)).collect(),
                 mirror,

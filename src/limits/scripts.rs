@@ -73,6 +73,13 @@ local function log_exit(key, need, window, tick)
     off = off + #chunk
   end
 end
+-- How long until the `need`-th oldest call leaves the window (a window if there are fewer).
+local function log_wait(key, need, now, window, tick)
+  local e = log_exit(key, need, window, tick)
+  if not e then return window end
+  if e < now then return 0 end
+  return e - now
+end
 -- Logs `n` calls at tick `t`; a last record at or after `t` takes them (later, never earlier).
 local function log_add(key, t, n, tick)
   while n > 0 do
@@ -168,11 +175,7 @@ for i = 0, nb - 1 do
   local b = tonumber(redis.call('GET', blk) or '0')
   if b > now then return {0, i, b - now, 1, d, f} end
   if d + f + n > limit then
-    local retry = window
-    local e = log_exit(log, d + f + n - limit, window, tick)
-    if e then retry = e - now end
-    if retry < 0 then retry = 0 end
-    return {0, i, retry, 0, d, f}
+    return {0, i, log_wait(log, d + f + n - limit, now, window, tick), 0, d, f}
   end
 end
 local out = {1}
@@ -182,10 +185,7 @@ for i = 0, nb - 1 do
   local n = tonumber(ARGV[7 + i*2])
   for k = 1, n do redis.call('ZADD', fl, now + lease, member .. ':' .. i .. ':' .. k) end
   local f = redis.call('ZCARD', fl)
-  local reset = window
-  local e = log_exit(log, 1, window, ticks[i])
-  if e then reset = e - now end
-  if reset < 0 then reset = 0 end
+  local reset = log_wait(log, 1, now, window, ticks[i])
   redis.call('PEXPIRE', log, ttl)
   redis.call('PEXPIRE', fl, ttl)
   table.insert(out, limit - done[i] - f)
@@ -258,10 +258,7 @@ local window = tonumber(ARGV[1])
 local tick = log_tick(KEYS[1], tick_us(window))
 local done = log_trim(KEYS[1], now, window, tick)
 local fl = redis.call('ZCARD', KEYS[2])
-local reset = window
-local e = log_exit(KEYS[1], 1, window, tick)
-if e then reset = e - now end
-if reset < 0 then reset = 0 end
+local reset = log_wait(KEYS[1], 1, now, window, tick)
 local b = tonumber(redis.call('GET', KEYS[3]) or '0') - now
 if b < 0 then b = 0 end
 return {done, fl, reset, b}
