@@ -42,6 +42,7 @@ pub fn demo_config(
 listen = "{listen}"
 admin_listen = "{admin_listen}"
 shutdown_grace = "5s"
+drain_delay = "0s"
 
 [upstream]
 url = "{upstream}"

@@ -41,7 +41,7 @@
 //! - [`proxy`]: the request pipeline, one file per step, check -> authenticate -> classify ->
 //!   authorize -> cache -> limit -> upstream -> rewrite -> respond, and the listener's service.
 //! - [`admin`]: the admin listener: health, readiness, `/metrics`, limits and cache JSON, status page.
-//! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2 settings, graceful shutdown.
+//! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2 settings, stop signals, a listener's drain.
 //! - [`telemetry`]: tracing setup (JSON lines or text) and the per-request tag.
 //!
 //! Beside it:
@@ -101,12 +101,31 @@ pub async fn run_with(
 }
 
 /// Like [`run_with`], plus the admin listener ([`admin::router`]) on `admin` when given. The binary
-/// binds `server.admin_listen`; tests pass `127.0.0.1:0`. Both stop on the same `shutdown`.
+/// binds `server.admin_listen`; tests pass `127.0.0.1:0`. `shutdown` starts the drain
+/// ([`run_draining`]); nothing cuts its delay short.
 pub async fn run_with_admin(
     listener: TcpListener,
     admin: Option<TcpListener>,
     gw: Gateway,
     shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    run_draining(listener, admin, gw, shutdown, std::future::pending()).await
+}
+
+/// Serves until `shutdown`, then drains, in this order, each phase logged with its duration:
+/// 1. `/readyz` answers 503 at once, and both listeners keep serving for `server.drain_delay` so
+///    load balancers stop routing here; meanwhile each HTTP/1.1 answer of the proxy carries
+///    `Connection: close` and its HTTP/2 connections get a GOAWAY. `hurry` (the binary: a second
+///    SIGTERM) skips the rest of the delay.
+/// 2. The proxy stops accepting; calls in flight get `server.shutdown_grace` to finish.
+/// 3. The background work stops: the limiter state is saved, webhook deliveries are flushed.
+/// 4. The admin listener closes last, so `/metrics` and `/readyz` answer through the drain.
+pub async fn run_draining(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    gw: Gateway,
+    shutdown: impl Future<Output = ()> + Send,
+    hurry: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let config = gw.config().clone();
     let tls = match &config.server.tls {
@@ -139,11 +158,15 @@ pub async fn run_with_admin(
             "admin listener (/metrics, /healthz, /readyz, /admin)"
         );
     }
-    // One shutdown signal fans out to both servers.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
+    tracing::info!(
+        drain_delay = ?config.server.drain_delay,
+        shutdown_grace = ?config.server.shutdown_grace,
+        "on SIGTERM: /readyz 503 and keep serving for drain_delay, then finish in-flight calls within shutdown_grace"
+    );
+    // Each listener's phase, set by the drain below; the admin listener's moves last.
+    let (proxy_phase, proxy_rx) = tokio::sync::watch::channel(server::Phase::Serving);
+    let (admin_phase, admin_rx) = tokio::sync::watch::channel(server::Phase::Serving);
+    let draining = server::Draining::default();
     // The proxy's layers, outer to inner (the connection cap and deadlines are the listener's):
     // - the cap on requests in flight sheds load with a 503 before any work is done.
     let capacity = server::Capacity::of(&config.server);
@@ -165,26 +188,48 @@ pub async fn run_with_admin(
         .layer(server::InFlightLayer::new(capacity.in_flight))
         .service(ProxyService::new(gw.clone()));
     let service = hyper_util::service::TowerToHyperService::new(service);
-    let proxy = server::serve(listener, service, opts, stopped(stop_rx.clone()));
+    let proxy = server::serve(listener, service, opts, proxy_rx);
     let admin = async {
         match admin {
             Some(l) => {
-                let svc = hyper_util::service::TowerToHyperService::new(admin::router(gw));
-                server::serve(l, svc, admin_opts, stopped(stop_rx)).await
+                let router = admin::router(gw).layer(axum::Extension(draining.clone()));
+                let svc = hyper_util::service::TowerToHyperService::new(router);
+                server::serve(l, svc, admin_opts, admin_rx).await
             }
             None => Ok(()),
         }
     };
-    let servers = async { tokio::join!(proxy, admin) };
-    tokio::pin!(servers);
-    let (result, admin_result) = tokio::select! {
-        r = &mut servers => r,
-        _ = shutdown => {
-            let _ = stop_tx.send(true);
-            (&mut servers).await
+    let delay = config.server.drain_delay;
+    let drain = async {
+        shutdown.await;
+        let began = std::time::Instant::now();
+        draining.start();
+        let _ = proxy_phase.send(server::Phase::Leaving);
+        tracing::info!(drain_delay = ?delay, "draining: /readyz answers 503; still serving while load balancers stop routing here");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {
+                tracing::info!(took = ?began.elapsed(), "drain delay over");
+            }
+            _ = hurry => {
+                tracing::info!(took = ?began.elapsed(), "stop requested again: skipping the rest of the drain delay");
+            }
         }
+        let _ = proxy_phase.send(server::Phase::Draining);
+        tracing::info!(shutdown_grace = ?config.server.shutdown_grace, "stopped accepting; finishing calls in flight");
+        (began, std::time::Instant::now())
     };
-    let result = result.and(admin_result);
-    background.stop().await;
-    result
+    // The proxy stops (its drain done) only after `drain` moved it; then the background work,
+    // then the admin listener.
+    let proxy_and_background = async {
+        let ((began, stopped_accepting), result) = tokio::join!(drain, proxy);
+        tracing::info!(took = ?stopped_accepting.elapsed(), "calls in flight finished; proxy listener closed");
+        let t = std::time::Instant::now();
+        background.stop().await;
+        tracing::info!(took = ?t.elapsed(), "limiter state saved, background work stopped");
+        let _ = admin_phase.send(server::Phase::Draining);
+        (began, result)
+    };
+    let ((began, result), admin_result) = tokio::join!(proxy_and_background, admin);
+    tracing::info!(took = ?began.elapsed(), "admin listener closed; drain complete");
+    result.and(admin_result)
 }

@@ -131,6 +131,9 @@ fn main() -> ExitCode {
             };
             telemetry::init(format);
             runtime.block_on(async move {
+                // The first SIGTERM (or Ctrl-C) starts the drain, a second cuts its delay short.
+                // Installed first, so an early one is not the default (an abrupt exit).
+                let (stop, hurry) = graphgate::server::signals();
                 let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
                     Ok(l) => l,
                     Err(e) => {
@@ -149,6 +152,7 @@ fn main() -> ExitCode {
                     request_timeout = ?config.upstream.request_timeout,
                     max_body = config.server.max_body,
                     shutdown_grace = ?config.server.shutdown_grace,
+                    drain_delay = ?config.server.drain_delay,
                     "graphgate listening"
                 );
                 // The admin listener is bound here too, so a taken port fails start-up at once.
@@ -168,9 +172,7 @@ fn main() -> ExitCode {
                     tracing::warn!("{w}");
                 }
                 let gw = graphgate::Gateway::new(config);
-                match graphgate::run_with_admin(listener, admin, gw, graphgate::server::signal())
-                    .await
-                {
+                match graphgate::run_draining(listener, admin, gw, stop, hurry).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("graphgate: {e}");

@@ -1,17 +1,19 @@
 //! Listening: the accept loop (plain TCP or rustls), HTTP/1.1 and HTTP/2 connection settings, each
-//! connection's deadlines (`conn`), and graceful shutdown (stop accepting, let in-flight requests
-//! finish within a grace period).
+//! connection's deadlines (`conn`), the stop signals, and the listener's side of a drain (tell
+//! callers to leave while still serving, then stop accepting and let in-flight requests finish
+//! within a grace period).
 //!
-//! It owns no request logic: every connection is served by the service it is given. It never binds
-//! a socket itself, so tests hand it `127.0.0.1:0` listeners.
+//! It owns no request logic: every connection is served by the service it is given, and the order
+//! of a drain across listeners is its caller's ([`crate::run_draining`]). It never binds a socket
+//! itself, so tests hand it `127.0.0.1:0` listeners.
 
 mod conn;
 pub mod overload;
 
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -23,7 +25,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsFiles;
 
-pub use conn::Deadlines;
+pub use conn::{Deadlines, Phase};
 pub use overload::{Capacity, InFlightLayer};
 
 /// How long a connection closed for a deadline gets to say goodbye (an HTTP/2 GOAWAY) before it
@@ -77,23 +79,29 @@ impl ServeOptions {
     }
 }
 
-/// Where the server is in its life; connections watch it.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd)]
-enum Phase {
-    Serving,
-    /// Finish the requests in flight, take no new ones.
-    Draining,
-    /// The grace period is over: drop every connection.
-    Closed,
+/// When the drain began, shared with readiness (`/readyz` answers 503 from then on).
+#[derive(Clone, Debug, Default)]
+pub struct Draining(Arc<OnceLock<Instant>>);
+
+impl Draining {
+    /// Marks the drain begun (the first call counts).
+    pub fn start(&self) {
+        let _ = self.0.set(Instant::now());
+    }
+
+    /// How long ago the drain began; `None` while serving.
+    pub fn since(&self) -> Option<Duration> {
+        self.0.get().map(Instant::elapsed)
+    }
 }
 
-/// Serves `service` on `listener` until `shutdown` resolves, then drains connections for up to
-/// `opts.grace`.
+/// Serves `service` on `listener` until its owner sets [`Phase::Draining`] on `phase` (or drops
+/// the sender), then drains connections for up to `opts.grace`.
 pub async fn serve<S, B>(
     listener: TcpListener,
     service: S,
     opts: ServeOptions,
-    shutdown: impl Future<Output = ()> + Send,
+    phase: watch::Receiver<Phase>,
 ) -> io::Result<()>
 where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
@@ -123,11 +131,16 @@ where
         .keep_alive_interval(opts.h2_ping.0)
         .keep_alive_timeout(opts.h2_ping.1)
         .max_header_list_size(opts.max_head_bytes as u32);
-    let (phase_tx, phase) = watch::channel(Phase::Serving);
+    // Set once the grace period is over: connections still open are dropped.
+    let (closed_tx, closed) = watch::channel(false);
     // Every connection task holds a sender; the drain is over when the last one is dropped.
     let (alive, mut drained) = mpsc::channel::<()>(1);
     let slots = Arc::new(Semaphore::new(opts.max_connections));
     let rejects = Arc::new(Semaphore::new(opts.reject_slots));
+    let mut stop_rx = phase.clone();
+    let shutdown = async move {
+        let _ = stop_rx.wait_for(|p| *p >= Phase::Draining).await;
+    };
     tokio::pin!(shutdown);
     loop {
         // At the cap with every refusal slot busy, stop accepting until one frees (only this loop
@@ -153,14 +166,17 @@ where
         };
         let _ = stream.set_nodelay(true);
         let tls = opts.tls.clone();
-        let phase = phase.clone();
+        let watch = Watch {
+            phase: phase.clone(),
+            closed: closed.clone(),
+        };
         let alive = alive.clone();
         if let Ok(slot) = slots.clone().try_acquire_owned() {
             let svc = service.clone();
             let builder = builder.clone();
             tokio::spawn(async move {
                 let _held = (alive, slot);
-                accept_and_serve(&builder, stream, tls, svc, d, phase).await
+                accept_and_serve(&builder, stream, tls, svc, d, watch).await
             });
         } else if let Ok(slot) = rejects.clone().try_acquire_owned() {
             let builder = builder.clone();
@@ -171,23 +187,30 @@ where
             tokio::spawn(async move {
                 let _held = (alive, slot);
                 let svc = overload::reject_service();
-                let serve = accept_and_serve(&builder, stream, tls, svc, d, phase);
+                let serve = accept_and_serve(&builder, stream, tls, svc, d, watch);
                 let _ = tokio::time::timeout(overload::REJECT_DEADLINE, serve).await;
             });
         }
     }
     drop(listener);
     drop(alive);
-    tracing::info!("stopped accepting; draining");
-    let _ = phase_tx.send(Phase::Draining);
+    let started = Instant::now();
     if tokio::time::timeout(opts.grace, drained.recv())
         .await
         .is_err()
     {
-        tracing::warn!("grace period over; closing remaining connections");
-        let _ = phase_tx.send(Phase::Closed);
+        tracing::warn!(grace = ?opts.grace, "grace period over; closing remaining connections");
+        let _ = closed_tx.send(true);
+    } else {
+        tracing::debug!(took = ?started.elapsed(), "connections drained");
     }
     Ok(())
+}
+
+/// What a connection watches: its listener's phase, and the end of the grace period.
+struct Watch {
+    phase: watch::Receiver<Phase>,
+    closed: watch::Receiver<bool>,
 }
 
 /// The TLS handshake (within the first-byte deadline) when TLS is on, then [`serve_connection`].
@@ -197,7 +220,7 @@ async fn accept_and_serve<S, B>(
     tls: Option<TlsAcceptor>,
     svc: S,
     d: Deadlines,
-    phase: watch::Receiver<Phase>,
+    watch: Watch,
 ) where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
@@ -207,28 +230,30 @@ async fn accept_and_serve<S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     match tls {
-        None => serve_connection(builder, stream, false, svc, d, phase).await,
+        None => serve_connection(builder, stream, false, svc, d, watch).await,
         Some(acceptor) => {
             let Ok(Ok(tls)) = tokio::time::timeout(d.first_byte, acceptor.accept(stream)).await
             else {
                 return;
             };
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            serve_connection(builder, tls, h2, svc, d, phase).await
+            serve_connection(builder, tls, h2, svc, d, watch).await
         }
     }
 }
 
 /// One connection, until it ends, passes a deadline with no request in flight, or the server
-/// stops. Connections without upgrade support: graphgate never switches protocols, and the
-/// upgradeable wrapper costs state and a check on every request.
+/// stops. While leaving, an HTTP/2 connection is shut down gracefully (GOAWAY) and an HTTP/1.1 one
+/// keeps serving, each answer marked `Connection: close` (by [`conn::Tracked`]). Connections
+/// without upgrade support: graphgate never switches protocols, and the upgradeable wrapper costs
+/// state and a check on every request.
 async fn serve_connection<T, S, B>(
     builder: &auto::Builder<TokioExecutor>,
     io: T,
     h2: bool,
     svc: S,
     d: Deadlines,
-    mut phase: watch::Receiver<Phase>,
+    watch: Watch,
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
@@ -238,14 +263,19 @@ async fn serve_connection<T, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let Watch {
+        mut phase,
+        mut closed,
+    } = watch;
     let act = conn::Activity::new(h2);
     let io = TokioIo::new(conn::Watched::new(io, act.clone()));
-    let conn = builder.serve_connection(io, conn::Tracked::new(svc, act.clone()));
+    let svc = conn::Tracked::new(svc, act.clone(), phase.clone());
+    let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
     let expired = tokio::select! {
         _ = conn.as_mut() => return,
         _ = act.expired(d) => true,
-        _ = phase.wait_for(|p| *p >= Phase::Draining) => false,
+        _ = told_to_close(&mut phase, &act) => false,
     };
     // Stop taking requests: HTTP/1.1 closes once idle, HTTP/2 sends GOAWAY and finishes its streams.
     conn.as_mut().graceful_shutdown();
@@ -254,8 +284,25 @@ async fn serve_connection<T, S, B>(
     } else {
         tokio::select! {
             _ = conn.as_mut() => {}
-            _ = phase.wait_for(|p| *p == Phase::Closed) => {}
+            _ = closed.wait_for(|c| *c) => {}
         }
+    }
+}
+
+/// Resolves when the connection should shut down gracefully: when its listener stops accepting,
+/// or (HTTP/2) when the listener starts leaving, at once or at the connection's next request (its
+/// protocol may be known only from its first bytes). An HTTP/1.1 connection is told per answer
+/// instead, so a caller racing a request onto an idle keep-alive connection is never cut off.
+async fn told_to_close(phase: &mut watch::Receiver<Phase>, act: &conn::Activity) {
+    if phase.wait_for(|p| *p >= Phase::Leaving).await.is_err() {
+        return; // the owner is gone: stop
+    }
+    if act.is_h2() {
+        return;
+    }
+    tokio::select! {
+        _ = phase.wait_for(|p| *p >= Phase::Draining) => {}
+        _ = act.h2_leaving() => {}
     }
 }
 
@@ -264,6 +311,55 @@ pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
     Ok(TlsAcceptor::from(Arc::new(
         crate::config::tls::server_config(files)?,
     )))
+}
+
+/// Stop requests (SIGTERM or Ctrl-C), counted from now on: the first future resolves on the
+/// first, which starts the drain; the second on the next, which skips the rest of the drain delay.
+/// Both stay resolved once resolved. The handlers are installed before this returns, so a signal
+/// that comes early is counted rather than killing the process.
+pub fn signals() -> (
+    impl Future<Output = ()> + Send + 'static,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let (count_tx, count) = watch::channel(0u32);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let streams = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        );
+        if let (Ok(mut term), Ok(mut int)) = streams {
+            tokio::spawn(async move {
+                loop {
+                    let name = tokio::select! {
+                        _ = term.recv() => "SIGTERM",
+                        _ = int.recv() => "SIGINT",
+                    };
+                    count_tx.send_modify(|n| *n += 1);
+                    tracing::info!(signal = name, count = *count_tx.borrow(), "stop requested");
+                }
+            });
+        } else {
+            tracing::warn!("cannot install the SIGTERM/SIGINT handlers");
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            count_tx.send_modify(|n| *n += 1);
+        }
+    });
+    let at_least = |n: u32| {
+        let mut rx = count.clone();
+        async move {
+            if rx.wait_for(|c| *c >= n).await.is_err() {
+                // No handler: only the end of the process stops it.
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    (at_least(1), at_least(2))
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -240,33 +240,152 @@ async fn hostile_paths_and_ids_create_no_new_series() {
 
 // ---------------------------------------------------------------- health and readiness
 
-// /healthz answers while the process runs; /readyz turns 503 (with a reason) once a call to a gone
-// upstream fails, and 200 again when the upstream is back on its address.
+// /healthz answers while the process runs. With Meta gone, a replica with the cache on stays ready
+// (it serves cached and stale answers) but says it is degraded, in /readyz, /admin/status and
+// `graphgate_degraded{reason="upstream"}`; with the cache off /readyz turns 503 with a reason. Both
+// are ready, and no longer degraded, once Meta is back on its address.
 #[tokio::test]
 async fn readiness_flips_to_503_when_the_upstream_goes_away_and_back_when_it_returns() {
     let sim = start_sim(sim_config()).await;
     let addr = sim.addr;
-    let proxy = TestProxy::builder(&sim.url).admin().start().await;
-    let admin = proxy.admin_url();
-    assert_eq!(admin_get(&admin, "/healthz", None).await.status(), 200);
-    let r = admin_get(&admin, "/readyz", None).await;
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    assert_eq!(get(&proxy, &format!("/v19.0/{WABA}")).await.status(), 200);
+    let cached = TestProxy::builder(&sim.url)
+        .cache(true)
+        .admin()
+        .start()
+        .await;
+    let uncached = TestProxy::builder(&sim.url)
+        .cache(false)
+        .admin()
+        .start()
+        .await;
+    let degraded = |admin: String| async move {
+        let (_, samples) = scrape(&admin).await;
+        metric_value(&samples, "graphgate_degraded", &[("reason", "upstream")])
+    };
+    for proxy in [&cached, &uncached] {
+        let admin = proxy.admin_url();
+        assert_eq!(admin_get(&admin, "/healthz", None).await.status(), 200);
+        let r = admin_get(&admin, "/readyz", None).await;
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["degraded"], serde_json::json!([]), "{v}");
+        assert_eq!(get(proxy, &format!("/v19.0/{WABA}")).await.status(), 200);
+        assert_eq!(degraded(admin).await, 0.0, "exported at 0");
+    }
 
     drop(sim);
     wait_until_closed(addr).await;
-    let r = get(&proxy, &format!("/v19.0/{WABA}/message_templates")).await;
-    assert!(r.status().is_server_error(), "{}", r.status());
+    for proxy in [&cached, &uncached] {
+        let r = get(proxy, &format!("/v19.0/{WABA}/message_templates")).await;
+        assert!(r.status().is_server_error(), "{}", r.status());
+    }
+    // The cache on: still serving what it holds, so ready, and degraded.
+    let admin = cached.admin_url();
+    assert_eq!(get(&cached, &format!("/v19.0/{WABA}")).await.status(), 200);
+    let r = admin_get(&admin, "/readyz", None).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["ready"], true);
+    assert_eq!(v["degraded"], serde_json::json!(["upstream"]), "{v}");
+    assert!(
+        v["upstream"].as_str().unwrap().contains("unreachable"),
+        "{v}"
+    );
+    let s: Value = admin_get(&admin, "/admin/status", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(s["degraded"], serde_json::json!(["upstream"]), "{s}");
+    assert_eq!(s["ready"], true);
+    assert_eq!(degraded(admin).await, 1.0);
+    // The cache off: nothing to serve, so not ready.
+    let admin = uncached.admin_url();
     let r = admin_get(&admin, "/readyz", None).await;
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["ready"], false);
     assert!(v["reason"].as_str().unwrap().contains("unreachable"), "{v}");
+    assert_eq!(v["degraded"], serde_json::json!(["upstream"]), "{v}");
     assert_eq!(admin_get(&admin, "/healthz", None).await.status(), 200);
 
     let _back = restart_sim_on(addr).await;
-    let r = admin_get(&admin, "/readyz", None).await;
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    for proxy in [&cached, &uncached] {
+        let r = admin_get(&proxy.admin_url(), "/readyz", None).await;
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["degraded"], serde_json::json!([]), "{v}");
+        assert_eq!(degraded(proxy.admin_url()).await, 0.0);
+    }
+}
+
+// Redis shares the buckets under `on_backend_error = "reject"`: while it hangs (SIGSTOP) every
+// call would be refused, so /readyz turns 503 within backend_timeout plus a health interval (its
+// real round trips find it), with `graphgate_degraded{reason="limits_backend"}` at 1; once it goes
+// on, 200 again.
+#[tokio::test]
+async fn readiness_follows_a_hung_redis_under_the_reject_policy() {
+    let redis = support::redis::RedisServer::start();
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url)
+        .redis(&redis.url(), "readyz")
+        .limits("on_backend_error = \"reject\"\nbackend_timeout = \"200ms\"")
+        .admin()
+        .start()
+        .await;
+    let admin = proxy.admin_url();
+    let ready = || async {
+        let r = admin_get(&admin, "/readyz", None).await;
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap())
+    };
+    let t = std::time::Instant::now();
+    while ready().await.0 != 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "never ready with Redis up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.pause();
+    let paused = std::time::Instant::now();
+    let v = loop {
+        let (status, v) = ready().await;
+        if status == 503 {
+            break v;
+        }
+        // backend_timeout (200 ms) after a health check that comes every 500 ms, with room.
+        assert!(
+            paused.elapsed() < Duration::from_secs(3),
+            "still ready: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = paused.elapsed();
+    assert!(v["reason"].as_str().unwrap().contains("Redis"), "{v}");
+    assert_eq!(v["degraded"], serde_json::json!(["limits_backend"]), "{v}");
+    let (_, samples) = scrape(&admin).await;
+    assert_eq!(
+        metric_value(
+            &samples,
+            "graphgate_degraded",
+            &[("reason", "limits_backend")]
+        ),
+        1.0
+    );
+    redis.resume();
+    let resumed = std::time::Instant::now();
+    while ready().await.0 != 200 {
+        assert!(
+            resumed.elapsed() < Duration::from_secs(5),
+            "never ready again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "503 {took:?} after SIGSTOP; 200 {:?} after SIGCONT",
+        resumed.elapsed()
+    );
 }
 
 async fn wait_until_closed(addr: std::net::SocketAddr) {

@@ -58,6 +58,7 @@ const METRICS: &[Metric] = &[
     m("graphgate_ratelimit_waiting", Kind::Gauge, &[]),
     m("graphgate_limits_backend_up", Kind::Gauge, &[]),
     m("graphgate_limits_unshared_calls", Kind::Gauge, &[]),
+    m("graphgate_degraded", Kind::Gauge, &["reason"]),
     m("graphgate_bucket_used", Kind::Gauge, &["app", "bucket"]),
     m("graphgate_bucket_limit", Kind::Gauge, &["app", "bucket"]),
     m(

@@ -1,6 +1,6 @@
 //! Whether this replica can serve, and the status page's summary of it: readiness (shared by
-//! `/readyz` and `/admin/status`), the limits backend (Redis) and Meta as last seen, the upstream
-//! error rate, version and uptime, and who was refused, grouped.
+//! `/readyz` and `/admin/status`: draining, the limits backend (Redis), Meta) with what it serves
+//! without (`degraded`), the upstream error rate, version and uptime, and who was refused, grouped.
 //!
 //! It owns those two answers. It must never wait longer than the readiness connect check, never
 //! show a token, key or secret, and never change the limiter.
@@ -9,12 +9,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::gateway::Gateway;
 use crate::metrics::{RefusalGroup, GIT_REVISION, VERSION};
+use crate::server::Draining;
 
 /// A successful call to Meta this recent makes `/readyz` answer without a connect check.
 pub const READY_FRESH: Duration = Duration::from_secs(60);
@@ -23,23 +25,39 @@ pub const READY_FRESH: Duration = Duration::from_secs(60);
 /// shorter): orchestrators probe with short timeouts of their own.
 const READY_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Redis found away (a health round trip or a call failed or went unanswered within
+/// `backend_timeout`) keeps it counted away for `backend_timeout` plus this long: one interval of
+/// the link's health checks (500 ms) with room to spare, so a hung Redis does not flap between
+/// its checks' cool-downs. It counts as back once its checks answer for that long.
+const REDIS_SETTLE: Duration = Duration::from_secs(1);
+
 /// The readiness verdict and what it rests on.
 pub(super) struct Readiness {
     pub(super) ready: bool,
     /// Why not ready.
     reason: Option<String>,
-    /// How Meta was found reachable.
+    /// How Meta was found: reachable (and how), or unreachable (and why).
     upstream: Option<String>,
     last_upstream_error: Option<String>,
     limits_backend: &'static str,
+    /// What this replica serves without ([`crate::metrics::DEGRADED_REASONS`]).
+    degraded: Vec<&'static str>,
+    draining: bool,
 }
 
 impl Readiness {
     /// The `/readyz` body.
     pub(super) fn json(&self) -> Value {
-        let mut v = json!({ "ready": self.ready, "limits_backend": self.limits_backend });
+        let mut v = json!({
+            "ready": self.ready,
+            "draining": self.draining,
+            "degraded": self.degraded,
+            "limits_backend": self.limits_backend,
+        });
         if let Some(r) = &self.reason {
             v["reason"] = json!(r);
+        }
+        if self.reason.is_some() || !self.degraded.is_empty() {
             v["last_upstream_error"] = json!(self.last_upstream_error);
         }
         if let Some(u) = &self.upstream {
@@ -49,35 +67,78 @@ impl Readiness {
     }
 }
 
-/// Not ready while Redis is away in reject mode (every call would be refused); otherwise ready when
-/// the last call to Meta within [`READY_FRESH`] got an answer, or a TCP connect to it succeeds now.
-pub(super) async fn readiness(gw: &Gateway) -> Readiness {
+/// Whether this replica can serve, in this order:
+/// - draining (after SIGTERM): not ready, at once, so balancers stop routing here;
+/// - the shared limits backend (Redis) away, as its health round trips found it within
+///   `limits.backend_timeout`: not ready under `on_backend_error = "reject"` (every call would be
+///   refused), degraded under `"local"`;
+/// - Meta: reachable when the last call within [`READY_FRESH`] got an answer or a TCP connect
+///   succeeds now. Unreachable makes the replica degraded, and unready only when the cache is off
+///   (with it on, cached and stale answers are still served).
+///
+/// Sets `graphgate_degraded` from what it found.
+pub(super) async fn readiness(gw: &Gateway, draining: Option<Duration>) -> Readiness {
     let limiter = gw.limiter();
     let backend = limiter.backend_state();
     let last = gw.metrics().upstream_outcome();
-    let last_upstream_error = last.as_ref().and_then(|o| o.error.clone());
-    let verdict = |ready, reason: Option<String>, upstream: Option<String>| Readiness {
-        ready,
-        reason,
-        upstream,
-        last_upstream_error: last_upstream_error.clone(),
+    let mut r = Readiness {
+        ready: true,
+        reason: None,
+        upstream: None,
+        last_upstream_error: last.as_ref().and_then(|o| o.error.clone()),
         limits_backend: backend,
+        degraded: Vec::new(),
+        draining: draining.is_some(),
     };
-    if limiter.backend_rejects() && backend != "up" {
-        let reason = "the shared rate-limit backend (Redis) is unreachable".to_string();
-        return verdict(false, Some(reason), None);
+    if let Some(since) = draining {
+        r.ready = false;
+        r.reason = Some(format!(
+            "draining: shutting down (stop requested {}s ago)",
+            since.as_secs()
+        ));
+        return r;
     }
-    if let Some(o) = &last {
-        let age = o.at.elapsed();
-        if o.error.is_none() && age < READY_FRESH {
-            let how = format!("answered {}s ago", age.as_secs());
-            return verdict(true, None, Some(how));
+    let redis_away = match limiter.redis() {
+        Some(link) => backend != "up" || link.away_within(link.timeout() + REDIS_SETTLE),
+        None => backend == "down",
+    };
+    gw.metrics().set_degraded("limits_backend", redis_away);
+    if redis_away {
+        r.degraded.push("limits_backend");
+        if limiter.backend_rejects() {
+            r.ready = false;
+            r.reason = Some("the shared rate-limit backend (Redis) is unreachable".to_string());
+            return r;
         }
     }
-    match connect_check(gw).await {
-        Ok(addr) => verdict(true, None, Some(format!("TCP connect to {addr} succeeded"))),
-        Err(reason) => verdict(false, Some(reason), None),
+    let fresh = last
+        .as_ref()
+        .filter(|o| o.error.is_none() && o.at.elapsed() < READY_FRESH);
+    let upstream = match fresh {
+        Some(o) => Ok(format!("answered {}s ago", o.at.elapsed().as_secs())),
+        None => connect_check(gw)
+            .await
+            .map(|addr| format!("TCP connect to {addr} succeeded")),
+    };
+    gw.metrics().set_degraded("upstream", upstream.is_err());
+    match upstream {
+        Ok(how) => r.upstream = Some(how),
+        Err(why) if gw.config().cache.enabled => {
+            r.degraded.push("upstream");
+            r.upstream = Some(format!("{why}; serving cached and stale answers only"));
+        }
+        Err(why) => {
+            r.degraded.push("upstream");
+            r.ready = false;
+            r.reason = Some(why);
+        }
     }
+    r
+}
+
+/// Refreshes `graphgate_degraded` for a scrape, the way `/readyz` finds it.
+pub(super) async fn refresh_degraded(gw: &Gateway) {
+    readiness(gw, None).await;
 }
 
 #[derive(Serialize)]
@@ -88,8 +149,12 @@ struct Status {
     started_at_unix: u64,
     uptime_secs: u64,
     ready: bool,
-    /// Why not ready, or how Meta was found reachable.
+    /// Why not ready, or how Meta was found.
     ready_detail: Option<String>,
+    /// After SIGTERM, until the process exits.
+    draining: bool,
+    /// What this replica serves without: `upstream` (Meta unreachable), `limits_backend` (Redis).
+    degraded: Vec<&'static str>,
     /// `memory` (no Redis), `up`, `down` or `connecting`.
     limits_backend: &'static str,
     meta: Meta,
@@ -111,8 +176,11 @@ struct Meta {
 }
 
 /// `GET /admin/status`: the status page's header and health section.
-pub(super) async fn status(State(gw): State<Gateway>) -> Response {
-    let r = readiness(&gw).await;
+pub(super) async fn status(
+    State(gw): State<Gateway>,
+    draining: Option<Extension<Draining>>,
+) -> Response {
+    let r = readiness(&gw, draining.and_then(|d| d.since())).await;
     let m = gw.metrics();
     let now = unix_now();
     let last = m.upstream_outcome();
@@ -139,6 +207,8 @@ pub(super) async fn status(State(gw): State<Gateway>) -> Response {
         uptime_secs: now.saturating_sub(m.started_unix()),
         ready: r.ready,
         ready_detail: r.reason.clone().or(r.upstream.clone()),
+        draining: r.draining,
+        degraded: r.degraded.clone(),
         limits_backend: r.limits_backend,
         meta,
         in_flight: m.in_flight(),

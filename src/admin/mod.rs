@@ -100,11 +100,14 @@ async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
-/// Ready when the last call to Meta within [`READY_FRESH`] got an answer, or else when a TCP
-/// connect to the upstream succeeds now. Config is loaded and the proxy's listener is bound before
-/// this listener serves at all.
-async fn readyz(State(gw): State<Gateway>) -> Response {
-    let r = health::readiness(&gw).await;
+/// 503 from the moment a drain begins (the `Draining` the server hands the router); otherwise as
+/// `health::readiness` finds the limits backend and Meta. Config is loaded and the proxy's
+/// listener is bound before this listener serves at all.
+async fn readyz(
+    State(gw): State<Gateway>,
+    draining: Option<axum::Extension<crate::server::Draining>>,
+) -> Response {
+    let r = health::readiness(&gw, draining.and_then(|d| d.since())).await;
     let status = if r.ready {
         StatusCode::OK
     } else {
@@ -117,6 +120,7 @@ async fn readyz(State(gw): State<Gateway>) -> Response {
 
 async fn metrics_text(State(gw): State<Gateway>) -> Response {
     let g = &gw;
+    health::refresh_degraded(g).await;
     // From Redis when the buckets are shared, so every replica reports the same budget.
     let buckets = g.limiter().view().await;
     let body = g.metrics().render(

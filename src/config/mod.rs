@@ -77,6 +77,11 @@ pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 32 * 1024;
 /// In-flight requests get this long to finish after SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// After SIGTERM, `/readyz` answers 503 and both listeners keep serving this long, so load
+/// balancers (which probe every few seconds) stop routing here before connections are refused.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
+/// The longest `server.drain_delay` accepted: a balancer that needs longer is misconfigured.
+pub const MAX_DRAIN_DELAY: Duration = Duration::from_secs(600);
 /// A new connection must send its first byte (or finish its TLS handshake) within this.
 pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
 /// From the first byte of a request head to its end (HTTP/1.1), like nginx's `client_header_timeout`.
@@ -228,6 +233,8 @@ pub struct Server {
     pub max_headers: usize,
     pub max_header_bytes: u64,
     pub shutdown_grace: Duration,
+    /// After SIGTERM: not ready, still serving, for this long (see [`DEFAULT_DRAIN_DELAY`]).
+    pub drain_delay: Duration,
     pub tls: Option<TlsFiles>,
     pub access_log: bool,
     /// Runtime threads; `None`: one per core available to the process.

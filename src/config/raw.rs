@@ -79,6 +79,7 @@ pub(super) struct RawServer {
     pub(super) max_headers: Option<i64>,
     pub(super) max_header_bytes: Option<Size>,
     pub(super) shutdown_grace: Option<Dur>,
+    pub(super) drain_delay: Option<Dur>,
     pub(super) tls_cert_file: Option<PathBuf>,
     pub(super) tls_key_file: Option<PathBuf>,
     pub(super) access_log: Option<bool>,

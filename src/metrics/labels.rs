@@ -63,6 +63,15 @@ pub(super) struct CacheLabels {
     pub(super) result: &'static str,
 }
 
+/// Why a replica can be degraded (`graphgate_degraded`): Meta unreachable; Redis away while
+/// buckets are shared.
+pub const DEGRADED_REASONS: [&str; 2] = ["upstream", "limits_backend"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct DegradedLabels {
+    pub(super) reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct VersionLabels {
     pub(super) version: &'static str,

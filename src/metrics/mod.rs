@@ -10,6 +10,7 @@
 //! they count into it (the receiver's figures are typed here, in `webhooks.rs`).
 
 mod counters;
+mod degraded;
 mod labels;
 mod preset;
 mod process;
@@ -34,10 +35,10 @@ use crate::limits::{Refusal, RefusalReason, Scope};
 use crate::sync::MutexExt;
 
 use counters::Counters;
-pub use labels::{method_label, status_label, CacheResult};
+pub use labels::{method_label, status_label, CacheResult, DEGRADED_REASONS};
 use labels::{
-    BucketLabels, CacheLabels, DurationLabels, RequestLabels, ThrottleLabels, UpstreamLabels,
-    UsageLabels, VersionLabels, NONE,
+    BucketLabels, CacheLabels, DegradedLabels, DurationLabels, RequestLabels, ThrottleLabels,
+    UpstreamLabels, UsageLabels, VersionLabels, NONE,
 };
 use process::ProcessMetrics;
 use webhooks::WebhookMetrics;
@@ -140,6 +141,7 @@ pub struct Metrics {
     cache_bytes: Gauge,
     backend_up: Gauge,
     unshared: Gauge,
+    degraded: Family<DegradedLabels, Gauge>,
     cache_requests: Family<CacheLabels, Counter>,
     apps: Vec<AppLabelSet>,
     none: Arc<str>,
@@ -194,6 +196,7 @@ impl Metrics {
             })
             .set(1);
         let process = ProcessMetrics::register(&mut registry);
+        let degraded = Family::<DegradedLabels, Gauge>::default();
 
         // Counter names go in without `_total`: the encoder appends it.
         let r = &mut registry;
@@ -279,6 +282,12 @@ impl Metrics {
             unshared.clone(),
         );
         r.register(
+            "graphgate_degraded",
+            "1 while this replica serves without a dependency: upstream (Meta unreachable; cached \
+             and stale answers only) or limits_backend (Redis away)",
+            degraded.clone(),
+        );
+        r.register(
             "graphgate_build_info",
             "graphgate's version and the git revision it was built from; always 1",
             build_info,
@@ -315,6 +324,7 @@ impl Metrics {
             cache_bytes,
             backend_up,
             unshared,
+            degraded,
             cache_requests,
             apps,
             none: Arc::from(NONE),

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use crate::config::Config;
 
-use super::labels::{BucketLabels, CacheLabels, ThrottleLabels, UpstreamLabels};
+use super::labels::{
+    BucketLabels, CacheLabels, DegradedLabels, ThrottleLabels, UpstreamLabels, DEGRADED_REASONS,
+};
 use super::{CacheResult, Metrics};
 
 /// Upstream answers present for each app and class from the start: the failures alerts look for,
@@ -28,6 +30,11 @@ const MAX_THROTTLING_CODE: u64 = 140_000;
 
 impl Metrics {
     pub(super) fn preset(&self, config: &Config) {
+        for reason in DEGRADED_REASONS {
+            self.degraded
+                .get_or_create(&DegradedLabels { reason })
+                .set(0);
+        }
         for r in [
             CacheResult::Hit,
             CacheResult::Miss,

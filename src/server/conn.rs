@@ -1,6 +1,8 @@
 //! One connection's deadlines: time to its first byte, time from a request head's first byte to
 //! its end (HTTP/1.1), and how long it may sit with no request in flight (HTTP/1.1 keep-alive and
-//! HTTP/2 alike). The connection's reads, its service and a watchdog share one [`Activity`].
+//! HTTP/2 alike). The connection's reads, its service and a watchdog share one [`Activity`]. While
+//! the listener is leaving (the drain delay), the service marks each HTTP/1.1 answer
+//! `Connection: close` and asks an HTTP/2 connection for its GOAWAY.
 //!
 //! It must never cut a request in flight: a deadline runs only while no request is being served
 //! (from the call of the service until its answer's body is done or dropped). Streamed answers
@@ -14,9 +16,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::header::{HeaderValue, CONNECTION};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 /// The deadlines of a connection with no request in flight.
@@ -28,6 +32,19 @@ pub struct Deadlines {
     pub header: Duration,
     /// With no request in flight, after the first byte.
     pub idle: Duration,
+}
+
+/// Where a listener is in its life, as its owner sets it (through a `watch` channel); connections
+/// watch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd)]
+pub enum Phase {
+    Serving,
+    /// The drain delay: connections are still accepted and served, but callers are asked to go
+    /// elsewhere: every HTTP/1.1 answer carries `Connection: close` (the connection closes after
+    /// it) and HTTP/2 connections get a GOAWAY.
+    Leaving,
+    /// Stop accepting; finish the requests in flight within the grace period, take no new ones.
+    Draining,
 }
 
 /// No head is being read.
@@ -43,6 +60,8 @@ pub(super) struct Activity {
     head_since: AtomicU64,
     read_any: AtomicBool,
     h2: AtomicBool,
+    /// An HTTP/2 request came while the listener was leaving: send the GOAWAY.
+    h2_leaving: Notify,
 }
 
 /// The watchdog looks again at least this often, and at most a quarter of the shortest deadline
@@ -59,7 +78,18 @@ impl Activity {
             head_since: AtomicU64::new(NONE),
             read_any: AtomicBool::new(false),
             h2: AtomicBool::new(h2),
+            h2_leaving: Notify::new(),
         })
+    }
+
+    /// The connection speaks HTTP/2 (as far as its first bytes or ALPN tell yet).
+    pub(super) fn is_h2(&self) -> bool {
+        self.h2.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once an HTTP/2 request came while the listener was leaving.
+    pub(super) async fn h2_leaving(&self) {
+        self.h2_leaving.notified().await
     }
 
     fn now_ms(&self) -> u64 {
@@ -190,15 +220,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 }
 
 /// The connection's service: each call is in flight until its answer's body is done or dropped.
+/// While the listener is leaving, it tells the caller to go (see the file's doc).
 #[derive(Clone)]
 pub(super) struct Tracked<S> {
     inner: S,
     act: Arc<Activity>,
+    phase: watch::Receiver<Phase>,
 }
 
 impl<S> Tracked<S> {
-    pub(super) fn new(inner: S, act: Arc<Activity>) -> Tracked<S> {
-        Tracked { inner, act }
+    pub(super) fn new(inner: S, act: Arc<Activity>, phase: watch::Receiver<Phase>) -> Tracked<S> {
+        Tracked { inner, act, phase }
     }
 }
 
@@ -212,9 +244,16 @@ where
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let guard = self.act.begin();
+        // A read lock on the phase per request: cheap, and the answer must follow the phase.
+        let leaving = *self.phase.borrow() >= Phase::Leaving;
+        let h2 = self.act.is_h2();
+        if leaving && h2 {
+            self.act.h2_leaving.notify_one();
+        }
         TrackedFuture {
             inner: self.inner.call(req),
             guard: Some(guard),
+            close: leaving && !h2,
         }
     }
 }
@@ -224,6 +263,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         guard: Option<InFlight>,
+        // Mark the answer `Connection: close` (HTTP/1.1 while the listener is leaving).
+        close: bool,
     }
 }
 
@@ -237,7 +278,13 @@ where
         let this = self.project();
         let out = std::task::ready!(this.inner.poll(cx));
         let guard = this.guard.take();
-        Poll::Ready(out.map(|resp| {
+        let close = *this.close;
+        Poll::Ready(out.map(|mut resp| {
+            if close {
+                // hyper closes the connection once this answer is written.
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
             resp.map(|inner| TrackedBody {
                 inner,
                 guard: Some(guard).flatten(),

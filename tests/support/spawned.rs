@@ -13,6 +13,8 @@ pub struct Spawned {
     child: Child,
     pub addr: SocketAddr,
     pub admin: String,
+    /// Every line it logged so far (JSON).
+    pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -53,7 +55,9 @@ impl Spawned {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        // Reads every line (so the pipe never fills) and reports the admin address.
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = logs.clone();
+        // Reads every line (so the pipe never fills), keeps it, and reports the admin address.
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stdout)
                 .lines()
@@ -63,6 +67,7 @@ impl Spawned {
                 if let Some(a) = v["admin"].as_str() {
                     let _ = tx.send(a.to_string());
                 }
+                kept.lock().unwrap().push(line);
             }
         });
         let admin = rx
@@ -77,7 +82,32 @@ impl Spawned {
             child,
             addr,
             admin: format!("http://{admin}"),
+            logs,
             _dir: dir,
+        }
+    }
+
+    /// Sends `signal` (a `kill -s` name: TERM, INT) to the process.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -s {signal} failed");
+    }
+
+    /// Waits up to `within` for the process to exit; its status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 

@@ -18,6 +18,7 @@ pub fn standard(upstream: &str) -> Table {
         r#"
 [server]
 listen = "127.0.0.1:0"
+drain_delay = "0s"
 
 [upstream]
 connect_timeout = "1s"

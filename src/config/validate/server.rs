@@ -15,6 +15,7 @@ use super::super::{
     DEFAULT_POOL_MAX_IDLE, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPSTREAM,
 };
 use super::super::{DEFAULT_BODY_TIMEOUT, DEFAULT_PREAUTH_BODY_TIMEOUT, DEFAULT_PREAUTH_READS};
+use super::super::{DEFAULT_DRAIN_DELAY, MAX_DRAIN_DELAY};
 use super::super::{
     DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_H2_PING_INTERVAL, DEFAULT_H2_PING_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT,
@@ -96,6 +97,7 @@ impl Validator<'_> {
                 .shutdown_grace
                 .map(|d| d.0)
                 .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+            drain_delay: self.drain_delay(r.drain_delay),
             tls,
             access_log: r.access_log.unwrap_or(true),
             worker_threads: self
@@ -155,6 +157,24 @@ impl Validator<'_> {
                 .map_or(DEFAULT_MAX_IN_FLIGHT, |n| n as usize),
         };
         (server, auth)
+    }
+
+    /// `server.drain_delay`: zero (stop accepting at once) up to [`MAX_DRAIN_DELAY`].
+    fn drain_delay(&mut self, raw: Option<super::super::scalar::Dur>) -> std::time::Duration {
+        match raw {
+            None => DEFAULT_DRAIN_DELAY,
+            Some(d) if d.0 > MAX_DRAIN_DELAY => {
+                self.problem(
+                    "server.drain_delay",
+                    format!(
+                        "must be at most {}s: load balancers stop routing within seconds",
+                        MAX_DRAIN_DELAY.as_secs()
+                    ),
+                );
+                DEFAULT_DRAIN_DELAY
+            }
+            Some(d) => d.0,
+        }
     }
 
     /// `server.admin_listen`: an address, or `"off"`/empty for no admin listener. It may not share
