@@ -124,6 +124,9 @@ pub struct Metrics {
     upstream_counters: Counters<UpstreamLabels>,
     upstream_duration: Histogram,
     request_duration: Family<DurationLabels, Histogram, fn() -> Histogram>,
+    /// Handles into `request_duration` and `cache_requests` by (class, cache result), so a request
+    /// observes without hashing label strings (a family lookup was ~3% of a cache hit).
+    handles: counters::Handles,
     in_flight: Gauge,
     /// Calls to Meta and those that failed (5xx, error, timeout), for the status page's error rate;
     /// not exported (the labelled family is).
@@ -300,6 +303,7 @@ impl Metrics {
             upstream_requests,
             upstream_counters: Counters::default(),
             upstream_duration,
+            handles: counters::Handles::default(),
             request_duration,
             in_flight,
             upstream_all: Counter::default(),
@@ -386,29 +390,22 @@ impl Metrics {
         reached_cache: bool,
         elapsed: Duration,
     ) {
-        self.request_duration
-            .get_or_create(&DurationLabels {
-                class: class.unwrap_or(NONE),
-                cache: cache.label(),
-            })
-            .observe(elapsed.as_secs_f64());
+        let class = class.unwrap_or(NONE);
+        self.handles
+            .observe(&self.request_duration, class, cache, elapsed.as_secs_f64());
         self.request_counters.inc(
             &self.requests,
             RequestLabels {
                 app: self.shared_app_label(app),
                 client: client.cloned().unwrap_or_else(|| self.none.clone()),
-                class: class.unwrap_or(NONE),
+                class,
                 method: method_label(method),
                 status: status_label(status.as_u16()),
                 cache: cache.label(),
             },
         );
         if reached_cache && cache != CacheResult::None {
-            self.cache_requests
-                .get_or_create(&CacheLabels {
-                    result: cache.label(),
-                })
-                .inc();
+            self.handles.cache(&self.cache_requests, cache).inc();
         }
     }
 
