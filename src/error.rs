@@ -11,7 +11,8 @@ use http::{header, HeaderValue, StatusCode};
 use crate::limits::{Budget, Refusal, RefusalReason, Scope};
 
 /// Header on every response that graphgate generated itself.
-pub const LOCAL_ERROR_HEADER: &str = "x-graphgate-error";
+pub const LOCAL_ERROR_HEADER: header::HeaderName =
+    header::HeaderName::from_static("x-graphgate-error");
 
 // Clone: the cache hands one upstream failure to every caller that waited for the same miss.
 #[derive(Debug, Clone, thiserror::Error)]

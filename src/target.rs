@@ -54,17 +54,7 @@ impl Target {
             if seg == "." || seg == ".." {
                 return Err(bad("`.` and `..` path segments are not allowed"));
             }
-            if seg.contains(['/', '\\']) {
-                return Err(bad("encoded slashes in the path are not allowed"));
-            }
-            let control = if seg.is_ascii() {
-                seg.bytes().any(|b| b.is_ascii_control())
-            } else {
-                seg.chars().any(char::is_control)
-            };
-            if control {
-                return Err(bad("control characters in the path are not allowed"));
-            }
+            check_segment(&seg)?;
             if !seg.is_empty() {
                 segments.push(seg);
             }
@@ -110,6 +100,22 @@ impl Target {
 
 pub fn is_auth_param(key: &str) -> bool {
     AUTH_PARAMS.contains(&key)
+}
+
+/// A decoded segment may hold neither a slash (it would change the path's shape upstream) nor a
+/// control character. One pass over the bytes: this runs for every segment of every request.
+fn check_segment(seg: &str) -> Result<(), BadTarget> {
+    let mut control = false;
+    for b in seg.bytes() {
+        if b == b'/' || b == b'\\' {
+            return Err(bad("encoded slashes in the path are not allowed"));
+        }
+        control |= b.is_ascii_control();
+    }
+    if control || (!seg.is_ascii() && seg.chars().any(char::is_control)) {
+        return Err(bad("control characters in the path are not allowed"));
+    }
+    Ok(())
 }
 
 /// Joins raw pairs back into a query string.

@@ -112,13 +112,15 @@ impl CacheResult {
     /// itself (a spent budget) is `None`: the cache answered nothing and Meta was not called, so it
     /// is not a miss and does not lower the hit ratio.
     pub fn of(resp: &http::Response<axum::body::Body>) -> CacheResult {
-        let local = resp
-            .headers()
-            .contains_key(crate::error::LOCAL_ERROR_HEADER);
-        if local && resp.status() == http::StatusCode::TOO_MANY_REQUESTS {
+        // The status first: the header lookup is needed only for a 429.
+        if resp.status() == http::StatusCode::TOO_MANY_REQUESTS
+            && resp
+                .headers()
+                .contains_key(crate::error::LOCAL_ERROR_HEADER)
+        {
             return CacheResult::None;
         }
-        CacheResult::from_header(resp.headers().get("x-cache"))
+        CacheResult::from_header(resp.headers().get(crate::cache::X_CACHE))
     }
 
     pub fn label(self) -> &'static str {

@@ -59,7 +59,9 @@ pub async fn handle<B: InBody>(gw: Gateway, req: http::Request<B>) -> Response {
     };
     // Only the cache step sets X-Cache; a read refused before it is labelled BYPASS below.
     let reached_cache = resp.headers().contains_key(cache::X_CACHE);
-    cache::label_bypass(&method, &mut resp);
+    if !reached_cache {
+        cache::label_bypass(&method, &mut resp);
+    }
     let cache_result = CacheResult::of(&resp);
     gw.metrics().record_request(
         ctx.app,
