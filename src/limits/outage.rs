@@ -219,13 +219,14 @@ impl Journal {
             .all(|c| c.state == State::Open { held: true })
     }
 
-    /// How many calls Redis does not know of yet (for the admin view and metrics).
+    /// How many calls Redis does not know of yet (for the admin view and metrics). A slot to give
+    /// back (a call never sent, e.g. an admission whose answer was lost) is not a call.
     pub(super) fn pending(&self) -> usize {
         let calls = self.calls.lock_unpoisoned();
         calls
             .map
             .values()
-            .filter(|c| c.state != State::Open { held: true })
+            .filter(|c| !matches!(c.state, State::Open { held: true } | State::Released { .. }))
             .count()
     }
 
