@@ -64,7 +64,9 @@ pub(super) async fn readiness(gw: &Gateway) -> Readiness {
         limits_backend: backend,
     };
     if limiter.backend_rejects() && backend != "up" {
-        let reason = "the shared rate-limit backend (Redis) is unreachable".to_string();
+        let what = limiter.redis().and_then(|l| l.fault());
+        let what = what.map_or("unreachable", |f| f.describe());
+        let reason = format!("the shared rate-limit backend (Redis) is {what}");
         return verdict(false, Some(reason), None);
     }
     if let Some(o) = &last {

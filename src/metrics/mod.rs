@@ -36,8 +36,8 @@ use crate::sync::MutexExt;
 use counters::Counters;
 pub use labels::{method_label, status_label, CacheResult};
 use labels::{
-    BucketLabels, CacheLabels, DurationLabels, RequestLabels, ThrottleLabels, UpstreamLabels,
-    UsageLabels, VersionLabels, NONE,
+    BucketLabels, CacheLabels, DurationLabels, RedisFaultLabels, RequestLabels, ThrottleLabels,
+    UpstreamLabels, UsageLabels, VersionLabels, NONE,
 };
 use process::ProcessMetrics;
 use webhooks::WebhookMetrics;
@@ -140,6 +140,7 @@ pub struct Metrics {
     cache_bytes: Gauge,
     backend_up: Gauge,
     unshared: Gauge,
+    redis_errors: Family<RedisFaultLabels, Counter>,
     cache_requests: Family<CacheLabels, Counter>,
     apps: Vec<AppLabelSet>,
     none: Arc<str>,
@@ -181,6 +182,7 @@ impl Metrics {
         let cache_bytes = Gauge::default();
         let backend_up = Gauge::default();
         let unshared = Gauge::default();
+        let redis_errors = Family::<RedisFaultLabels, Counter>::default();
         let cache_requests = Family::<CacheLabels, Counter>::default();
         let build_info = Family::<VersionLabels, Gauge>::default();
         let webhooks = config.webhooks.as_ref().map(|w| {
@@ -279,6 +281,12 @@ impl Metrics {
             unshared.clone(),
         );
         r.register(
+            "graphgate_redis_errors",
+            "Failures of the Redis link by kind: auth, tls, connect, timeout, readonly (a replica \
+             after a failover), other",
+            redis_errors.clone(),
+        );
+        r.register(
             "graphgate_build_info",
             "graphgate's version and the git revision it was built from; always 1",
             build_info,
@@ -315,6 +323,7 @@ impl Metrics {
             cache_bytes,
             backend_up,
             unshared,
+            redis_errors,
             cache_requests,
             apps,
             none: Arc::from(NONE),
