@@ -46,10 +46,17 @@ async fn pair(sim: &str, url: &str, prefix: &str, limits: &[(&str, &str)]) -> Ve
 /// Five calls across the two proxies: the shared budget of 3 lets exactly 3 through.
 async fn shared_budget_holds(reps: &[TestProxy]) {
     for p in reps {
-        wait_for("never connected to Redis", || {
-            p.gw.limiter().backend_state() == "up"
-        })
-        .await;
+        let started = Instant::now();
+        while p.gw.limiter().backend_state() != "up" {
+            let said = logs().text();
+            let last = said.lines().rfind(|l| l.contains("cannot use Redis"));
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "never connected to Redis: {}",
+                last.unwrap_or("")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     let mut ok = 0;
     for i in 0..5 {
@@ -264,6 +271,99 @@ async fn an_acl_user_with_a_password_file_works_and_a_wrong_user_is_an_auth_fail
     .await;
     refused_as(&reps[0], other.port, Fault::Auth, "authentication").await;
     no_password_in_logs();
+}
+
+// A server that requires client certificates: with redis_client_cert_file/_key_file the proxies
+// share a budget; without them the handshake fails and that is a TLS failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_presented_when_the_server_asks_for_one() {
+    let ca = TestCa::new();
+    let redis = RedisServer::tls(&ca, &["--tls-auth-clients", "yes"]);
+    let sim = start_sim(sim_config()).await;
+    let ca_file = ca.ca.display().to_string();
+    let cert = ca.client_cert.display().to_string();
+    let key = ca.client_key.display().to_string();
+    let reps = pair(
+        &sim.url,
+        &redis.url(),
+        "cc1",
+        &[
+            ("limits.redis_ca_file", &ca_file),
+            ("limits.redis_client_cert_file", &cert),
+            ("limits.redis_client_key_file", &key),
+        ],
+    )
+    .await;
+    shared_budget_holds(&reps).await;
+    let other = RedisServer::tls(&ca, &["--tls-auth-clients", "yes"]);
+    let reps = pair(
+        &sim.url,
+        &other.url(),
+        "cc2",
+        &[("limits.redis_ca_file", &ca_file)],
+    )
+    .await;
+    refused_as(&reps[0], other.port, Fault::Tls, "TLS").await;
+}
+
+// The new keys are checked like the others: Sentinel needs a master name and host:port
+// addresses and excludes redis_url; a CA file needs TLS; a client cert needs its key; a password
+// needs exactly one of _env and _file.
+#[test]
+fn the_redis_keys_are_checked_before_serving() {
+    let refused = |b: ProxyBuilder, key: &str, words: &str| {
+        let text = b.load().expect_err("accepted").to_string();
+        assert!(text.contains(key) && text.contains(words), "{key}: {text}");
+    };
+    let base = || TestProxy::builder("http://127.0.0.1:1").redis("redis://127.0.0.1:6379", "x");
+    let sentinel = || {
+        TestProxy::builder("http://127.0.0.1:1")
+            .set("limits.backend", "redis")
+            .set("limits.redis_sentinels", vec!["127.0.0.1:26379"])
+    };
+    refused(sentinel(), "limits.redis_master_name", "required");
+    refused(
+        sentinel()
+            .set("limits.redis_master_name", "m")
+            .set("limits.redis_url", "redis://h:1"),
+        "limits.redis_url",
+        "not both",
+    );
+    refused(
+        sentinel()
+            .set("limits.redis_sentinels", vec!["nohostport"])
+            .set("limits.redis_master_name", "m"),
+        "limits.redis_sentinels",
+        "host:port",
+    );
+    assert!(sentinel()
+        .set("limits.redis_master_name", "m")
+        .load()
+        .is_ok());
+    refused(
+        base().set("limits.redis_ca_file", "/etc/hostname"),
+        "limits.redis_ca_file",
+        "TLS",
+    );
+    refused(
+        base()
+            .set("limits.redis_url", "rediss://h:1")
+            .set("limits.redis_client_cert_file", "/x.pem"),
+        "limits.redis_client_cert_file",
+        "together",
+    );
+    refused(
+        base().set("limits.redis_password_env", "NOPE_NOT_SET"),
+        "limits.redis_password_env",
+        "not set",
+    );
+    refused(
+        base()
+            .set("limits.redis_password_env", "A")
+            .set("limits.redis_password_file", "/x"),
+        "limits.redis_password_env",
+        "not both",
+    );
 }
 
 // A password written into `redis_url` is refused by the config check like any inline secret,

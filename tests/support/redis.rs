@@ -187,6 +187,9 @@ pub struct TestCa {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// A client certificate and key the CA signed, for `--tls-auth-clients yes`.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -196,12 +199,21 @@ impl TestCa {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        // OpenSSL (redis-server checking a client certificate) wants an issuer with a name.
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "graphgate test CA");
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
         let cert = rcgen::CertificateParams::new(names)
             .unwrap()
             .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        let client_key = rcgen::KeyPair::generate().unwrap();
+        let client = rcgen::CertificateParams::new(vec!["graphgate".to_string()])
+            .unwrap()
+            .signed_by(&client_key, &ca, &ca_key)
             .unwrap();
         let write = |name: &str, pem: String| {
             let p = dir.path().join(name);
@@ -212,6 +224,8 @@ impl TestCa {
             ca: write("ca.pem", ca.pem()),
             cert: write("server.pem", cert.pem()),
             key: write("server.key", key.serialize_pem()),
+            client_cert: write("client.pem", client.pem()),
+            client_key: write("client.key", client_key.serialize_pem()),
             _dir: dir,
         }
     }
