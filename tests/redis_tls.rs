@@ -15,14 +15,6 @@ use support::*;
 const PASSWORD: &str = "s3cret-REDIS-pw-9f2k";
 const WRONG: &str = "not-the-REDIS-pw-7h1x";
 
-async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !ok() {
-        assert!(started.elapsed() < Duration::from_secs(10), "{what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Two proxies in reject mode with a budget of 3 on the WABA, on `redis` and the extra `limits`.
 async fn pair(sim: &str, url: &str, prefix: &str, limits: &[(&str, &str)]) -> Vec<TestProxy> {
     let mut out = Vec::new();
