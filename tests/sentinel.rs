@@ -141,22 +141,36 @@ async fn proxies_follow_a_sentinel_failover_and_keep_one_budget() {
         replica.cli(&["ROLE"]).starts_with("master"),
         "the replica was not promoted"
     );
-    // Shared again for two windows: by then the calls counted twice after the failover are out.
-    tokio::time::sleep(WINDOW * 2).await;
-    let last_from = Instant::now();
+    // A window for the calls counted twice after the failover to leave, then two more windows in
+    // which the two must again spend the whole budget together.
     tokio::time::sleep(WINDOW).await;
+    let last_from = Instant::now();
+    tokio::time::sleep(WINDOW * 2).await;
     let last_to = Instant::now();
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
     }
 
-    let last = ok
+    // The most answers in any window-long stretch of the last two windows (one fixed stretch
+    // can miss a few on a busy host).
+    let times: Vec<Instant> = ok
         .lock()
         .unwrap()
         .iter()
-        .filter(|t| **t >= last_from && **t < last_to)
-        .count();
+        .copied()
+        .filter(|t| *t >= last_from && *t < last_to)
+        .collect();
+    let last = times
+        .iter()
+        .map(|a| {
+            times
+                .iter()
+                .filter(|b| **b >= *a && **b < *a + WINDOW)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
     let total = ok.lock().unwrap().len();
     let st: Value = serde_json::to_value(sim.sim.stats()).unwrap();
     let b = st["buckets"]
@@ -167,7 +181,7 @@ async fn proxies_follow_a_sentinel_failover_and_keep_one_budget() {
         .map(|(_, v)| v.clone())
         .unwrap();
     let report = format!(
-        "followed {followed_after:?} after the kill; admitted {total}, {last} in the last window; Meta: {b}"
+        "followed {followed_after:?} after the kill; admitted {total}, at most {last} in a window at the end; Meta: {b}"
     );
     eprintln!("{report}");
     let odd = odd.lock().unwrap().clone();

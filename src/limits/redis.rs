@@ -124,8 +124,8 @@ impl RedisLink {
         }
     }
 
-    /// The failure that keeps the link from working now, if it is known (the last one since a
-    /// connection last worked).
+    /// The failure that keeps the link from working now, if it is known (the last one since
+    /// Redis last answered).
     pub fn fault(&self) -> Option<Fault> {
         let i = self.fault.load(Ordering::Relaxed);
         (i > 0).then(|| Fault::ALL[(i - 1).min(Fault::ALL.len() - 1)])
@@ -229,6 +229,7 @@ impl RedisLink {
         self.last_up_ms.store(now_ms, Ordering::Relaxed);
         self.slow.store(0, Ordering::Relaxed);
         self.down_until_ms.store(0, Ordering::Relaxed);
+        self.fault.store(0, Ordering::Relaxed);
     }
 
     pub(super) fn conn(&self) -> redis::RedisResult<ConnectionManager> {
