@@ -107,7 +107,9 @@ pub(super) async fn readiness(gw: &Gateway, draining: Option<Duration>) -> Readi
         r.degraded.push("limits_backend");
         if limiter.backend_rejects() {
             r.ready = false;
-            r.reason = Some("the shared rate-limit backend (Redis) is unreachable".to_string());
+            let what = limiter.redis().and_then(|l| l.fault());
+            let what = what.map_or("unreachable", |f| f.describe());
+            r.reason = Some(format!("the shared rate-limit backend (Redis) is {what}"));
             return r;
         }
     }

@@ -155,7 +155,7 @@ pub struct Limits {
 }
 
 /// `limits.backend = "redis"`: where the shared buckets live and what to do when Redis is away.
-/// Its `Debug` leaves the URL out: it may carry a password.
+/// Its `Debug` leaves the URL and the credentials out.
 #[derive(Clone)]
 pub struct RedisBackend {
     pub url: String,
@@ -164,6 +164,23 @@ pub struct RedisBackend {
     /// How many replicas share the budget; in `local` fallback each takes `limit / replicas`.
     pub replicas: u32,
     pub timeout: Duration,
+    /// How the connection is made and authenticated: TLS, credentials, Sentinel.
+    pub access: RedisAccess,
+}
+
+/// The credentials and transport of the Redis link (`limits.redis_*`).
+#[derive(Clone, Default)]
+pub struct RedisAccess {
+    /// PEM certificates trusted for `rediss://` instead of the bundled web PKI roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate chain and its key (PEM), for servers that ask for one.
+    pub client_cert: Option<(Vec<u8>, Secret)>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// `host:port` of each Sentinel; empty when `url` names the server itself.
+    pub sentinels: Vec<(String, u16)>,
+    /// The master's name at the Sentinels (`limits.redis_master_name`).
+    pub master_name: String,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -173,6 +190,8 @@ impl fmt::Debug for RedisBackend {
             .field("on_error", &self.on_error)
             .field("replicas", &self.replicas)
             .field("timeout", &self.timeout)
+            .field("sentinels", &self.access.sentinels)
+            .field("master_name", &self.access.master_name)
             .finish_non_exhaustive()
     }
 }

@@ -55,6 +55,14 @@ pub(super) struct RawLimits {
     pub(super) on_backend_error: Option<String>,
     pub(super) replicas: Option<i64>,
     pub(super) backend_timeout: Option<Dur>,
+    pub(super) redis_ca_file: Option<PathBuf>,
+    pub(super) redis_client_cert_file: Option<PathBuf>,
+    pub(super) redis_client_key_file: Option<PathBuf>,
+    pub(super) redis_username: Option<String>,
+    pub(super) redis_password_env: Option<String>,
+    pub(super) redis_password_file: Option<PathBuf>,
+    pub(super) redis_sentinels: Option<Vec<String>>,
+    pub(super) redis_master_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

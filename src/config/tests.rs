@@ -1230,6 +1230,12 @@ fn an_unparsable_redis_url_is_refused_without_echoing_it() {
         assert!(p.message.contains("not a usable Redis URL"), "{e}");
         assert!(!e.to_string().contains("s3cretpass"), "{e}");
     }
-    let ok = with("[limits]\nbackend = \"redis\"\nredis_url = \"redis://:pw@127.0.0.1:6379/2\"");
+    let ok = with("[limits]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/2\"");
     assert!(load(&ok).is_ok());
+    // A password in the URL is an inline secret (issue #16): refused, pointing at _env/_file.
+    let inline =
+        with("[limits]\nbackend = \"redis\"\nredis_url = \"redis://:pw@127.0.0.1:6379/2\"");
+    let e = err(load(&inline));
+    let p = problem(&e, "limits.redis_url");
+    assert!(p.message.contains("redis_password_env"), "{e}");
 }

@@ -7,6 +7,9 @@
 //! or released). A settlement through Redis that fails is kept here too. A write-back sends them
 //! all at once; a call written while in flight is settled through Redis later, like an admission
 //! made there. Until the journal is clean the limiter keeps admitting from this replica's share.
+//! A Sentinel failover is an outage followed by a master that may lack the old one's last writes:
+//! this replica's calls of the last `FAILOVER_LAG` are written again, and what the journal had
+//! written is written again too (counted twice at worst: budget lost, never exceeded).
 //! It must never forget a call that was sent and not written, never write one twice (the script
 //! makes a rerun harmless), and never hold its lock across an await.
 
@@ -61,6 +64,17 @@ impl Calls {
         });
     }
 
+    /// After a failover Redis may not hold what it held: every call is written again.
+    fn unhold(&mut self) {
+        for c in self.map.values_mut() {
+            c.state = match c.state {
+                State::Open { .. } => State::Open { held: false },
+                State::Done { at, .. } => State::Done { at, held: false },
+                State::Released { .. } => State::Released { held: false },
+            };
+        }
+    }
+
     fn add(&mut self, member: String, buckets: Vec<(String, u32)>, state: State) -> u64 {
         self.next += 1;
         let call = Call {
@@ -79,6 +93,9 @@ const ROUNDS: usize = 3;
 const EVERY: Duration = Duration::from_millis(250);
 /// A replica that has not checked in for this long may be spending where Redis cannot see.
 const FRESH: Duration = Duration::from_secs(1);
+/// How far back a promoted replica may lack the old master's writes (replication is
+/// asynchronous; on a LAN it lags by milliseconds, and Sentinel promotes the freshest replica).
+const FAILOVER_LAG: Duration = Duration::from_secs(10);
 
 /// This replica's calls as Redis does not know them yet.
 pub(super) struct Journal {
@@ -102,6 +119,8 @@ pub(super) struct Journal {
     /// This replica's admissions through Redis still in flight, by member: what Redis must hold
     /// again if it loses its data.
     admitted: Mutex<HashMap<String, Vec<(String, u32)>>>,
+    /// `RedisLink::switches` when this replica last wrote its calls again after a failover.
+    switches: AtomicU64,
 }
 
 /// This replica's completed calls in the window: per bucket base, their completion times.
@@ -129,6 +148,7 @@ impl Journal {
             confirmed: AtomicU64::new(u64::MAX),
             epoch: Mutex::new(String::new()),
             admitted: Mutex::new(HashMap::new()),
+            switches: AtomicU64::new(0),
         }
     }
 
@@ -248,11 +268,23 @@ impl Journal {
                 self.all_seen.store(false, Ordering::Relaxed);
                 continue;
             }
+            let epoch = self.epoch.lock_unpoisoned().clone();
+            // A new master first (a failover): it may lack the old one's last writes.
+            let switches = self.link.switches();
+            if switches != self.switches.load(Ordering::Relaxed) {
+                if self
+                    .after_failover(own(), &format!("{epoch}f{switches}"))
+                    .await
+                {
+                    self.switches.store(switches, Ordering::Relaxed);
+                    again = true; // check in at once
+                }
+                continue;
+            }
             // The epoch first: a Redis that lost its data gets this replica's whole window
             // (`rewrite`), which includes the journal's calls; one that kept them, the journal.
             let clean = self.clean();
             let since = self.back_since.load(Ordering::Relaxed);
-            let epoch = self.epoch.lock_unpoisoned().clone();
             let downs = self.link.downs();
             match self.link.check_in(since, FRESH, &epoch, clean).await {
                 Ok(Ok(_)) if !clean => {
@@ -294,14 +326,61 @@ impl Journal {
             return true;
         }
         let _one = self.writing.lock().await;
+        {
+            let mut journal = self.calls.lock_unpoisoned();
+            journal
+                .map
+                .retain(|_, c| matches!(c.state, State::Open { .. }));
+            for c in journal.map.values_mut() {
+                c.state = State::Open { held: false };
+            }
+        }
+        let Some(n) = self.write_own(own, 0, epoch).await else {
+            return false;
+        };
+        tracing::warn!(
+            calls = n,
+            "Redis lost its data (restarted without persistence): this replica's calls in the window were written again"
+        );
+        true
+    }
+
+    /// The link moved to another master (a Sentinel failover), which may lack the old one's last
+    /// writes: this replica's calls of the last `FAILOVER_LAG` and its calls in flight are
+    /// written again, and the journal's calls are no longer taken as held. `tag` names this
+    /// failover, so that a rerun writes nothing twice.
+    async fn after_failover(&self, own: OwnCalls, tag: &str) -> bool {
+        let _one = self.writing.lock().await;
+        self.calls.lock_unpoisoned().unhold();
+        let since = self
+            .clock
+            .now()
+            .saturating_sub(crate::clock::micros(FAILOVER_LAG));
+        let Some(n) = self.write_own(own, since, tag).await else {
+            return false;
+        };
+        tracing::warn!(
+            calls = n,
+            "the Redis master moved (a failover): this replica's latest calls were written again"
+        );
+        true
+    }
+
+    /// Writes this replica's completed calls (`own`, those completed at or after `since`) at their
+    /// ages, grouped by tick, and its calls in flight as held slots; how many entries, or `None`
+    /// when Redis could not be told. Members are named by `stamp`, bucket and tick.
+    async fn write_own(&self, own: OwnCalls, since: Micros, stamp: &str) -> Option<usize> {
         let now = self.clock.now();
         let tick = (self.window / 3600).max(1000);
         // Named by epoch, bucket and tick, so a rerun (a lost answer) writes nothing twice.
-        let stamp = format!("{}:e{epoch}", self.link.replica);
+        let stamp = format!("{}:e{stamp}", self.link.replica);
         let mut calls: Vec<Unshared> = Vec::new();
         for (base, times) in own {
             let mut groups: Vec<(Micros, u32)> = Vec::new();
-            for t in times.into_iter().filter(|&t| t + self.window > now) {
+            for t in times
+                .into_iter()
+                .filter(|&t| t + self.window > now && t >= since)
+            {
                 match groups.last_mut() {
                     Some((last, n)) if last.div_ceil(tick) == t.div_ceil(tick) => {
                         *last = (*last).max(t);
@@ -322,26 +401,13 @@ impl Journal {
             state: Unsettled::InFlight,
             buckets,
         }));
-        {
-            let mut journal = self.calls.lock_unpoisoned();
-            journal
-                .map
-                .retain(|_, c| matches!(c.state, State::Open { .. }));
-            for c in journal.map.values_mut() {
-                c.state = State::Open { held: false };
-            }
-        }
         for chunk in calls.chunks(CHUNK) {
             if let Err(e) = self.link.write_back(chunk).await {
-                tracing::warn!(error = %e, "could not write this replica's calls into a Redis that lost its data");
-                return false;
+                tracing::warn!(error = %e, "could not write this replica's calls into Redis again");
+                return None;
             }
         }
-        tracing::warn!(
-            calls = calls.len(),
-            "Redis lost its data (restarted without persistence): this replica's calls in the window were written again"
-        );
-        true
+        Some(calls.len())
     }
 
     /// Writes what Redis does not know yet; true when the journal is clean afterwards. A failed

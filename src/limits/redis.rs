@@ -1,14 +1,21 @@
 //! The link to Redis that lets several replicas spend one budget: connections, round trips within
 //! `backend_timeout` with health from real pings, learned facts (active WABAs, allocation configs)
-//! and cache invalidations over pub/sub. The buckets' own operations are in `redis_buckets`.
+//! and cache invalidations over pub/sub. The buckets' own operations are in `redis_buckets`; how a
+//! connection is set up (TLS, credentials, Sentinel) and what a failure was, in `redis/conn`.
+//! With Sentinel, a failed health check or a READONLY answer drops the connection, and the next
+//! one goes to the master the Sentinels name then (a failover is an outage, see `outage`).
 //!
 //! It owns the Redis connections and the wire format of events; it knows nothing
 //! of limits or apps beyond the names and numbers it is handed. It must never block a request
 //! longer than `limits.backend_timeout` (the caller enforces it and falls back), never panic when
 //! Redis is away, and never put a token or key into Redis.
 
+mod conn;
+
+pub use self::conn::{Connector, Fault};
+
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -16,7 +23,7 @@ use crate::sync::RwLockExt;
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// After a failure, requests skip Redis for this long instead of each waiting for the timeout.
 const COOLDOWN: Duration = Duration::from_secs(1);
@@ -55,8 +62,19 @@ struct Envelope {
 
 /// One process's link to Redis, held by the limiter and by permits admitted through it.
 pub struct RedisLink {
-    client: redis::Client,
+    connector: Connector,
+    /// The client of the server the link is connected to (the master, with Sentinel), and where
+    /// that is: set together with `conn`. The locks are held only to copy or replace them.
+    client: RwLock<Option<(redis::Client, String)>>,
     conn: RwLock<Option<ConnectionManager>>,
+    /// Failures by [`Fault`] (for `graphgate_redis_errors_total`), and the last one not yet
+    /// followed by a working connection (index + 1; 0: none).
+    faults: [AtomicU64; 6],
+    fault: AtomicUsize,
+    /// Times the link moved to another master (Sentinel failovers followed).
+    switches: AtomicU64,
+    /// Wakes `run` to drop its subscription after the connection was dropped.
+    reset: Notify,
     pub(super) prefix: String,
     /// This process's id among the replicas: it names its slots and its events.
     pub(super) replica: String,
@@ -77,11 +95,21 @@ pub struct RedisLink {
 }
 
 impl RedisLink {
+    /// A link to the server at `url` (credentials in it are used).
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<RedisLink, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("limits.redis_url: {e}"))?;
-        Ok(RedisLink {
-            client,
+        Ok(RedisLink::with(Connector::from_url(url)?, prefix, timeout))
+    }
+
+    /// A link made by `connector` (see [`Connector::new`]).
+    pub fn with(connector: Connector, prefix: &str, timeout: Duration) -> RedisLink {
+        RedisLink {
+            connector,
+            client: RwLock::new(None),
             conn: RwLock::new(None),
+            faults: Default::default(),
+            fault: AtomicUsize::new(0),
+            switches: AtomicU64::new(0),
+            reset: Notify::new(),
             prefix: prefix.to_string(),
             replica: format!("{:016x}", rand::random::<u64>()),
             timeout,
@@ -93,7 +121,51 @@ impl RedisLink {
             up: AtomicBool::new(false),
             slow: AtomicU64::new(0),
             started: Instant::now(),
-        })
+        }
+    }
+
+    /// The failure that keeps the link from working now, if it is known (the last one since
+    /// Redis last answered).
+    pub fn fault(&self) -> Option<Fault> {
+        let i = self.fault.load(Ordering::Relaxed);
+        (i > 0).then(|| Fault::ALL[(i - 1).min(Fault::ALL.len() - 1)])
+    }
+
+    /// Failures so far, by kind (every kind, zeros included).
+    pub fn errors(&self) -> Vec<(Fault, u64)> {
+        Fault::ALL
+            .iter()
+            .map(|f| (*f, self.faults[f.index()].load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// How many times the link moved to another master (a Sentinel failover).
+    pub fn switches(&self) -> u64 {
+        self.switches.load(Ordering::Relaxed)
+    }
+
+    /// Counts a failure; with Sentinel, one that says the master moved (READONLY) drops the
+    /// connection so that the next goes to the master the Sentinels name now.
+    fn note(&self, fault: Fault) {
+        self.count(fault);
+        if fault == Fault::ReadOnly && self.connector.sentinel() {
+            self.forget();
+        }
+    }
+
+    fn count(&self, fault: Fault) {
+        self.faults[fault.index()].fetch_add(1, Ordering::Relaxed);
+        self.fault.store(fault.index() + 1, Ordering::Relaxed);
+    }
+
+    /// Drops the connection and its subscription (Sentinel: the master may have moved).
+    fn forget(&self) {
+        if self.conn.write_unpoisoned().take().is_some() {
+            tracing::warn!("dropped the Redis connection: asking the Sentinels for the master");
+        }
+        self.up.store(false, Ordering::Relaxed);
+        self.mark_down();
+        self.reset.notify_one();
     }
 
     /// Sets the rolling window and the lease of an unsettled slot (defaults: an hour, a minute).
@@ -157,6 +229,7 @@ impl RedisLink {
         self.last_up_ms.store(now_ms, Ordering::Relaxed);
         self.slow.store(0, Ordering::Relaxed);
         self.down_until_ms.store(0, Ordering::Relaxed);
+        self.fault.store(0, Ordering::Relaxed);
     }
 
     pub(super) fn conn(&self) -> redis::RedisResult<ConnectionManager> {
@@ -211,12 +284,14 @@ impl RedisLink {
             }
             Ok(Err(e)) => {
                 self.mark_down();
+                self.note(Fault::of(&e));
                 Err(e)
             }
             Err(_) => {
                 // A hung Redis times out every call: after a few in a row, stop waiting for it.
                 if self.slow.fetch_add(1, Ordering::Relaxed) + 1 >= SLOW_LIMIT {
                     self.mark_down();
+                    self.note(Fault::Timeout);
                 }
                 Err(redis::RedisError::from((
                     redis::ErrorKind::Io,
@@ -303,25 +378,87 @@ impl RedisLink {
             if self.conn().is_err() {
                 continue; // not connected yet: `run` reports that as "connecting"
             }
-            let ping = redis::cmd("PING");
-            let ping = &ping;
+            let me = &self;
             let answer = self
-                .round_trip(
-                    move |mut conn| async move { ping.query_async::<String>(&mut conn).await },
-                )
+                .round_trip(move |mut conn| async move { me.check(&mut conn).await })
                 .await;
-            match answer {
-                Ok(Ok(_)) => self.mark_up(),
+            let fault = match answer {
+                Ok(Ok(())) => {
+                    self.mark_up();
+                    continue;
+                }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "Redis health check failed");
-                    self.mark_down();
+                    Fault::of(&e)
                 }
                 Err(_) => {
                     tracing::debug!("Redis did not answer the health check in time");
-                    self.mark_down();
+                    Fault::Timeout
                 }
+            };
+            self.mark_down();
+            self.note(fault);
+            if self.connector.sentinel() {
+                self.forget();
             }
         }
+    }
+
+    /// The health check: `PING`; with Sentinel, `ROLE`, which must say "master" (a demoted
+    /// master answers PING as well as ever).
+    async fn check(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+        if !self.connector.sentinel() {
+            return redis::cmd("PING").query_async::<()>(conn).await;
+        }
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(conn).await?;
+        let first = role.first().map(redis::from_redis_value_ref::<String>);
+        match first {
+            Some(Ok(r)) if r == "master" => Ok(()),
+            _ => Err(redis::RedisError::from((
+                redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+                "the server the Sentinels named is not a master (yet)",
+            ))),
+        }
+    }
+
+    /// Connects to the server (with Sentinel, the master they name now) and checks that it
+    /// answers as this link needs (authenticated, a master) before anything says "connected".
+    async fn connect(&self) -> Result<ConnectionManager, Fault> {
+        let limit = self.timeout.max(Duration::from_millis(200));
+        let attempt = async {
+            let (client, at) = self.connector.master(limit).await?;
+            let cfg = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(limit))
+                // Our own timeout (in `call`) fires first and is counted as slowness; this one
+                // only frees a connection that never answers.
+                .set_response_timeout(Some(self.timeout * 4))
+                .set_number_of_retries(1);
+            let mut conn = client.get_connection_manager_with_config(cfg).await?;
+            self.check(&mut conn).await?;
+            Ok::<_, redis::RedisError>((client, at, conn))
+        };
+        let (client, at, conn) = match tokio::time::timeout(limit * 4, attempt).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                let fault = Fault::of(&e);
+                tracing::warn!(error = %e, kind = fault.as_str(), "cannot use Redis: {}; retrying", fault.describe());
+                self.count(fault);
+                return Err(fault);
+            }
+            Err(_) => {
+                tracing::warn!("cannot use Redis: no answer in time; retrying");
+                self.count(Fault::Timeout);
+                return Err(Fault::Timeout);
+            }
+        };
+        let before = self.client.write_unpoisoned().replace((client, at.clone()));
+        if let Some((_, was)) = before.filter(|(_, was)| *was != at) {
+            self.switches.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(from = %was, to = %at, "the Redis master moved (a failover): following it");
+        }
+        self.fault.store(0, Ordering::Relaxed);
+        tracing::info!(at = %at, "connected to Redis: buckets are shared");
+        Ok(conn)
     }
 
     /// Keeps a command connection and an event subscription open for the life of the process,
@@ -329,31 +466,26 @@ impl RedisLink {
     pub async fn run(self: Arc<Self>, events: mpsc::UnboundedSender<Event>) {
         loop {
             if self.conn.read_unpoisoned().is_none() {
-                let cfg = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
-                    // Our own timeout (in `call`) fires first and is counted as slowness; this one
-                    // only frees a connection that never answers.
-                    .set_response_timeout(Some(self.timeout * 4))
-                    .set_number_of_retries(1);
-                match self.client.get_connection_manager_with_config(cfg).await {
+                match self.connect().await {
                     Ok(c) => {
                         *self.conn.write_unpoisoned() = Some(c);
                         self.up.store(true, Ordering::Relaxed);
-                        tracing::info!("connected to Redis: buckets are shared");
                         if let Ok(facts) = self.learned().await {
                             for f in facts {
                                 let _ = events.send(f);
                             }
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot reach Redis; retrying");
+                    Err(_) => {
                         tokio::time::sleep(RECONNECT).await;
                         continue;
                     }
                 }
             }
-            match self.client.get_async_pubsub().await {
+            let Some((client, _)) = self.client.read_unpoisoned().clone() else {
+                continue;
+            };
+            match client.get_async_pubsub().await {
                 Ok(mut ps) => {
                     if ps
                         .subscribe(format!("{}:events", self.prefix))
@@ -362,7 +494,16 @@ impl RedisLink {
                     {
                         let _ = events.send(Event::Resubscribed);
                         let mut stream = ps.into_on_message();
-                        while let Some(msg) = stream.next().await {
+                        loop {
+                            let msg = tokio::select! {
+                                m = stream.next() => m,
+                                _ = self.reset.notified() => break,
+                            };
+                            let Some(msg) = msg else {
+                                tracing::warn!("Redis subscription lost; reconnecting");
+                                self.mark_down();
+                                break;
+                            };
                             let Ok(env) =
                                 serde_json::from_slice::<Envelope>(msg.get_payload_bytes())
                             else {
@@ -372,8 +513,6 @@ impl RedisLink {
                                 let _ = events.send(env.event);
                             }
                         }
-                        tracing::warn!("Redis subscription lost; reconnecting");
-                        self.mark_down();
                     }
                 }
                 Err(e) => {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::learned::Apps;
 use super::outage::Journal;
 use super::permit::{self, Mirror, Permit, Remote};
-use super::redis::RedisLink;
+use super::redis::{Connector, RedisLink};
 use super::redis_buckets::Admission;
 use super::types::{BucketKey, Budget, Refusal, RefusalReason};
 use crate::clock::{Micros, SharedClock};
@@ -163,9 +163,10 @@ pub(super) fn connect(
     // An unsettled slot (its replica died) counts from its lease end, after the request must have
     // reached Meta; a live replica keeps a lost settlement for the write-back.
     let lease = config.upstream.request_timeout + Duration::from_secs(5);
-    let link = RedisLink::new(&r.url, &r.prefix, r.timeout).map_err(|e| {
+    let connector = Connector::new(&r.url, &r.access).map_err(|e| {
         tracing::error!(error = %e, "the Redis backend cannot be used: every call is refused");
     })?;
+    let link = RedisLink::with(connector, &r.prefix, r.timeout);
     let link = Arc::new(link.with_window(l.window, lease));
     let window = crate::clock::micros(l.window);
     let journal = Arc::new(Journal::new(link.clone(), clock, window, r.replicas));

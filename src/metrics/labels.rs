@@ -52,6 +52,12 @@ pub(super) struct UsageLabels {
     pub(super) metric: &'static str,
 }
 
+/// What kind of failure the Redis link met (`limits::redis::Fault`): a fixed set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct RedisFaultLabels {
+    pub(super) kind: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct ThrottleLabels {
     pub(super) app: String,

@@ -37,8 +37,8 @@ use crate::sync::MutexExt;
 use counters::Counters;
 pub use labels::{method_label, status_label, CacheResult, DEGRADED_REASONS};
 use labels::{
-    BucketLabels, CacheLabels, DegradedLabels, DurationLabels, RequestLabels, ThrottleLabels,
-    UpstreamLabels, UsageLabels, VersionLabels, NONE,
+    BucketLabels, CacheLabels, DegradedLabels, DurationLabels, RedisFaultLabels, RequestLabels,
+    ThrottleLabels, UpstreamLabels, UsageLabels, VersionLabels, NONE,
 };
 use process::ProcessMetrics;
 use webhooks::WebhookMetrics;
@@ -147,6 +147,7 @@ pub struct Metrics {
     backend_up: Gauge,
     unshared: Gauge,
     degraded: Family<DegradedLabels, Gauge>,
+    redis_errors: Family<RedisFaultLabels, Counter>,
     cache_requests: Family<CacheLabels, Counter>,
     apps: Vec<AppLabelSet>,
     none: Arc<str>,
@@ -188,6 +189,7 @@ impl Metrics {
         let cache_bytes = Gauge::default();
         let backend_up = Gauge::default();
         let unshared = Gauge::default();
+        let redis_errors = Family::<RedisFaultLabels, Counter>::default();
         let cache_requests = Family::<CacheLabels, Counter>::default();
         let build_info = Family::<VersionLabels, Gauge>::default();
         let webhooks = config.webhooks.as_ref().map(|w| {
@@ -293,6 +295,12 @@ impl Metrics {
             degraded.clone(),
         );
         r.register(
+            "graphgate_redis_errors",
+            "Failures of the Redis link by kind: auth, tls, connect, timeout, readonly (a replica \
+             after a failover), other",
+            redis_errors.clone(),
+        );
+        r.register(
             "graphgate_build_info",
             "graphgate's version and the git revision it was built from; always 1",
             build_info,
@@ -331,6 +339,7 @@ impl Metrics {
             backend_up,
             unshared,
             degraded,
+            redis_errors,
             cache_requests,
             apps,
             none: Arc::from(NONE),

@@ -12,7 +12,7 @@ use crate::limits::{BucketView, Limiter, Reported};
 use crate::sync::MutexExt;
 
 use super::counters::clamp_i64;
-use super::labels::{BucketLabels, UsageLabels};
+use super::labels::{BucketLabels, RedisFaultLabels, UsageLabels};
 use super::{Metrics, WebhookStats};
 
 impl Metrics {
@@ -96,6 +96,13 @@ impl Metrics {
         )));
         self.unshared
             .set(clamp_i64(limiter.unshared_calls() as u64));
+        // The link counts its failures; every kind is exported, at 0 until one happens.
+        for (fault, n) in limiter.redis().map(|l| l.errors()).unwrap_or_default() {
+            let c = self.redis_errors.get_or_create(&RedisFaultLabels {
+                kind: fault.as_str(),
+            });
+            c.inc_by(n.saturating_sub(c.get()));
+        }
 
         let mut out = String::new();
         // Writing into a String cannot fail; an encoder error would only truncate the output.

@@ -1,16 +1,37 @@
 //! The `[limits]` checks: window, bucket limits and their `[app.limits]` overrides, what a caller
 //! sees when a bucket is spent, state persistence, and the Redis backend shared by replicas.
 //!
-//! It must never echo `limits.redis_url`: it may carry a password.
+//! It must never echo `limits.redis_url` (it may carry a password, which is refused) nor the
+//! contents of a password, certificate or key file.
+
+use std::path::{Path, PathBuf};
 
 use super::super::check::Validator;
 use super::super::raw::{RawAppLimits, RawLimits};
 use super::super::scalar::Dur;
 use super::super::{
-    AppLimits, Limits, OnBackendError, OnLimit, RedisBackend, DEFAULT_ACTIVE_REFRESH,
-    DEFAULT_BACKEND_TIMEOUT, DEFAULT_MAX_WAIT, DEFAULT_STATE_INTERVAL, DEFAULT_THROTTLE_BLOCK,
-    DEFAULT_WINDOW,
+    AppLimits, Limits, OnBackendError, OnLimit, RedisAccess, RedisBackend, Secret,
+    DEFAULT_ACTIVE_REFRESH, DEFAULT_BACKEND_TIMEOUT, DEFAULT_MAX_WAIT, DEFAULT_STATE_INTERVAL,
+    DEFAULT_THROTTLE_BLOCK, DEFAULT_WINDOW,
 };
+
+/// The `limits.*` keys of the Redis backend, as written.
+struct RedisKeys {
+    backend: Option<String>,
+    url: Option<String>,
+    prefix: Option<String>,
+    on_error: Option<String>,
+    replicas: Option<i64>,
+    timeout: Option<Dur>,
+    ca_file: Option<PathBuf>,
+    client_cert_file: Option<PathBuf>,
+    client_key_file: Option<PathBuf>,
+    username: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    sentinels: Option<Vec<String>>,
+    master_name: Option<String>,
+}
 
 impl Validator<'_> {
     pub(super) fn limits(&mut self, r: RawLimits) -> Limits {
@@ -69,32 +90,41 @@ impl Validator<'_> {
                 DEFAULT_THROTTLE_BLOCK,
             ),
             allocation_configs: r.allocation_configs,
-            redis: self.redis_backend(
-                r.backend,
-                r.redis_url,
-                r.redis_prefix,
-                r.on_backend_error,
-                r.replicas,
-                r.backend_timeout,
-            ),
+            redis: self.redis_backend(RedisKeys {
+                backend: r.backend,
+                url: r.redis_url,
+                prefix: r.redis_prefix,
+                on_error: r.on_backend_error,
+                replicas: r.replicas,
+                timeout: r.backend_timeout,
+                ca_file: r.redis_ca_file,
+                client_cert_file: r.redis_client_cert_file,
+                client_key_file: r.redis_client_key_file,
+                username: r.redis_username,
+                password_env: r.redis_password_env,
+                password_file: r.redis_password_file,
+                sentinels: r.redis_sentinels,
+                master_name: r.redis_master_name,
+            }),
         }
     }
 
-    fn redis_backend(
-        &mut self,
-        backend: Option<String>,
-        url: Option<String>,
-        prefix: Option<String>,
-        on_error: Option<String>,
-        replicas: Option<i64>,
-        timeout: Option<Dur>,
-    ) -> Option<RedisBackend> {
+    fn redis_backend(&mut self, k: RedisKeys) -> Option<RedisBackend> {
+        let RedisKeys {
+            backend,
+            url,
+            prefix,
+            on_error,
+            replicas,
+            timeout,
+            ..
+        } = k;
         match backend.as_deref() {
             None | Some("memory") => {
-                if url.is_some() {
+                if url.is_some() || k.sentinels.is_some() {
                     self.problem(
                         "limits.redis_url",
-                        "is set, but limits.backend is not \"redis\"",
+                        "is set (or redis_sentinels), but limits.backend is not \"redis\"",
                     );
                 }
                 return None;
@@ -105,39 +135,66 @@ impl Validator<'_> {
                 return None;
             }
         }
+        let sentinels = k.sentinels.unwrap_or_default();
         let url = match url {
+            None if !sentinels.is_empty() => String::new(),
+            Some(_) if !sentinels.is_empty() => {
+                self.problem(
+                    "limits.redis_url",
+                    "set either redis_url or redis_sentinels (with redis_master_name), not both",
+                );
+                return None;
+            }
             Some(u)
                 if u.starts_with("redis://")
+                    || u.starts_with("rediss://")
                     || u.starts_with("redis+unix://")
                     || u.starts_with("unix://") =>
             {
                 // Parsed now (no connection is made), so a URL serve could not use fails the
                 // check instead of leaving a replica to spend the whole budget on its own. The
                 // parser's message is not echoed: it may quote the URL, password included.
-                if redis::IntoConnectionInfo::into_connection_info(u.as_str()).is_err() {
-                    self.problem(
-                        "limits.redis_url",
-                        "is not a usable Redis URL (redis://[user:password@]host[:port][/db])",
-                    );
-                    return None;
+                match redis::IntoConnectionInfo::into_connection_info(u.as_str()) {
+                    Err(_) => {
+                        self.problem(
+                            "limits.redis_url",
+                            "is not a usable Redis URL (redis[s]://[user@]host[:port][/db])",
+                        );
+                        return None;
+                    }
+                    Ok(info) if info.redis_settings().password().is_some() => {
+                        self.problem(
+                            "limits.redis_url",
+                            "a password written into the URL is an inline secret and is refused: use limits.redis_password_env (an environment variable) or limits.redis_password_file (a file, e.g. under /run/secrets)",
+                        );
+                        return None;
+                    }
+                    Ok(_) => u,
                 }
-                u
             }
             Some(_) => {
                 self.problem(
                     "limits.redis_url",
-                    "must start with redis:// (or unix:// for a socket)",
+                    "must start with redis:// or rediss:// (TLS), or unix:// for a socket",
                 );
                 return None;
             }
             None => {
                 self.problem(
                     "limits.redis_url",
-                    "is required with limits.backend = \"redis\"",
+                    "is required with limits.backend = \"redis\" (or redis_sentinels)",
                 );
                 return None;
             }
         };
+        let access = self.redis_access(
+            &url,
+            sentinels,
+            k.master_name,
+            k.username,
+            (k.password_env, k.password_file),
+            (k.ca_file, k.client_cert_file, k.client_key_file),
+        );
         let on_error = match on_error.as_deref() {
             None | Some("local") => OnBackendError::Local,
             Some("reject") => OnBackendError::Reject,
@@ -163,7 +220,120 @@ impl Validator<'_> {
                 timeout,
                 DEFAULT_BACKEND_TIMEOUT,
             ),
+            access,
         })
+    }
+
+    /// TLS, credentials and Sentinel of the Redis link. TLS is on with `rediss://`, or with
+    /// Sentinel when `redis_ca_file` is set (Sentinels name the master by address only).
+    #[allow(clippy::type_complexity)]
+    fn redis_access(
+        &mut self,
+        url: &str,
+        sentinels: Vec<String>,
+        master_name: Option<String>,
+        username: Option<String>,
+        password: (Option<String>, Option<PathBuf>),
+        tls: (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>),
+    ) -> RedisAccess {
+        let mut access = RedisAccess::default();
+        for s in &sentinels {
+            match s.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
+                Some((host, Ok(port))) if !host.is_empty() && port != 0 => {
+                    access.sentinels.push((host.to_string(), port))
+                }
+                _ => self.problem(
+                    "limits.redis_sentinels",
+                    format!("`{s}` is not a host:port address"),
+                ),
+            }
+        }
+        match master_name {
+            Some(m) if m.is_empty() || m.contains(char::is_whitespace) => {
+                self.problem("limits.redis_master_name", "must be a non-empty word")
+            }
+            Some(_) if sentinels.is_empty() => self.problem(
+                "limits.redis_master_name",
+                "is set, but limits.redis_sentinels is empty",
+            ),
+            Some(m) => access.master_name = m,
+            None if !sentinels.is_empty() => self.problem(
+                "limits.redis_master_name",
+                "is required with limits.redis_sentinels (the name the Sentinels monitor)",
+            ),
+            None => {}
+        }
+        match username {
+            Some(u) if u.is_empty() || u.contains(char::is_whitespace) => {
+                self.problem("limits.redis_username", "must be a non-empty word")
+            }
+            u => access.username = u,
+        }
+        access.password = self.secret(
+            "limits.redis_password",
+            false,
+            password.0,
+            password.1,
+            false,
+        );
+        let (ca_file, cert_file, key_file) = tls;
+        let tls_on = url.starts_with("rediss://") || (!sentinels.is_empty() && ca_file.is_some());
+        if ca_file.is_some() && !tls_on {
+            self.problem(
+                "limits.redis_ca_file",
+                "applies to TLS only: use a rediss:// URL (or redis_sentinels)",
+            );
+        }
+        access.ca_pem =
+            ca_file.and_then(|f| self.pem_file("limits.redis_ca_file", &f, "CERTIFICATE"));
+        match (cert_file, key_file) {
+            (None, None) => {}
+            (Some(c), Some(k)) => {
+                if !tls_on {
+                    self.problem(
+                        "limits.redis_client_cert_file",
+                        "applies to TLS only: use a rediss:// URL (or redis_sentinels with redis_ca_file)",
+                    );
+                }
+                let cert = self.pem_file("limits.redis_client_cert_file", &c, "CERTIFICATE");
+                let key = self.pem_file("limits.redis_client_key_file", &k, "PRIVATE KEY");
+                let key = key.and_then(|k| String::from_utf8(k).ok()).map(Secret::new);
+                if let (Some(cert), Some(key)) = (cert, key) {
+                    access.client_cert = Some((cert, key));
+                }
+            }
+            _ => self.problem(
+                "limits.redis_client_cert_file",
+                "redis_client_cert_file and redis_client_key_file must be set together",
+            ),
+        }
+        access
+    }
+
+    /// A PEM file's bytes, read now so that a bad file fails the load; `label` is what its block
+    /// must hold (`CERTIFICATE`, `PRIVATE KEY`). Never echoes the contents.
+    fn pem_file(&mut self, key: &str, file: &Path, label: &str) -> Option<Vec<u8>> {
+        use rustls_pki_types::pem::PemObject;
+        let path = self.base.join(file);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                self.problem(key, format!("cannot read {}: {e}", path.display()));
+                return None;
+            }
+        };
+        let ok = if label == "CERTIFICATE" {
+            let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&bytes)
+                .collect::<Result<Vec<_>, _>>();
+            certs.is_ok_and(|c| !c.is_empty())
+        } else {
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(&bytes).is_ok()
+        };
+        if !ok {
+            self.problem(key, format!("{}: no PEM {label} found", path.display()));
+            return None;
+        }
+        Some(bytes)
     }
 
     pub(super) fn app_limits(&mut self, at: &str, r: Option<RawAppLimits>) -> AppLimits {
