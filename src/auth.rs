@@ -118,12 +118,23 @@ impl Directory {
             .iter()
             .map(|a| {
                 let mut objects = foldhash::HashMap::default();
+                // A WABA's own token: from its [[app.waba]] entry, else from `waba_token_dir`.
+                let own = |id: &str| a.waba_tokens.get(id).cloned();
                 for w in &a.wabas {
-                    let token = w.token.clone().map(|t| Arc::new(Token::new(t)));
+                    let token = w
+                        .token
+                        .clone()
+                        .or_else(|| own(&w.id))
+                        .map(|t| Arc::new(Token::new(t)));
                     objects.insert(w.id.clone(), (w.id.clone(), token.clone()));
                     for p in w.phone_numbers.iter().chain(&w.status_ids) {
                         objects.insert(p.clone(), (w.id.clone(), token.clone()));
                     }
+                }
+                for (id, secret) in &a.waba_tokens {
+                    objects.entry(id.clone()).or_insert_with(|| {
+                        (id.clone(), Some(Arc::new(Token::new(secret.clone()))))
+                    });
                 }
                 AppEntry {
                     token: Token::new(a.token.clone()),
@@ -254,6 +265,18 @@ impl Directory {
         root.and_then(|r| a.objects.get(r))
             .and_then(|(_, t)| t.as_deref())
             .unwrap_or(&a.token)
+    }
+
+    /// Every object of `app` that has a token of its own, with its WABA: what a reload compares to
+    /// find the objects whose token owner changed (their cached answers are dropped).
+    pub fn own_token_objects(&self, app: usize) -> std::collections::BTreeSet<(&str, &str)> {
+        self.apps.get(app).map_or_else(Default::default, |a| {
+            a.objects
+                .iter()
+                .filter(|(_, (_, t))| t.is_some())
+                .map(|(id, (waba, _))| (id.as_str(), waba.as_str()))
+                .collect()
+        })
     }
 
     /// Who owns the token a call on `root` is made with, without the token itself: `Some(waba id)`

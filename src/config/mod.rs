@@ -38,6 +38,7 @@ mod load;
 mod raw;
 mod scalar;
 pub mod tls;
+mod token_dir;
 mod validate;
 mod webhooks;
 
@@ -48,6 +49,7 @@ pub use self::cache::{
 pub use self::env::{Env, ProcessEnv};
 pub use self::error::{ConfigError, Problem};
 pub use self::scalar::{parse_duration, parse_size, Dur, Size};
+pub use self::token_dir::MAX_TOKEN_FILE;
 pub use self::validate::parse_rate;
 pub use self::webhooks::{Subscriber, Webhooks};
 
@@ -129,6 +131,12 @@ pub struct Config {
     pub cache: Cache,
     /// `[webhooks]`, when Meta's webhooks are received here (`docs/webhooks.md`).
     pub webhooks: Option<Webhooks>,
+    /// Every secret file and `waba_token_dir` the load read: what a reload re-reads and what is
+    /// watched for rotation (`docs/operations.md`, Reload).
+    pub watched: Vec<PathBuf>,
+    /// What the load skipped without refusing the config (a bad file in a `waba_token_dir`), named
+    /// by key and file name, never by content.
+    pub warnings: Vec<String>,
 }
 
 /// `[limits]`: the rolling-window budgets and what callers see when one is spent.
@@ -292,6 +300,11 @@ pub struct App {
     pub proof: ProofMode,
     pub wabas: Vec<Waba>,
     pub limits: AppLimits,
+    /// `waba_token_dir`: the directory of per-WABA token files, when set.
+    pub waba_token_dir: Option<PathBuf>,
+    /// The tokens found there, by WABA id (a WABA listed with its own `token_env`/`token_file`
+    /// keeps that one).
+    pub waba_tokens: std::collections::BTreeMap<String, Secret>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

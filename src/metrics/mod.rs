@@ -13,6 +13,7 @@ mod counters;
 mod labels;
 mod preset;
 mod process;
+mod reload;
 mod scrape;
 mod webhooks;
 
@@ -40,6 +41,8 @@ use labels::{
     UsageLabels, VersionLabels, NONE,
 };
 use process::ProcessMetrics;
+use reload::ReloadMetrics;
+pub use reload::RELOAD_OUTCOMES;
 use webhooks::WebhookMetrics;
 pub use webhooks::{SubscriberStats, WebhookStats};
 
@@ -152,6 +155,7 @@ pub struct Metrics {
     /// Serializes scrapes: each refreshes the gauge families (clear, then set) before encoding.
     scrape: Mutex<()>,
     webhooks: Option<WebhookMetrics>,
+    reload: ReloadMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -194,6 +198,7 @@ impl Metrics {
             })
             .set(1);
         let process = ProcessMetrics::register(&mut registry);
+        let reload = ReloadMetrics::register(&mut registry);
 
         // Counter names go in without `_total`: the encoder appends it.
         let r = &mut registry;
@@ -324,6 +329,7 @@ impl Metrics {
             started_unix: unix_now(),
             scrape: Mutex::new(()),
             webhooks,
+            reload,
         };
         metrics.preset(config);
         metrics
@@ -482,6 +488,16 @@ impl Metrics {
             reason,
             retry_after_secs: refusal.retry_after.as_secs_f64().ceil() as u64,
         });
+    }
+
+    /// Counts a reload by its outcome (one of [`RELOAD_OUTCOMES`]).
+    pub fn record_reload(&self, outcome: &'static str) {
+        self.reload.record(outcome)
+    }
+
+    /// The config in use: its secret-free hash, and the WABAs each app's `waba_token_dir` holds.
+    pub fn set_config(&self, hash: &str, dir_wabas: &[(String, usize)]) {
+        self.reload.set_config(hash, dir_wabas)
     }
 
     /// Counts a throttling error from Meta. `code` is one of [`crate::limits::is_throttling_code`]'s
