@@ -118,6 +118,7 @@ impl Gateway {
         let gen = Arc::new(Generation::new(config.clone()));
         let upstream = Arc::new(Upstream::new(&config.upstream));
         let limiter = Arc::new(Limiter::new(&config, clock));
+        limiter.know_wabas(&config);
         let metrics = Arc::new(Metrics::new(&config));
         metrics.set_config(&gen.hash, &reload::dir_wabas(&config));
         let app_names = config.apps.iter().map(|a| a.name.clone()).collect();
@@ -359,6 +360,7 @@ impl Gateway {
                 purged += self.state.invalidator.purge(app, &format!("/{object}"));
             }
         }
+        self.state.limiter.know_wabas(&gen.config);
         self.state.live.store(gen.clone());
         self.state.probe_config.store(gen.config.clone());
         self.state.probe_directory.store(gen.directory.clone());

@@ -62,6 +62,7 @@ fn last_token(s: &SimServer, path: &str) -> String {
 
 /// graphgate served from a config file (so that it can reload), with its admin listener.
 struct FromFile {
+    gw: Gateway,
     url: String,
     admin: String,
     dir: tempfile::TempDir,
@@ -118,12 +119,13 @@ async fn start_from_file(builder: ProxyBuilder, setup: impl FnOnce(&Path)) -> Fr
     tokio::spawn(graphgate::run_with_admin(
         listener,
         Some(admin),
-        gw,
+        gw.clone(),
         async {
             let _ = rx.await;
         },
     ));
     FromFile {
+        gw,
         url,
         admin: admin_url,
         dir,
@@ -361,6 +363,10 @@ key_sha256 = "{}"
     })
     .await;
     assert_eq!(gauge().await, 1.0);
+    assert!(
+        gg.gw.limiter().with_known(|k| k.wabas.contains(OTHER_WABA)),
+        "calls on it count to a WABA bucket"
+    );
     std::fs::remove_file(tokens.join(OTHER_WABA)).unwrap();
     eventually("the app's token in use again", async || {
         last_token(&sim, OTHER_WABA).contains(SYSTEM_TOKEN)

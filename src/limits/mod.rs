@@ -25,6 +25,7 @@ mod outage;
 mod permit;
 mod persist;
 mod quota;
+mod reconfig;
 pub mod redis;
 mod redis_buckets;
 mod replicas;
