@@ -44,8 +44,6 @@ pub use permit::Permit;
 pub use redis_buckets::{Admission, Seen, Unshared};
 pub use types::{BucketKey, BucketView, Budget, Known, Refusal, RefusalReason, Reported, Scope};
 
-use self::feedback::Feedback;
-use self::learned::Apps;
 use self::log::{LogHandle, Logs};
 use self::outage::Journal;
 use self::permit::{Mirror, Rules};
@@ -53,6 +51,7 @@ use self::quota::Quotas;
 use self::redis::{Event, RedisLink};
 use self::replicas::Raise;
 use self::wait::Tickets;
+use self::{feedback::Feedback, learned::Apps};
 use crate::clock::{micros, Micros, SharedClock};
 use crate::config::{ClientId, Config, OnBackendError, OnLimit};
 use crate::sync::MutexExt;
