@@ -435,6 +435,42 @@ methods = ["GET"]
         assert_eq!(d.token_for(0, None).secret().expose(), "app-token");
     }
 
+    // Files of a `waba_token_dir` give their WABAs a token (a WABA listed without one, and one not
+    // listed at all); a WABA with its own token_env keeps it; the token owner follows.
+    #[test]
+    fn token_dir_files_give_wabas_their_own_token() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("100"), "dir-token-100\n").unwrap();
+        std::fs::write(dir.path().join("200"), "dir-token-200").unwrap();
+        std::fs::write(dir.path().join("300"), "dir-token-300").unwrap();
+        let mut env = Env::new();
+        env.insert("T_APP".to_string(), "app-token".to_string());
+        env.insert("T_WABA".to_string(), "waba-token".to_string());
+        let text = format!(
+            "[[app]]\nname = \"main\"\nid = \"1\"\ntoken_env = \"T_APP\"\nwaba_token_dir = {:?}\n\
+             [[app.waba]]\nid = \"100\"\n[[app.waba]]\nid = \"200\"\ntoken_env = \"T_WABA\"\n\
+             [[client]]\nname = \"a\"\nkey_sha256 = \"{}\"\n",
+            dir.path().display().to_string(),
+            hex::encode(key_digest("key-a-0123456789"))
+        );
+        let c = Config::from_toml(&text, "t.toml", std::path::Path::new("."), &env).unwrap();
+        assert_eq!(
+            c.warnings.len(),
+            1,
+            "200's file is skipped: {:?}",
+            c.warnings
+        );
+        let d = Directory::new(&c);
+        let token = |root| d.token_for(0, Some(root)).secret().expose().to_string();
+        assert_eq!(token("100"), "dir-token-100");
+        assert_eq!(token("200"), "waba-token");
+        assert_eq!(token("300"), "dir-token-300");
+        assert_eq!(token("400"), "app-token");
+        assert_eq!(d.token_owner(0, Some("300")), Some("300"));
+        assert_eq!(d.token_owner(0, Some("400")), None);
+        assert_eq!(d.own_token_objects(0).len(), 3);
+    }
+
     #[test]
     fn bearer_and_oauth_headers_carry_keys() {
         let mut h = HeaderMap::new();
