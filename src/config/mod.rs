@@ -12,6 +12,7 @@
 //! - `check`: the `Validator` that collects every problem, and the checks all sections share;
 //! - `validate` (+ `validate/`): raw to typed, section by section, in report order;
 //! - `cache` and `webhooks`: each owns its section whole (typed, raw and checks);
+//! - `token_dir`: an `[[app]]`'s `waba_token_dir`, one token file per WABA, read at every load;
 //! - `error`: [`ConfigError`] and [`Problem`];
 //! - `tls`: the server's certificate and key as a rustls config, checked by `load` before binding.
 //!
