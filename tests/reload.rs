@@ -492,3 +492,71 @@ async fn sighup_lets_slow_calls_finish_with_the_old_token_and_new_calls_use_the_
     assert_clean("an answer", &r.text().await.unwrap());
     assert!(spawned.rss_kib() > 0, "still running");
 }
+
+// A rotated admin token file: the old token is refused and the new one admitted within seconds,
+// without a signal.
+#[tokio::test]
+async fn a_rotated_admin_token_file_takes_over_within_seconds() {
+    const OLD: &str = "admin-OLD-SECRET-token-1";
+    const NEW: &str = "admin-NEW-SECRET-token-2";
+    let sim = sim().await;
+    let gg = start_from_file(
+        TestProxy::builder(&sim.url).set("server.admin_token_file", "admin_token"),
+        |dir| std::fs::write(dir.join("admin_token"), OLD).unwrap(),
+    )
+    .await;
+    let status = async |token| {
+        admin_get(&gg.admin, "/admin/status", Some(token))
+            .await
+            .status()
+            .as_u16()
+    };
+    assert_eq!((status(OLD).await, status(NEW).await), (200, 401));
+    write_atomically(&gg.dir.path().join("admin_token"), NEW);
+    eventually("the new admin token admitted", async || {
+        status(NEW).await == 200
+    })
+    .await;
+    assert_eq!(status(OLD).await, 401);
+    let logs = logs().text();
+    assert!(
+        !logs.contains(OLD) && !logs.contains(NEW),
+        "admin tokens never logged"
+    );
+}
+
+// A WABA whose token owner changes (its file added, then removed) has its cached answers dropped
+// each time: the answer cached under the app's token is not served again once the WABA's own
+// token came and went.
+#[tokio::test]
+async fn cached_answers_are_dropped_when_a_wabas_token_owner_changes() {
+    let sim = sim().await;
+    let gg = start_from_file(
+        TestProxy::builder(&sim.url).set("app[0].waba_token_dir", "tokens"),
+        |dir| std::fs::create_dir(dir.join("tokens")).unwrap(),
+    )
+    .await;
+    // The standard config lists WABA without a token of its own: the app's token is used.
+    let url = format!("{}/v19.0/{WABA}/message_templates", gg.url);
+    let x_cache = async || {
+        let r = get(&url).await;
+        assert_eq!(r.status(), 200);
+        r.headers()["x-cache"].to_str().unwrap().to_string()
+    };
+    assert_eq!(x_cache().await, "MISS");
+    assert_eq!(x_cache().await, "HIT");
+    let file = gg.dir.path().join("tokens").join(WABA);
+    write_atomically(&file, ROTATED_TOKEN);
+    eventually("the WABA's own token in use", async || {
+        x_cache().await == "MISS" && last_token(&sim, WABA).contains(ROTATED_TOKEN)
+    })
+    .await;
+    std::fs::remove_file(&file).unwrap();
+    eventually("the app's token in use again", async || {
+        let fresh = x_cache().await == "MISS";
+        fresh && last_token(&sim, WABA).contains(SYSTEM_TOKEN)
+    })
+    .await;
+    assert_eq!(x_cache().await, "HIT");
+    assert_clean("the logs", &logs().text());
+}
