@@ -118,12 +118,23 @@ impl Directory {
             .iter()
             .map(|a| {
                 let mut objects = foldhash::HashMap::default();
+                // A WABA's own token: from its [[app.waba]] entry, else from `waba_token_dir`.
+                let own = |id: &str| a.waba_tokens.get(id).cloned();
                 for w in &a.wabas {
-                    let token = w.token.clone().map(|t| Arc::new(Token::new(t)));
+                    let token = w
+                        .token
+                        .clone()
+                        .or_else(|| own(&w.id))
+                        .map(|t| Arc::new(Token::new(t)));
                     objects.insert(w.id.clone(), (w.id.clone(), token.clone()));
                     for p in w.phone_numbers.iter().chain(&w.status_ids) {
                         objects.insert(p.clone(), (w.id.clone(), token.clone()));
                     }
+                }
+                for (id, secret) in &a.waba_tokens {
+                    objects.entry(id.clone()).or_insert_with(|| {
+                        (id.clone(), Some(Arc::new(Token::new(secret.clone()))))
+                    });
                 }
                 AppEntry {
                     token: Token::new(a.token.clone()),
@@ -254,6 +265,18 @@ impl Directory {
         root.and_then(|r| a.objects.get(r))
             .and_then(|(_, t)| t.as_deref())
             .unwrap_or(&a.token)
+    }
+
+    /// Every object of `app` that has a token of its own, with its WABA: what a reload compares to
+    /// find the objects whose token owner changed (their cached answers are dropped).
+    pub fn own_token_objects(&self, app: usize) -> std::collections::BTreeSet<(&str, &str)> {
+        self.apps.get(app).map_or_else(Default::default, |a| {
+            a.objects
+                .iter()
+                .filter(|(_, (_, t))| t.is_some())
+                .map(|(id, (waba, _))| (id.as_str(), waba.as_str()))
+                .collect()
+        })
     }
 
     /// Who owns the token a call on `root` is made with, without the token itself: `Some(waba id)`
@@ -410,6 +433,42 @@ methods = ["GET"]
         assert_eq!(d.token_for(0, Some("201")).secret().expose(), "waba-token");
         assert_eq!(d.token_for(0, Some("100")).secret().expose(), "app-token");
         assert_eq!(d.token_for(0, None).secret().expose(), "app-token");
+    }
+
+    // Files of a `waba_token_dir` give their WABAs a token (a WABA listed without one, and one not
+    // listed at all); a WABA with its own token_env keeps it; the token owner follows.
+    #[test]
+    fn token_dir_files_give_wabas_their_own_token() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("100"), "dir-token-100\n").unwrap();
+        std::fs::write(dir.path().join("200"), "dir-token-200").unwrap();
+        std::fs::write(dir.path().join("300"), "dir-token-300").unwrap();
+        let mut env = Env::new();
+        env.insert("T_APP".to_string(), "app-token".to_string());
+        env.insert("T_WABA".to_string(), "waba-token".to_string());
+        let text = format!(
+            "[[app]]\nname = \"main\"\nid = \"1\"\ntoken_env = \"T_APP\"\nwaba_token_dir = {:?}\n\
+             [[app.waba]]\nid = \"100\"\n[[app.waba]]\nid = \"200\"\ntoken_env = \"T_WABA\"\n\
+             [[client]]\nname = \"a\"\nkey_sha256 = \"{}\"\n",
+            dir.path().display().to_string(),
+            hex::encode(key_digest("key-a-0123456789"))
+        );
+        let c = Config::from_toml(&text, "t.toml", std::path::Path::new("."), &env).unwrap();
+        assert_eq!(
+            c.warnings.len(),
+            1,
+            "200's file is skipped: {:?}",
+            c.warnings
+        );
+        let d = Directory::new(&c);
+        let token = |root| d.token_for(0, Some(root)).secret().expose().to_string();
+        assert_eq!(token("100"), "dir-token-100");
+        assert_eq!(token("200"), "waba-token");
+        assert_eq!(token("300"), "dir-token-300");
+        assert_eq!(token("400"), "app-token");
+        assert_eq!(d.token_owner(0, Some("300")), Some("300"));
+        assert_eq!(d.token_owner(0, Some("400")), None);
+        assert_eq!(d.own_token_objects(0).len(), 3);
     }
 
     #[test]

@@ -28,6 +28,7 @@
 //! - [`upstream`]: the pooled rustls client to Meta (`pool`, `tls`), header hygiene, `appsecret_proof`.
 //! - [`rewrite`]: paging links rewritten to the proxy, tokens redacted from answers.
 //! - [`metrics`]: the Prometheus registry of one gateway; labels only from config or fixed sets.
+//! - [`reload`]: what a reload compares (restart-only keys), hashes and watches (secret files).
 //!
 //! Shared by the request path and background work:
 //! - [`metered`]: a call to Meta, admit -> send -> settle -> learn; the proxy and the probe both
@@ -37,7 +38,8 @@
 //! - [`webhooks`]: Meta's webhooks: handshake, signatures, cache invalidation, durable fan-out.
 //!
 //! The state, and what serves it:
-//! - [`gateway`]: the [`Gateway`] state (handles built from the config) and its background tasks.
+//! - [`gateway`]: the [`Gateway`] state (handles built from the config, the config generation a
+//!   reload swaps) and its background tasks.
 //! - [`proxy`]: the request pipeline, one file per step, check -> authenticate -> classify ->
 //!   authorize -> cache -> limit -> upstream -> rewrite -> respond, and the listener's service.
 //! - [`admin`]: the admin listener: health, readiness, `/metrics`, limits and cache JSON, status page.
@@ -65,6 +67,7 @@ pub mod metered;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;
+pub mod reload;
 pub mod rewrite;
 pub mod server;
 pub mod sim;

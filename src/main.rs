@@ -104,7 +104,7 @@ fn main() -> ExitCode {
     match command {
         Command::CheckConfig => match Config::load(&cli.config, &ProcessEnv) {
             Ok(c) => {
-                for w in placeholder_warnings(&c) {
+                for w in placeholder_warnings(&c).iter().chain(&c.warnings) {
                     eprintln!("{}: warning: {w}", cli.config.display());
                 }
                 println!(
@@ -171,7 +171,9 @@ fn main() -> ExitCode {
                 for w in placeholder_warnings(&config) {
                     tracing::warn!("{w}");
                 }
-                let gw = graphgate::Gateway::new(config);
+                let gw = graphgate::Gateway::new(config).reloading_from(&cli.config, ProcessEnv);
+                // SIGHUP reloads the config (docs/operations.md, Reload) instead of ending the process.
+                tokio::spawn(graphgate::gateway::reload_on_sighup(gw.clone()));
                 match graphgate::run_draining(listener, admin, gw, stop, hurry).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {

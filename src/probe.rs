@@ -10,6 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use axum::body::Body;
 
 use crate::auth::Directory;
@@ -30,8 +32,9 @@ const MAX_BODY: u64 = 1 << 20;
 /// What probing needs: cheap to clone (handles only).
 #[derive(Clone)]
 pub struct Prober {
-    config: Arc<Config>,
-    directory: Arc<Directory>,
+    /// The newest config and directory (a reload swaps them; a rotated token is used at once).
+    config: Arc<ArcSwap<Config>>,
+    directory: Arc<ArcSwap<Directory>>,
     upstream: Arc<Upstream>,
     limiter: Arc<Limiter>,
     metrics: Arc<Metrics>,
@@ -39,8 +42,8 @@ pub struct Prober {
 
 impl Prober {
     pub fn new(
-        config: Arc<Config>,
-        directory: Arc<Directory>,
+        config: Arc<ArcSwap<Config>>,
+        directory: Arc<ArcSwap<Directory>>,
         upstream: Arc<Upstream>,
         limiter: Arc<Limiter>,
         metrics: Arc<Metrics>,
@@ -77,7 +80,7 @@ impl Prober {
 
     /// Probes now and then every `limits.active_refresh`, until the task is dropped.
     pub async fn run(self) {
-        let every = self.config.limits.active_refresh;
+        let every = self.config.load().limits.active_refresh;
         loop {
             self.probe_all().await;
             tokio::time::sleep(every).await;
@@ -104,9 +107,10 @@ impl Prober {
             max_wait: Duration::ZERO,
         };
         let build = || {
-            let token = self.directory.token_for(app, Some(waba));
+            let (directory, config) = (self.directory.load(), self.config.load());
+            let token = directory.token_for(app, Some(waba));
             let mut query = "fields=platform_type,status".to_string();
-            let a = &self.config.apps[app];
+            let a = &config.apps[app];
             if let Some(secret) = &a.app_secret {
                 query.push('&');
                 query.push_str(&upstream::proof_params(secret, token.secret(), a.proof));

@@ -141,6 +141,9 @@ impl Redactor {
                     secrets.push(t.expose().as_bytes().to_vec());
                 }
             }
+            for t in app.waba_tokens.values() {
+                secrets.push(t.expose().as_bytes().to_vec());
+            }
         }
         // Very short values would match ordinary text; real tokens and secrets are long.
         secrets.retain(|s| s.len() >= 8);

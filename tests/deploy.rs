@@ -59,6 +59,13 @@ const METRICS: &[Metric] = &[
     m("graphgate_limits_backend_up", Kind::Gauge, &[]),
     m("graphgate_limits_unshared_calls", Kind::Gauge, &[]),
     m("graphgate_degraded", Kind::Gauge, &["reason"]),
+    m(
+        "graphgate_config_reloads_total",
+        Kind::Counter,
+        &["outcome"],
+    ),
+    m("graphgate_config_info", Kind::Gauge, &["hash"]),
+    m("graphgate_waba_token_dir_wabas", Kind::Gauge, &["app"]),
     m("graphgate_bucket_used", Kind::Gauge, &["app", "bucket"]),
     m("graphgate_bucket_limit", Kind::Gauge, &["app", "bucket"]),
     m(

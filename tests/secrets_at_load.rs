@@ -165,3 +165,62 @@ fn check_config_and_serve_refuse_a_token_with_a_newline() {
         assert!(!all.contains("injected"), "{args:?}: {all}");
     }
 }
+
+// `waba_token_dir`: check-config loads the good file, warns about each bad one by name and reason,
+// never by content; a directory that cannot be read is a problem naming the key and exits 2.
+#[test]
+fn check_config_names_bad_token_dir_files_and_refuses_a_missing_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::create_dir(&tokens).unwrap();
+    std::fs::write(tokens.join("102290129340398"), "EAAGgoodDIRtoken\n").unwrap();
+    std::fs::write(tokens.join("waba-7"), "EAAGmarkerNAME").unwrap();
+    std::fs::write(tokens.join("111"), "EAAGmarkerSPACE x").unwrap();
+    std::fs::write(tokens.join("222"), "").unwrap();
+    std::fs::write(tokens.join("333"), "EAAGmarkerBIG".repeat(1000)).unwrap();
+    std::fs::write(tokens.join(".hidden"), "EAAGmarkerHIDDEN").unwrap();
+    let path = dir.path().join("graphgate.toml");
+    let check = |toml: String| {
+        std::fs::write(&path, toml).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_graphgate"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .env_remove("GRAPHGATE_CONFIG")
+            .envs(support::env())
+            .output()
+            .unwrap()
+    };
+    let b = TestProxy::builder(UPSTREAM).set("app[0].waba_token_dir", tokens.display().to_string());
+    let out = check(b.toml());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    for (name, why) in [
+        ("waba-7", "not a WABA id"),
+        ("111", "a space"),
+        ("222", "empty"),
+        ("333", "larger than 4096 bytes"),
+    ] {
+        assert!(
+            err.contains(&format!(
+                "app[0].waba_token_dir: skipped the file `{name}`: "
+            )) && err.contains(why),
+            "{name}: {err}"
+        );
+    }
+    assert!(!err.contains(".hidden"), "hidden files are ignored: {err}");
+    assert!(!err.contains("EAAG"), "no content: {err}");
+    let config = b.load().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.apps[0].waba_tokens.len(), 1);
+
+    let out = check(
+        TestProxy::builder(UPSTREAM)
+            .set("app[0].waba_token_dir", "no-such-dir")
+            .toml(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("app[0].waba_token_dir: cannot read the directory"),
+        "{err}"
+    );
+}

@@ -1,5 +1,5 @@
 //! The admin listener's router: `/healthz`, `/readyz`, `/metrics`, `/admin/limits`,
-//! `/admin/cache`, `POST /admin/cache/purge`, `/admin/status` (`health.rs`), and the status page
+//! `/admin/cache`, `POST /admin/cache/purge`, `POST /admin/reload`, `/admin/status` (`health.rs`), and the status page
 //! (`status.rs`) at `/admin` and `/`.
 //!
 //! It is served only on `server.admin_listen`, never on the proxy port (there every path is a Graph
@@ -43,6 +43,7 @@ pub fn router(gw: Gateway) -> Router {
         .route("/admin/limits", get(limits))
         .route("/admin/cache", get(cache_stats))
         .route("/admin/cache/purge", post(purge))
+        .route("/admin/reload", post(reload))
         .route("/admin/status", get(health::status))
         .route("/admin", get(status::page))
         .route("/", get(status::page))
@@ -53,6 +54,8 @@ pub fn router(gw: Gateway) -> Router {
 }
 
 async fn require_token(State(gw): State<Gateway>, req: Request, next: Next) -> Response {
+    // The newest generation: a reload may have rotated the admin token.
+    let gw = gw.current();
     let Some(token) = &gw.config().server.admin_token else {
         return next.run(req).await;
     };
@@ -293,6 +296,19 @@ async fn purge(State(gw): State<Gateway>, body: Bytes) -> Response {
     let purged = g.invalidator().purge(app, &req.prefix);
     tracing::info!(app = %req.app, prefix = %req.prefix, purged, "cache purged by the admin API");
     Json(json!({ "app": req.app, "prefix": req.prefix, "purged": purged })).into_response()
+}
+
+/// `POST /admin/reload`: reads the config file and every secret again and swaps the whole in, or
+/// keeps the config in use. Answers the [`crate::reload::Report`]: 200 when applied, 422 when the
+/// new config has problems, 409 when it changes a key that needs a restart.
+async fn reload(State(gw): State<Gateway>) -> Response {
+    let report = gw.reload("admin").await;
+    let status = match report.outcome {
+        "ok" => StatusCode::OK,
+        "refused" => StatusCode::CONFLICT,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    (status, Json(report)).into_response()
 }
 
 #[cfg(test)]

@@ -22,6 +22,10 @@ pub(super) struct Validator<'a> {
     pub(super) problems: Vec<Problem>,
     /// `[limits]` values that each `[app.limits]` starts from.
     pub(super) limit_defaults: AppLimits,
+    /// Secret files and token directories read, for `Config::watched`.
+    pub(super) watched: Vec<PathBuf>,
+    /// What was skipped without a problem, for `Config::warnings`.
+    pub(super) warnings: Vec<String>,
 }
 
 impl<'a> Validator<'a> {
@@ -33,6 +37,8 @@ impl<'a> Validator<'a> {
             env,
             problems: Vec::new(),
             limit_defaults: AppLimits::default(),
+            watched: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 }
@@ -142,6 +148,7 @@ impl Validator<'_> {
             },
             (None, Some(path)) => {
                 let path = self.base.join(path);
+                self.watched.push(path.clone());
                 match std::fs::read_to_string(&path) {
                     Ok(v) if !v.trim().is_empty() => {
                         let from = path.display().to_string();

@@ -12,6 +12,7 @@
 //! - `check`: the `Validator` that collects every problem, and the checks all sections share;
 //! - `validate` (+ `validate/`): raw to typed, section by section, in report order;
 //! - `cache` and `webhooks`: each owns its section whole (typed, raw and checks);
+//! - `token_dir`: an `[[app]]`'s `waba_token_dir`, one token file per WABA, read at every load;
 //! - `error`: [`ConfigError`] and [`Problem`];
 //! - `tls`: the server's certificate and key as a rustls config, checked by `load` before binding.
 //!
@@ -38,6 +39,7 @@ mod load;
 mod raw;
 mod scalar;
 pub mod tls;
+mod token_dir;
 mod validate;
 mod webhooks;
 
@@ -48,6 +50,7 @@ pub use self::cache::{
 pub use self::env::{Env, ProcessEnv};
 pub use self::error::{ConfigError, Problem};
 pub use self::scalar::{parse_duration, parse_size, Dur, Size};
+pub use self::token_dir::MAX_TOKEN_FILE;
 pub use self::validate::parse_rate;
 pub use self::webhooks::{Subscriber, Webhooks};
 
@@ -134,6 +137,12 @@ pub struct Config {
     pub cache: Cache,
     /// `[webhooks]`, when Meta's webhooks are received here (`docs/webhooks.md`).
     pub webhooks: Option<Webhooks>,
+    /// Every secret file and `waba_token_dir` the load read: what a reload re-reads and what is
+    /// watched for rotation (`docs/operations.md`, Reload).
+    pub watched: Vec<PathBuf>,
+    /// What the load skipped without refusing the config (a bad file in a `waba_token_dir`), named
+    /// by key and file name, never by content.
+    pub warnings: Vec<String>,
 }
 
 /// `[limits]`: the rolling-window budgets and what callers see when one is spent.
@@ -318,6 +327,11 @@ pub struct App {
     pub proof: ProofMode,
     pub wabas: Vec<Waba>,
     pub limits: AppLimits,
+    /// `waba_token_dir`: the directory of per-WABA token files, when set.
+    pub waba_token_dir: Option<PathBuf>,
+    /// The tokens found there, by WABA id (a WABA listed with its own `token_env`/`token_file`
+    /// keeps that one).
+    pub waba_tokens: std::collections::BTreeMap<String, Secret>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -139,6 +139,8 @@ pub(super) struct RawApp {
     pub(super) limits: Option<RawAppLimits>,
     #[serde(default)]
     pub(super) waba: Vec<RawWaba>,
+    /// One file per WABA id holding that WABA's token, read at load and watched (`config::token_dir`).
+    pub(super) waba_token_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

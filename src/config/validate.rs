@@ -76,6 +76,8 @@ impl Validator<'_> {
                 limits,
                 cache,
                 webhooks: hooks,
+                watched: self.watched,
+                warnings: self.warnings,
             })
         } else {
             Err(ConfigError {

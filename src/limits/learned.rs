@@ -180,6 +180,17 @@ impl Apps {
                 .insert(id.to_string())
     }
 
+    /// Adds WABA ids known from outside the file's WABA list (a `waba_token_dir`), so calls on them
+    /// count to a WABA bucket. Never removes one: an id that was a WABA stays one.
+    pub(super) fn add_wabas<'a>(&self, ids: impl IntoIterator<Item = &'a String>) {
+        let mut known = self.known.write_unpoisoned();
+        for id in ids {
+            if !known.wabas.contains(id) {
+                known.wabas.insert(id.clone());
+            }
+        }
+    }
+
     /// Adds restored allocation-config ids as they are (they were checked when first learned).
     pub(super) fn extend_allocation_configs(&self, ids: Vec<String>) {
         self.known.write_unpoisoned().allocation_configs.extend(ids);

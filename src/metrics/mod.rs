@@ -1,6 +1,6 @@
 //! Prometheus metrics for one gateway, in a registry of its own (prometheus-client), plus the two
 //! facts the admin listener reads besides them: how the last upstream call went (for `/readyz`) and
-//! the most recent rate-limit refusals (for the status page).
+//! the rate-limit refusals the status page lists (`refusals.rs`).
 //!
 //! Counters are bumped by the pipeline as requests pass; gauges (buckets, Meta's usage, the cache)
 //! are refreshed from snapshots at scrape time (`scrape.rs`). This module must never take a label
@@ -14,10 +14,12 @@ mod degraded;
 mod labels;
 mod preset;
 mod process;
+mod refusals;
+mod reload;
 mod scrape;
 mod webhooks;
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,7 +29,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::GatewayError;
@@ -41,6 +42,10 @@ use labels::{
     ThrottleLabels, UpstreamLabels, UsageLabels, VersionLabels, NONE,
 };
 use process::ProcessMetrics;
+use refusals::Refusals;
+pub use refusals::{RefusalGroup, Rejection};
+use reload::ReloadMetrics;
+pub use reload::RELOAD_OUTCOMES;
 use webhooks::WebhookMetrics;
 pub use webhooks::{SubscriberStats, WebhookStats};
 
@@ -72,9 +77,6 @@ const REQUEST_BUCKETS: [f64; 18] = [
     5.0, 10.0, 30.0, 60.0,
 ];
 
-/// How many refusals the status page can list.
-const RECENT_REJECTIONS: usize = 50;
-
 /// The outcome of the latest call to Meta, at the transport level.
 #[derive(Debug, Clone)]
 pub struct UpstreamOutcome {
@@ -82,34 +84,6 @@ pub struct UpstreamOutcome {
     /// `None` when Meta answered (any status); the failure otherwise.
     pub error: Option<String>,
 }
-
-/// One refused call, for the status page.
-#[derive(Debug, Clone, Serialize)]
-pub struct Rejection {
-    pub at_unix: u64,
-    pub app: String,
-    /// The client's name from config.
-    pub client: String,
-    pub bucket: String,
-    /// `full`, `blocked` (Meta throttled), `client_quota` or `unavailable` (Redis down, reject mode).
-    pub reason: &'static str,
-    pub retry_after_secs: u64,
-}
-
-/// Refusals of one client for one bucket and reason, since start: who was refused and why.
-#[derive(Debug, Clone, Serialize)]
-pub struct RefusalGroup {
-    pub app: String,
-    pub client: String,
-    pub bucket: String,
-    pub reason: &'static str,
-    pub count: u64,
-    pub last_unix: u64,
-}
-
-/// Key of a [`RefusalGroup`]: app, client, bucket (all from config) and reason (a fixed set), so
-/// the map is bounded by the config.
-type GroupKey = (String, String, String, &'static str);
 
 /// Per-app label material from config.
 struct AppLabelSet {
@@ -153,13 +127,13 @@ pub struct Metrics {
     none: Arc<str>,
     // The three locks below are held only to copy or replace a small value, never across an await.
     upstream: Mutex<Option<UpstreamOutcome>>,
-    recent: Mutex<VecDeque<Rejection>>,
-    groups: Mutex<BTreeMap<GroupKey, (u64, u64)>>,
+    refusals: Refusals,
     /// When this gateway was made (unix seconds), for the status page's uptime.
     started_unix: u64,
     /// Serializes scrapes: each refreshes the gauge families (clear, then set) before encoding.
     scrape: Mutex<()>,
     webhooks: Option<WebhookMetrics>,
+    reload: ReloadMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -204,6 +178,7 @@ impl Metrics {
             .set(1);
         let process = ProcessMetrics::register(&mut registry);
         let degraded = Family::<DegradedLabels, Gauge>::default();
+        let reload = ReloadMetrics::register(&mut registry);
 
         // Counter names go in without `_total`: the encoder appends it.
         let r = &mut registry;
@@ -344,11 +319,11 @@ impl Metrics {
             apps,
             none: Arc::from(NONE),
             upstream: Mutex::new(None),
-            recent: Mutex::new(VecDeque::with_capacity(RECENT_REJECTIONS)),
-            groups: Mutex::new(BTreeMap::new()),
+            refusals: Refusals::default(),
             started_unix: unix_now(),
             scrape: Mutex::new(()),
             webhooks,
+            reload,
         };
         metrics.preset(config);
         metrics
@@ -481,25 +456,25 @@ impl Metrics {
                 bucket: bucket.clone(),
             })
             .inc();
-        let now = unix_now();
-        {
-            let mut groups = self.groups.lock_unpoisoned();
-            let key = (app_name.clone(), client.to_string(), bucket.clone(), reason);
-            let g = groups.entry(key).or_insert((0, now));
-            *g = (g.0 + 1, now);
-        }
-        let mut recent = self.recent.lock_unpoisoned();
-        if recent.len() == RECENT_REJECTIONS {
-            recent.pop_front();
-        }
-        recent.push_back(Rejection {
-            at_unix: now,
-            app: app_name,
-            client: client.to_string(),
+        let retry_after_secs = refusal.retry_after.as_secs_f64().ceil() as u64;
+        self.refusals.record(
+            app_name,
+            client,
             bucket,
             reason,
-            retry_after_secs: refusal.retry_after.as_secs_f64().ceil() as u64,
-        });
+            retry_after_secs,
+            unix_now(),
+        );
+    }
+
+    /// Counts a reload by its outcome (one of [`RELOAD_OUTCOMES`]).
+    pub fn record_reload(&self, outcome: &'static str) {
+        self.reload.record(outcome)
+    }
+
+    /// The config in use: its secret-free hash, and the WABAs each app's `waba_token_dir` holds.
+    pub fn set_config(&self, hash: &str, dir_wabas: &[(String, usize)]) {
+        self.reload.set_config(hash, dir_wabas)
     }
 
     /// Counts a throttling error from Meta. `code` is one of [`crate::limits::is_throttling_code`]'s
@@ -527,23 +502,7 @@ impl Metrics {
 
     /// Refusals since start, grouped by app, client, bucket and reason, most first.
     pub fn refusals_by_caller(&self) -> Vec<RefusalGroup> {
-        let mut out: Vec<RefusalGroup> = self
-            .groups
-            .lock_unpoisoned()
-            .iter()
-            .map(
-                |((app, client, bucket, reason), (count, last))| RefusalGroup {
-                    app: app.clone(),
-                    client: client.clone(),
-                    bucket: bucket.clone(),
-                    reason,
-                    count: *count,
-                    last_unix: *last,
-                },
-            )
-            .collect();
-        out.sort_by_key(|g| std::cmp::Reverse(g.count));
-        out
+        self.refusals.by_caller()
     }
 
     /// When this gateway started, in unix seconds.
@@ -563,7 +522,7 @@ impl Metrics {
 
     /// Recent refusals, oldest first.
     pub fn recent_rejections(&self) -> Vec<Rejection> {
-        self.recent.lock_unpoisoned().iter().cloned().collect()
+        self.refusals.recent()
     }
 
     /// Cache results counted so far: hit, miss, stale, bypass.

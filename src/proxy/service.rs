@@ -60,7 +60,8 @@ impl ProxyService {
         if !http_body::Body::is_end_stream(req.body()) {
             req.extensions_mut().insert(self.preauth.clone());
         }
-        let gw = self.gw.clone();
+        // The newest config generation, kept to the end of this request (a reload swaps it).
+        let gw = self.gw.current();
         Box::pin(async move { Ok(super::handle(gw, req).await) })
     }
 }

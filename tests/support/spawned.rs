@@ -111,6 +111,16 @@ impl Spawned {
         }
     }
 
+    /// The process id (to signal it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The config file it was started with (a test may rewrite it and reload).
+    pub fn config_file(&self) -> std::path::PathBuf {
+        self._dir.path().join("graphgate.toml")
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

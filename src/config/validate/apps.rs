@@ -132,6 +132,10 @@ impl Validator<'_> {
                 status_ids: w.status_ids,
             });
         }
+        let waba_tokens = match &r.waba_token_dir {
+            Some(dir) => self.waba_token_dir(&format!("{at}.waba_token_dir"), dir, &wabas),
+            None => Default::default(),
+        };
         if self.problems.len() > before {
             return None;
         }
@@ -144,6 +148,8 @@ impl Validator<'_> {
             proof,
             wabas,
             limits,
+            waba_token_dir: r.waba_token_dir.map(|d| self.base.join(d)),
+            waba_tokens,
         })
     }
 
