@@ -55,6 +55,7 @@ pub(super) struct RawLimits {
     pub(super) on_backend_error: Option<String>,
     pub(super) replicas: Option<i64>,
     pub(super) backend_timeout: Option<Dur>,
+    pub(super) max_unknown_buckets: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]

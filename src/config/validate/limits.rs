@@ -8,8 +8,8 @@ use super::super::raw::{RawAppLimits, RawLimits};
 use super::super::scalar::Dur;
 use super::super::{
     AppLimits, Limits, OnBackendError, OnLimit, RedisBackend, DEFAULT_ACTIVE_REFRESH,
-    DEFAULT_BACKEND_TIMEOUT, DEFAULT_MAX_WAIT, DEFAULT_STATE_INTERVAL, DEFAULT_THROTTLE_BLOCK,
-    DEFAULT_WINDOW,
+    DEFAULT_BACKEND_TIMEOUT, DEFAULT_MAX_UNKNOWN_BUCKETS, DEFAULT_MAX_WAIT, DEFAULT_STATE_INTERVAL,
+    DEFAULT_THROTTLE_BLOCK, DEFAULT_WINDOW,
 };
 
 impl Validator<'_> {
@@ -77,6 +77,14 @@ impl Validator<'_> {
                 r.replicas,
                 r.backend_timeout,
             ),
+            max_unknown_buckets: self
+                .int_in(
+                    "limits.max_unknown_buckets",
+                    r.max_unknown_buckets,
+                    0,
+                    1_000_000,
+                )
+                .map_or(DEFAULT_MAX_UNKNOWN_BUCKETS, |n| n as usize),
         }
     }
 
