@@ -10,6 +10,7 @@
 //! they count into it (the receiver's figures are typed here, in `webhooks.rs`).
 
 mod counters;
+mod cuts;
 mod labels;
 mod preset;
 mod process;
@@ -34,6 +35,8 @@ use crate::limits::{Refusal, RefusalReason, Scope};
 use crate::sync::MutexExt;
 
 use counters::Counters;
+pub use cuts::Cut;
+use cuts::CutMetrics;
 pub use labels::{method_label, status_label, CacheResult};
 use labels::{
     BucketLabels, CacheLabels, DurationLabels, RequestLabels, ThrottleLabels, UpstreamLabels,
@@ -152,6 +155,7 @@ pub struct Metrics {
     /// Serializes scrapes: each refreshes the gauge families (clear, then set) before encoding.
     scrape: Mutex<()>,
     webhooks: Option<WebhookMetrics>,
+    cuts: CutMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -194,6 +198,7 @@ impl Metrics {
             })
             .set(1);
         let process = ProcessMetrics::register(&mut registry);
+        let cuts = CutMetrics::register(&mut registry);
 
         // Counter names go in without `_total`: the encoder appends it.
         let r = &mut registry;
@@ -324,6 +329,7 @@ impl Metrics {
             started_unix: unix_now(),
             scrape: Mutex::new(()),
             webhooks,
+            cuts,
         };
         metrics.preset(config);
         metrics
@@ -486,6 +492,11 @@ impl Metrics {
 
     /// Counts a throttling error from Meta. `code` is one of [`crate::limits::is_throttling_code`]'s
     /// fixed set, so it is a safe label.
+    /// An answer that did not reach its caller whole.
+    pub fn record_cut(&self, cut: Cut) {
+        self.cuts.inc(cut);
+    }
+
     pub fn record_throttle(&self, app: usize, code: u64) {
         let code = if crate::limits::is_throttling_code(code) {
             code.to_string()
