@@ -92,6 +92,7 @@ const METRICS: &[Metric] = &[
         &["class", "cache"],
     ),
     m("graphgate_requests_in_flight", Kind::Gauge, &[]),
+    m("graphgate_responses_cut_total", Kind::Counter, &["reason"]),
     m("process_cpu_seconds_total", Kind::Counter, &[]),
     m("process_resident_memory_bytes", Kind::Gauge, &[]),
     m("process_virtual_memory_bytes", Kind::Gauge, &[]),

@@ -75,15 +75,13 @@ const MIB: u64 = 1024;
 // stays within 100 MiB of its idle size (1,200 open connections at about 26 KiB each, plus 16 + 16
 // bodies being read), keyed callers are answered meanwhile, and every slow body is cut (408, or 503
 // when no turn came within 250 ms) within preauth_body_timeout plus scheduling. Without the budget the issue
-// measured 1,092 MiB for the forms alone.
+// measured 1,092 MiB for the forms alone. max_in_flight is the default (1,024): keyless requests
+// join the in-flight count only once authenticated, so 1,200 of them cannot shed keyed callers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_unauthenticated_bodies_are_bounded_in_memory_and_time() {
     let sim = start_sim(sim_config()).await;
     let builder = TestProxy::builder(&sim.url)
-        // The in-flight cap is not what this test is about: 1,200 keyless requests waiting up to
-        // 250 ms for a turn would fill the default 1,024 and shed keyed callers meanwhile (#14
-        // left: such requests count against max_in_flight).
-        .server("preauth_body_timeout = \"2s\"\npreauth_reads = 16\nmax_in_flight = 4096")
+        .server("preauth_body_timeout = \"2s\"\npreauth_reads = 16")
         .merge("[webhooks]\npath = \"/hooks\"\nverify_token_env = \"TEST_VERIFY_TOKEN\"\n");
     let proxy = Spawned::start(builder, None);
     let (warm, _) = keyed_calls(&proxy.url(), 5).await;
@@ -211,6 +209,48 @@ async fn requests_over_the_in_flight_cap_get_503_with_retry_after() {
         2,
         "shed calls never reached Meta"
     );
+}
+
+// max_in_flight = 8: 40 callers with no key hold slow form bodies (waiting for one of 2 pre-auth
+// turns or being read) and 10 unsigned webhook posts do the same; keyed callers meanwhile are all
+// answered 200, because a request joins the in-flight count only once its caller is known. Before
+// #14 the 50 keyless requests each held a place in flight and every keyed call got a 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_bodies_never_take_the_keyed_callers_places_in_flight() {
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url)
+        .server("max_in_flight = 8\npreauth_reads = 2\npreauth_body_timeout = \"3s\"")
+        .merge("[webhooks]\npath = \"/hooks\"\nverify_token_env = \"TEST_VERIFY_TOKEN\"\n")
+        .env("TEST_VERIFY_TOKEN", "verify-me")
+        .start()
+        .await;
+    let form = format!(
+        "POST /v19.0/{WABA}/message_templates HTTP/1.1\r\nHost: x\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\n"
+    );
+    let hook = "POST /hooks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                X-Hub-Signature-256: sha256=00\r\nContent-Length: 100000\r\n\r\n";
+    let hostile: Vec<_> = (0..50)
+        .map(|i| {
+            let head = if i % 5 == 4 {
+                hook.to_string()
+            } else {
+                form.clone()
+            };
+            tokio::spawn(slow_body(proxy.addr, head, 16))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (statuses, slowest) = keyed_calls(&proxy.url, 10).await;
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "keyed callers answered while 50 keyless bodies were pending: {statuses:?} ({slowest:?})"
+    );
+    for h in hostile {
+        let (status, took) = h.await.unwrap();
+        assert!([0, 408, 503].contains(&status), "{status}");
+        assert!(took < Duration::from_secs(10), "cut: {took:?}");
+    }
 }
 
 /// Sends a keyed GET on an open connection and reads the status of its answer.

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use graphgate::clock::ManualClock;
 use support::{
-    client, graph_error, logs, metric_value, parse_metrics, TestProxy, CLIENT_KEY, WABA,
+    assert_no_secrets, client, graph_error, logs, metric_value, parse_metrics, TestProxy,
+    CLIENT_KEY, WABA,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,7 +24,9 @@ use tokio::net::{TcpListener, TcpStream};
 /// - `stream-stall`: a chunked `application/octet-stream` head and one chunk, then silence;
 /// - `fill-then-stall`: `ok` as the upstream's first request, `stream-stall` after;
 /// - `json-stall`: a JSON head with `Content-Length: 100` and 10 bytes, then silence;
-/// - `drip`: a JSON head with `Content-Length: 400`, then a byte every 50 ms.
+/// - `drip`: a JSON head with `Content-Length: 400`, then a byte every 50 ms;
+/// - `stream-drip`: a chunked `application/octet-stream` head, then a 1-byte chunk every 50 ms;
+/// - `slow-head`: no answer at all until graphgate closes the connection.
 ///
 /// Silence lasts until graphgate closes the connection.
 struct Upstream {
@@ -76,7 +79,11 @@ async fn serve(mut s: TcpStream, count: Arc<AtomicUsize>) {
             }
             continue;
         }
-        let start: &[u8] = if path.contains("stall") && !path.contains("json") {
+        let start: &[u8] = if path.contains("slow-head") {
+            b""
+        } else if path.contains("stream-drip") {
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        } else if path.contains("stall") && !path.contains("json") {
             b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"
         } else if path.contains("json-stall") {
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"data\":[1"
@@ -87,13 +94,18 @@ async fn serve(mut s: TcpStream, count: Arc<AtomicUsize>) {
             return;
         }
         let drip = path.contains("drip");
+        let chunk: &[u8] = if path.contains("stream-drip") {
+            b"1\r\na\r\n"
+        } else {
+            b" "
+        };
         // Silence (or a drip) until the proxy gives up and closes the connection.
         let mut sink = [0u8; 64];
         loop {
             tokio::select! {
                 r = s.read(&mut sink) => if matches!(r, Ok(0) | Err(_)) { return },
                 _ = tokio::time::sleep(Duration::from_millis(50)), if drip => {
-                    if s.write_all(b" ").await.is_err() {
+                    if s.write_all(chunk).await.is_err() {
                         return;
                     }
                 }
@@ -174,6 +186,154 @@ async fn a_stalled_streamed_body_is_cut_within_the_idle_timeout_logged_and_count
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `graphgate_responses_cut_total{reason}`; present (at 0) from the start.
+async fn cuts(admin: &str, reason: &str) -> Option<f64> {
+    let text = client()
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let samples = parse_metrics(&text);
+    let name = "graphgate_responses_cut_total";
+    let present = samples
+        .iter()
+        .any(|s| s.name == name && s.labels.get("reason").map(String::as_str) == Some(reason));
+    present.then(|| metric_value(&samples, name, &[("reason", reason)]))
+}
+
+/// The access-log lines (`done` or `cut`) of the request `id`, once `cut(reason)` counts one more
+/// than `before` (waits up to 5 s: a streamed answer's line is written as its body ends).
+async fn access_lines(admin: &str, id: &str, reason: &str, before: f64) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cuts(admin, reason).await.unwrap_or(0.0) < before + 1.0 {
+        assert!(Instant::now() < deadline, "a `{reason}` cut was counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let text = logs().text();
+    assert_no_secrets("the log", &text);
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["span"]["id"] == id)
+        .map(|v| match v["fields"].is_object() {
+            true => v["fields"].clone(),
+            false => v,
+        })
+        .filter(|f| matches!(f["message"].as_str(), Some("done" | "cut")))
+        .collect()
+}
+
+// Meta's streamed body stalls past the idle timeout: the request's one access-log line has its real
+// status (200) and outcome "cut", reason "upstream", and graphgate_responses_cut_total{reason=
+// "upstream"} counts it (every reason is exported at 0 beforehand).
+#[tokio::test]
+async fn a_stream_meta_cuts_has_one_access_log_line_marked_cut_and_is_counted() {
+    let up = start_upstream().await;
+    let proxy = TestProxy::builder(&up.url)
+        .cache(false)
+        .set("upstream.body_idle_timeout", "300ms")
+        .admin()
+        .start()
+        .await;
+    let admin = proxy.admin_url();
+    for reason in ["before_head", "caller", "upstream"] {
+        assert_eq!(
+            cuts(&admin, reason).await,
+            Some(0.0),
+            "{reason} exported at 0"
+        );
+    }
+    let r = client()
+        .get(url(&proxy.url, "stream-stall", 2))
+        .bearer_auth(CLIENT_KEY)
+        .header("x-request-id", "cut-by-meta-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(10), r.bytes()).await;
+    assert!(body.expect("ended").is_err(), "the client noticed the cut");
+    let lines = access_lines(&admin, "cut-by-meta-1", "upstream", 0.0).await;
+    assert_eq!(lines.len(), 1, "one access-log line: {lines:?}");
+    let f = &lines[0];
+    assert_eq!(
+        (f["status"].as_u64(), f["outcome"].as_str()),
+        (Some(200), Some("cut"))
+    );
+    assert_eq!(f["reason"], "upstream");
+    assert_eq!(f["client"], "alpha");
+}
+
+// A caller reads the head and a few chunks of a streamed answer, then goes away: the request's one
+// access-log line says 200, outcome "cut", reason "caller", and the cut is counted.
+#[tokio::test]
+async fn a_caller_leaving_mid_stream_has_one_access_log_line_marked_cut() {
+    let up = start_upstream().await;
+    let proxy = TestProxy::builder(&up.url)
+        .cache(false)
+        .admin()
+        .start()
+        .await;
+    let admin = proxy.admin_url();
+    let before = cuts(&admin, "caller").await.unwrap();
+    let mut r = client()
+        .get(url(&proxy.url, "stream-drip", 3))
+        .bearer_auth(CLIENT_KEY)
+        .header("x-request-id", "caller-left-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for _ in 0..3 {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), r.chunk()).await;
+        assert!(chunk.expect("a chunk within 5 s").unwrap().is_some());
+    }
+    drop(r);
+    let lines = access_lines(&admin, "caller-left-1", "caller", before).await;
+    assert_eq!(lines.len(), 1, "one access-log line: {lines:?}");
+    let f = &lines[0];
+    assert_eq!(
+        (f["status"].as_u64(), f["outcome"].as_str()),
+        (Some(200), Some("cut"))
+    );
+    assert_eq!(f["reason"], "caller");
+}
+
+// A caller gives up (closes its connection) before Meta's answer head arrives: the request gets one
+// access-log line with status 499 (nginx's "client closed request"), outcome "cut", reason
+// "before_head", with the client's name and no key or token; the cut is counted.
+#[tokio::test]
+async fn a_caller_giving_up_before_the_head_is_logged_as_499_and_counted() {
+    let up = start_upstream().await;
+    let proxy = TestProxy::builder(&up.url)
+        .cache(false)
+        .admin()
+        .start()
+        .await;
+    let admin = proxy.admin_url();
+    let before = cuts(&admin, "before_head").await.unwrap();
+    let gave_up = client()
+        .get(url(&proxy.url, "slow-head", 4))
+        .bearer_auth(CLIENT_KEY)
+        .header("x-request-id", "gave-up-1")
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the caller timed out");
+    let lines = access_lines(&admin, "gave-up-1", "before_head", before).await;
+    assert_eq!(lines.len(), 1, "one access-log line: {lines:?}");
+    let f = &lines[0];
+    assert_eq!(
+        (f["status"].as_u64(), f["outcome"].as_str()),
+        (Some(499), Some("cut"))
+    );
+    assert_eq!(f["reason"], "before_head");
+    assert_eq!(f["client"], "alpha");
 }
 
 // A JSON answer that graphgate reads to rewrite stalls after 10 of its 100 bytes: the caller gets a

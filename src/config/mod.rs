@@ -118,6 +118,8 @@ pub const DEFAULT_STATE_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_ACTIVE_REFRESH: Duration = Duration::from_secs(3600);
 /// A bucket Meta throttled without saying when access returns stays closed this long.
 pub const DEFAULT_THROTTLE_BLOCK: Duration = Duration::from_secs(60);
+/// Per app, ids no config names that may own a bucket; beyond, they share one (docs/limits.md).
+pub const DEFAULT_MAX_UNKNOWN_BUCKETS: usize = 1000;
 /// The longest a request waits for Redis before the fallback applies. A LAN round trip takes well
 /// under a millisecond; the margin covers a busy host, since a timed-out admission may still have
 /// taken its slot in Redis and the fallback then counts it twice.
@@ -161,6 +163,8 @@ pub struct Limits {
     pub allocation_configs: Vec<String>,
     /// `None`: buckets live in this process. `Some`: shared by every replica through Redis.
     pub redis: Option<RedisBackend>,
+    /// Per app, how many ids no config names own a bucket; the others share the app's overflow.
+    pub max_unknown_buckets: usize,
 }
 
 /// `limits.backend = "redis"`: where the shared buckets live and what to do when Redis is away.

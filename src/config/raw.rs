@@ -63,6 +63,7 @@ pub(super) struct RawLimits {
     pub(super) redis_password_file: Option<PathBuf>,
     pub(super) redis_sentinels: Option<Vec<String>>,
     pub(super) redis_master_name: Option<String>,
+    pub(super) max_unknown_buckets: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -91,6 +91,13 @@ impl Apps {
         self.apps.get(app).into_iter().flat_map(|a| a.wabas.keys())
     }
 
+    /// Whether `app`'s config names `waba` (else its bucket counts against `max_unknown_buckets`).
+    pub(super) fn configures(&self, app: usize, waba: &str) -> bool {
+        self.apps
+            .get(app)
+            .is_some_and(|a| a.wabas.contains_key(waba))
+    }
+
     /// The limit of a bucket now, or `None` for an unlimited one.
     pub(super) fn limit_of(&self, key: &BucketKey) -> Option<u32> {
         let app = self.apps.get(key.app)?;

@@ -4,14 +4,19 @@
 //! flight. Its lock also guards the bucket's block, its FIFO wait queue and Meta's last report, so
 //! one lock covers a whole check-and-take. This file never decides a limit (callers pass it in),
 //! and must never sleep, await or do I/O while a lock is held.
+//!
+//! The map also routes ids no config names ([`Logs::route`]): at most `max_unknown_buckets` of
+//! them per app own a log; beyond that they share the app's overflow log ([`OVERFLOW_WABA`]), so
+//! a caller naming ever new ids cannot grow memory, the admin view or the state file.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::Notify;
 
 use super::learned::Apps;
-use super::types::{BucketKey, Reported, Scope};
+use super::types::{BucketKey, Reported, Scope, OVERFLOW_WABA};
 use crate::clock::Micros;
 use crate::sync::{MutexExt, RwLockExt};
 
@@ -69,6 +74,8 @@ pub(super) struct CallLog {
     pub(super) notify: Arc<Notify>,
     pub(super) reported: Option<Reported>,
     pub(super) rejected: u64,
+    /// An id no config names owns this log: it counts against `max_unknown_buckets`.
+    unknown: bool,
 }
 
 /// A log shared by the map, permits and waiters.
@@ -87,6 +94,7 @@ impl CallLog {
             notify: Arc::new(Notify::new()),
             reported: None,
             rejected: 0,
+            unknown: false,
         }
     }
 
@@ -182,17 +190,25 @@ impl CallLog {
 /// other way round.
 #[derive(Default)]
 pub(super) struct Logs {
-    map: RwLock<foldhash::HashMap<BucketKey, LogHandle>>,
+    map: RwLock<Map>,
+}
+
+#[derive(Default)]
+struct Map {
+    logs: foldhash::HashMap<BucketKey, LogHandle>,
+    /// Per app index: how many logs ids no config names own (`CallLog::unknown`).
+    unknown: foldhash::HashMap<usize, usize>,
 }
 
 impl Logs {
     /// The log of `key`, created with `limit` on first use.
     pub(super) fn get_or_insert(&self, key: &BucketKey, limit: u32) -> LogHandle {
-        if let Some(b) = self.map.read_unpoisoned().get(key) {
+        if let Some(b) = self.map.read_unpoisoned().logs.get(key) {
             return b.clone();
         }
         self.map
             .write_unpoisoned()
+            .logs
             .entry(key.clone())
             .or_insert_with(|| Arc::new(Mutex::new(CallLog::new(limit))))
             .clone()
@@ -202,6 +218,7 @@ impl Logs {
     pub(super) fn with<R>(&self, key: &BucketKey, f: impl FnOnce(&mut CallLog) -> R) -> Option<R> {
         self.map
             .read_unpoisoned()
+            .logs
             .get(key)
             .map(|b| f(&mut b.lock_unpoisoned()))
     }
@@ -210,6 +227,7 @@ impl Logs {
     pub(super) fn all(&self) -> Vec<(BucketKey, LogHandle)> {
         self.map
             .read_unpoisoned()
+            .logs
             .iter()
             .map(|(k, b)| (k.clone(), b.clone()))
             .collect()
@@ -217,20 +235,94 @@ impl Logs {
 
     /// The keys of every log used so far.
     pub(super) fn keys(&self) -> Vec<BucketKey> {
-        self.map.read_unpoisoned().keys().cloned().collect()
+        self.map.read_unpoisoned().logs.keys().cloned().collect()
     }
 
     /// Forgets idle logs, so a caller naming ever new objects cannot grow the map without bound.
     /// Returns how many went.
     pub(super) fn sweep(&self, now: Micros, window: Micros) -> usize {
         let mut map = self.map.write_unpoisoned();
-        let before = map.len();
-        map.retain(|_, b| {
+        let Map { logs, unknown } = &mut *map;
+        let before = logs.len();
+        logs.retain(|key, b| {
             let mut b = b.lock_unpoisoned();
             b.prune(now, window);
-            !b.is_idle(now)
+            let idle = b.is_idle(now);
+            if idle && b.unknown {
+                unknown
+                    .entry(key.app)
+                    .and_modify(|n| *n = n.saturating_sub(1));
+            }
+            !idle
         });
-        before - map.len()
+        before - logs.len()
+    }
+
+    /// The bucket a call on `key` spends. A configured WABA, the credit line and `other` are their
+    /// own; so is an id no config names that already owns a log. A new such id gets a log of its
+    /// own only while fewer than `cap` of them hold one for its app *and* the app's overflow log is
+    /// idle (so no call on the id can still be counted there); else it spends the overflow, whose
+    /// limit is `waba_default`, the lowest such an id can have. Decided under the map's write lock,
+    /// so two calls on one new id cannot go two ways.
+    pub(super) fn route<'a>(
+        &self,
+        apps: &Apps,
+        key: &'a BucketKey,
+        cap: usize,
+        now: Micros,
+        window: Micros,
+    ) -> Cow<'a, BucketKey> {
+        let Scope::Waba(id) = &key.scope else {
+            return Cow::Borrowed(key);
+        };
+        if id == OVERFLOW_WABA
+            || apps.configures(key.app, id)
+            || self.map.read_unpoisoned().logs.contains_key(key)
+        {
+            return Cow::Borrowed(key);
+        }
+        let overflow = BucketKey {
+            app: key.app,
+            scope: Scope::Waba(OVERFLOW_WABA.to_string()),
+        };
+        let mut map = self.map.write_unpoisoned();
+        if map.logs.contains_key(key) {
+            return Cow::Borrowed(key);
+        }
+        let held = map.unknown.get(&key.app).copied().unwrap_or(0);
+        let overflow_idle = map.logs.get(&overflow).is_none_or(|b| {
+            let mut b = b.lock_unpoisoned();
+            b.prune(now, window);
+            b.is_idle(now)
+        });
+        let Some(limit) = apps.limit_of(key).filter(|_| held < cap && overflow_idle) else {
+            return Cow::Owned(overflow);
+        };
+        let mut log = CallLog::new(limit);
+        log.unknown = true;
+        map.logs.insert(key.clone(), Arc::new(Mutex::new(log)));
+        *map.unknown.entry(key.app).or_default() += 1;
+        Cow::Borrowed(key)
+    }
+
+    /// [`Logs::route`] for every bucket of a call; borrowed as is when none moves.
+    pub(super) fn route_all<'a>(
+        &self,
+        apps: &Apps,
+        wants: &'a [(BucketKey, u32)],
+        cap: usize,
+        now: Micros,
+        window: Micros,
+    ) -> Cow<'a, [(BucketKey, u32)]> {
+        let stays =
+            |k: &BucketKey| matches!(self.route(apps, k, cap, now, window), Cow::Borrowed(_));
+        if wants.iter().all(|(k, _)| stays(k)) {
+            return Cow::Borrowed(wants);
+        }
+        let owned = wants
+            .iter()
+            .map(|(k, n)| (self.route(apps, k, cap, now, window).into_owned(), *n));
+        Cow::Owned(owned.collect())
     }
 
     /// This process's completed calls still in the window, per bucket (for a Redis that lost them).
@@ -262,7 +354,7 @@ impl Logs {
 
     /// Bytes used by one log: the struct, its `Arc<Mutex<_>>`, and its heap.
     pub(super) fn bytes(&self, key: &BucketKey) -> Option<usize> {
-        let b = self.map.read_unpoisoned().get(key)?.clone();
+        let b = self.map.read_unpoisoned().logs.get(key)?.clone();
         let b = b.lock_unpoisoned();
         Some(std::mem::size_of::<Mutex<CallLog>>() + 16 + b.heap_bytes())
     }

@@ -34,6 +34,7 @@ mod types;
 mod view;
 mod wait;
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +43,9 @@ pub use feedback::is_throttling_code;
 pub use learned::{allocation_ids_in, registered_in};
 pub use permit::Permit;
 pub use redis_buckets::{Admission, Seen, Unshared};
-pub use types::{BucketKey, BucketView, Budget, Known, Refusal, RefusalReason, Reported, Scope};
+pub use types::{
+    BucketKey, BucketView, Budget, Known, Refusal, RefusalReason, Reported, Scope, OVERFLOW_WABA,
+};
 
 use self::log::{LogHandle, Logs};
 use self::outage::Journal;
@@ -82,6 +85,8 @@ pub struct Limiter {
     replicas: u32,
     /// The longest a call can be in flight: how long another replica's may still reach Meta.
     call_max: Micros,
+    /// Per app, how many ids no config names may own a bucket (`Logs::route`).
+    max_unknown: usize,
 }
 
 impl Limiter {
@@ -115,6 +120,7 @@ impl Limiter {
                 .unwrap_or(OnBackendError::Local),
             replicas,
             call_max: micros(config.upstream.request_timeout),
+            max_unknown: l.max_unknown_buckets,
         }
     }
 
@@ -207,7 +213,15 @@ impl Limiter {
         wants: &[(BucketKey, u32)],
         reserve: bool,
     ) -> Result<Permit, Refusal> {
+        let wants = &*self.route(wants);
         self.try_take(wants, reserve, None, 1).map_err(|(r, _)| r)
+    }
+
+    /// `wants` with each id no config names sent to its own bucket or its app's overflow.
+    fn route<'a>(&self, wants: &'a [(BucketKey, u32)]) -> Cow<'a, [(BucketKey, u32)]> {
+        let (now, cap) = (self.clock.now(), self.max_unknown);
+        self.logs
+            .route_all(&self.apps, wants, cap, now, self.window)
     }
 
     /// Admits a call: through Redis when the buckets are shared, else (or when Redis is away and
@@ -218,6 +232,7 @@ impl Limiter {
         reserve: bool,
         max_wait: Duration,
     ) -> Result<Permit, Refusal> {
+        let wants = &*self.route(wants);
         let (Some(link), Some(journal)) = (&self.redis, &self.journal) else {
             if self.unusable_backend {
                 return Err(self.unavailable(wants));
@@ -403,14 +418,17 @@ impl Limiter {
         {
             let scope = Scope::Waba(object);
             let key = BucketKey { app, scope };
-            let Some(limit) = self.limit_of(&key) else {
+            let key = &*self
+                .logs
+                .route(&self.apps, &key, self.max_unknown, now, self.window);
+            let Some(limit) = self.limit_of(key) else {
                 continue;
             };
-            let log = self.logs.get_or_insert(&key, limit);
+            let log = self.logs.get_or_insert(key, limit);
             let (shared, window) = (self.redis.is_some(), self.window);
             let log = &mut log.lock_unpoisoned();
             let (count, block) = feedback::apply_report(log, rep, limit, now, window, shared);
-            self.share_raise(Raise::Bucket(&key, count), block);
+            self.share_raise(Raise::Bucket(key, count), block);
         }
         if let Some(rep) = app_usage.and_then(feedback::app_report) {
             self.feedback.set_app_reported(app, rep);
@@ -427,6 +445,9 @@ impl Limiter {
             self.share_raise(Raise::App(key.app), block);
             return;
         }
+        let key = &*self
+            .logs
+            .route(&self.apps, key, self.max_unknown, now, self.window);
         let Some(limit) = self.limit_of(key) else {
             return;
         };
@@ -534,38 +555,6 @@ impl Limiter {
     /// Bytes used by one bucket: the struct, its `Arc<Mutex<_>>`, and its heap.
     pub fn bucket_bytes(&self, key: &BucketKey) -> Option<usize> {
         self.logs.bytes(key)
-    }
-
-    // ------------------------------------------------------------ persistence
-
-    /// Writes every bucket's log to `limits.state_file` (atomically, via a temporary file).
-    /// Calls still in flight are written as completed now, the conservative choice.
-    pub fn save(&self) -> std::io::Result<()> {
-        let Some(path) = &self.state_file else {
-            return Ok(());
-        };
-        persist::save(path, self.clock.now(), self.window, &self.logs, &self.apps)
-    }
-
-    /// Restores what [`Limiter::save`] wrote. Unknown apps and expired entries are skipped.
-    pub fn restore(&self) -> std::io::Result<usize> {
-        let Some(path) = &self.state_file else {
-            return Ok(0);
-        };
-        let Some(mut state) = persist::load(path)? else {
-            return Ok(0);
-        };
-        let now = self.clock.now();
-        // Activity first: it decides the limits the restored logs are created with.
-        for (app_name, waba, active) in std::mem::take(&mut state.active) {
-            if let Some(i) = self.apps.index_of(&app_name) {
-                self.learn_active(i, &waba, active);
-            }
-        }
-        let restored = state.restore_logs(now, self.window, &self.logs, &self.apps);
-        self.apps
-            .extend_allocation_configs(std::mem::take(&mut state.allocation_configs));
-        Ok(restored)
     }
 }
 

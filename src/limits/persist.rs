@@ -4,7 +4,9 @@
 //! Calls still in flight are written as completed at save time, the conservative choice. Reading
 //! skips unknown apps, unknown scopes and entries older than the window. It must never write a
 //! partial file in place of a good one, and never store a token or key (apps go by name, buckets by
-//! scope label).
+//! scope label). Its size is bounded by the logs' (`limits.max_unknown_buckets`): an id no config
+//! names that no longer owns a log on reading (a lower cap, an older file) is counted in its app's
+//! overflow bucket, the conservative choice.
 
 use std::path::Path;
 
@@ -13,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::learned::Apps;
 use super::log::Logs;
 use super::types::{BucketKey, Scope};
+use super::Limiter;
 use crate::clock::Micros;
 use crate::sync::MutexExt;
 
@@ -37,14 +40,40 @@ struct SavedBucket {
     blocked_until: Micros,
 }
 
+impl Limiter {
+    /// Writes every bucket's log to `limits.state_file` (atomically, via a temporary file).
+    /// Calls still in flight are written as completed now, the conservative choice.
+    pub fn save(&self) -> std::io::Result<()> {
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        save(path, self.clock.now(), self.window, &self.logs, &self.apps)
+    }
+
+    /// Restores what [`Limiter::save`] wrote. Unknown apps and expired entries are skipped.
+    pub fn restore(&self) -> std::io::Result<usize> {
+        let Some(path) = &self.state_file else {
+            return Ok(0);
+        };
+        let Some(mut state) = load(path)? else {
+            return Ok(0);
+        };
+        let now = self.clock.now();
+        // Activity first: it decides the limits the restored logs are created with.
+        for (app_name, waba, active) in std::mem::take(&mut state.active) {
+            if let Some(i) = self.apps.index_of(&app_name) {
+                self.learn_active(i, &waba, active);
+            }
+        }
+        let restored = state.restore_logs(now, self.window, self, self.max_unknown);
+        self.apps
+            .extend_allocation_configs(std::mem::take(&mut state.allocation_configs));
+        Ok(restored)
+    }
+}
+
 /// Writes every log with something in its window or a block, and what was learned, to `path`.
-pub(super) fn save(
-    path: &Path,
-    now: Micros,
-    window: Micros,
-    logs: &Logs,
-    apps: &Apps,
-) -> std::io::Result<()> {
+fn save(path: &Path, now: Micros, window: Micros, logs: &Logs, apps: &Apps) -> std::io::Result<()> {
     let mut state = State {
         version: 1,
         saved_at: now,
@@ -76,7 +105,7 @@ pub(super) fn save(
 }
 
 /// Reads what [`save`] wrote; `None` when there is no file yet.
-pub(super) fn load(path: &Path) -> std::io::Result<Option<State>> {
+fn load(path: &Path) -> std::io::Result<Option<State>> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -90,23 +119,19 @@ pub(super) fn load(path: &Path) -> std::io::Result<Option<State>> {
 impl State {
     /// Puts the saved logs and blocks back into `logs`; returns how many calls were restored.
     /// Apps go by name and scopes by label, so a reordered config still finds its buckets.
-    pub(super) fn restore_logs(
-        &mut self,
-        now: Micros,
-        window: Micros,
-        logs: &Logs,
-        apps: &Apps,
-    ) -> usize {
+    fn restore_logs(&mut self, now: Micros, window: Micros, l: &Limiter, cap: usize) -> usize {
+        let (logs, apps) = (&l.logs, &l.apps);
         let mut restored = 0;
         for sb in std::mem::take(&mut self.buckets) {
             let (Some(app), Some(scope)) = (apps.index_of(&sb.app), Scope::parse(&sb.scope)) else {
                 continue;
             };
             let key = BucketKey { app, scope };
-            let Some(limit) = apps.limit_of(&key) else {
+            let key = &*logs.route(apps, &key, cap, now, window);
+            let Some(limit) = apps.limit_of(key) else {
                 continue;
             };
-            let bucket = logs.get_or_insert(&key, limit);
+            let bucket = logs.get_or_insert(key, limit);
             let mut b = bucket.lock_unpoisoned();
             for t in sb.done {
                 if t + window > now {

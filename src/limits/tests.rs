@@ -503,3 +503,43 @@ fn sweeping_forgets_only_idle_buckets() {
     );
     held.finish();
 }
+
+// With max_unknown_buckets = 2 and waba_default = 3: two made-up ids own a bucket; every further
+// one shares the overflow, which admits 3 in all; a configured WABA is never moved; once the
+// overflow and the two buckets are idle and swept, a new id owns a bucket again.
+#[test]
+fn ids_no_config_names_share_one_overflow_bucket_beyond_the_cap() {
+    let (l, clock) = limiter("window = \"10s\"\nwaba_default = 3\nmax_unknown_buckets = 2");
+    let call = |id: &str| {
+        l.try_admit(&waba(id), false).map(|mut p| {
+            let scope = p.budgets[0].scope.label();
+            p.sent();
+            p.finish();
+            scope
+        })
+    };
+    assert_eq!(call("9001").unwrap(), "waba:9001");
+    assert_eq!(call("9002").unwrap(), "waba:9002");
+    let overflow: Vec<_> = (0..5).map(|i| call(&format!("{}", 9100 + i))).collect();
+    assert_eq!(
+        overflow.iter().filter(|r| r.is_ok()).count(),
+        3,
+        "{overflow:?}"
+    );
+    assert_eq!(overflow[0].as_ref().unwrap(), "waba:*");
+    assert_eq!(overflow[4].as_ref().unwrap_err().scope.label(), "waba:*");
+    assert_eq!(
+        call("9001").unwrap(),
+        "waba:9001",
+        "an id keeps its own bucket"
+    );
+    assert_eq!(
+        call("100").unwrap(),
+        "waba:100",
+        "a configured WABA is its own"
+    );
+    assert_eq!(l.snapshot().len(), 4, "two ids, the overflow, WABA 100");
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(l.sweep(), 4);
+    assert_eq!(call("9200").unwrap(), "waba:9200");
+}

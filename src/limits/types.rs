@@ -28,6 +28,11 @@ impl BucketKey {
     }
 }
 
+/// The WABA id of an app's overflow bucket: the one every id no config names shares once
+/// `limits.max_unknown_buckets` such ids hold a bucket of their own (docs/limits.md, "Ids no config
+/// names"). Not a Graph id, so no configured WABA can be it; an id named `*` lands there anyway.
+pub const OVERFLOW_WABA: &str = "*";
+
 /// Which of Meta's budgets a call spends (the seed's rate-limit table); `classify` picks it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Scope {

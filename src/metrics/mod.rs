@@ -10,6 +10,7 @@
 //! they count into it (the receiver's figures are typed here, in `webhooks.rs`).
 
 mod counters;
+mod cuts;
 mod degraded;
 mod labels;
 mod preset;
@@ -36,6 +37,8 @@ use crate::limits::{Refusal, RefusalReason, Scope};
 use crate::sync::MutexExt;
 
 use counters::Counters;
+pub use cuts::Cut;
+use cuts::CutMetrics;
 pub use labels::{method_label, status_label, CacheResult, DEGRADED_REASONS};
 use labels::{
     BucketLabels, CacheLabels, DegradedLabels, DurationLabels, RedisFaultLabels, RequestLabels,
@@ -134,6 +137,7 @@ pub struct Metrics {
     scrape: Mutex<()>,
     webhooks: Option<WebhookMetrics>,
     reload: ReloadMetrics,
+    cuts: CutMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -179,6 +183,7 @@ impl Metrics {
         let process = ProcessMetrics::register(&mut registry);
         let degraded = Family::<DegradedLabels, Gauge>::default();
         let reload = ReloadMetrics::register(&mut registry);
+        let cuts = CutMetrics::register(&mut registry);
 
         // Counter names go in without `_total`: the encoder appends it.
         let r = &mut registry;
@@ -324,6 +329,7 @@ impl Metrics {
             scrape: Mutex::new(()),
             webhooks,
             reload,
+            cuts,
         };
         metrics.preset(config);
         metrics
@@ -479,6 +485,11 @@ impl Metrics {
 
     /// Counts a throttling error from Meta. `code` is one of [`crate::limits::is_throttling_code`]'s
     /// fixed set, so it is a safe label.
+    /// An answer that did not reach its caller whole.
+    pub fn record_cut(&self, cut: Cut) {
+        self.cuts.inc(cut);
+    }
+
     pub fn record_throttle(&self, app: usize, code: u64) {
         let code = if crate::limits::is_throttling_code(code) {
             code.to_string()

@@ -13,12 +13,14 @@ mod body;
 mod check;
 mod context;
 mod forward;
+mod outcome;
 mod params;
 mod respond;
 mod service;
 
 use std::time::Instant;
 
+use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::Method;
 
@@ -28,6 +30,7 @@ use crate::classify;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::metrics::CacheResult;
+use crate::server::overload;
 use context::Ctx;
 
 pub use body::InBody;
@@ -43,8 +46,9 @@ pub async fn handle<B: InBody>(gw: Gateway, req: http::Request<B>) -> Response {
     // Every line logged while the request is served carries its id and method.
     let tag = crate::telemetry::RequestTag::new(id, req.method());
     let method = req.method().clone();
-    let mut ctx = Ctx::default();
-    let served = crate::telemetry::in_request(tag.clone(), pipeline(&gw, req, &mut ctx));
+    // Logs a 499 if the caller goes away before the answer's head (hyper drops this future).
+    let mut watch = outcome::Watch::new(&gw, &tag, started);
+    let served = crate::telemetry::in_request(tag.clone(), pipeline(&gw, req, &mut watch.ctx));
     let mut resp = match served.await {
         Ok(r) => r,
         Err(e) => {
@@ -63,6 +67,8 @@ pub async fn handle<B: InBody>(gw: Gateway, req: http::Request<B>) -> Response {
         cache::label_bypass(&method, &mut resp);
     }
     let cache_result = CacheResult::of(&resp);
+    watch.answered();
+    let ctx = &mut watch.ctx;
     gw.metrics().record_request(
         ctx.app,
         ctx.client.as_ref(),
@@ -74,23 +80,16 @@ pub async fn handle<B: InBody>(gw: Gateway, req: http::Request<B>) -> Response {
         started.elapsed(),
     );
     resp.headers_mut().insert(check::X_REQUEST_ID, request_id);
-    if gw.config().server.access_log {
-        let _in = tag.enter();
-        let app = ctx
-            .app
-            .map(|a| gw.config().apps[a].name.as_str())
-            .unwrap_or("");
-        tracing::info!(
-            status = resp.status().as_u16(),
-            duration_us = started.elapsed().as_micros() as u64,
-            client = ctx.client.as_deref().unwrap_or(""),
-            app,
-            class = ctx.class.unwrap_or(""),
-            bucket = ctx.bucket.as_deref().unwrap_or(""),
-            cache = cache_result.label(),
-            upstream_status = ctx.upstream_status.unwrap_or(0),
-            "done"
-        );
+    // A streamed answer (the respond step gave it a body deadline) is logged when its body ends,
+    // so a cut (Meta's body failing, the caller going away) is in its one line.
+    let streamed = resp.extensions().get::<cache::BodyDeadline>().is_some();
+    if streamed || gw.config().server.access_log {
+        let (status, cache) = (resp.status().as_u16(), cache_result.label());
+        let line = outcome::Line::answered(&gw, &tag, started, ctx, status, cache);
+        if streamed {
+            return resp.map(|body| Body::new(outcome::Logged::new(body, line)));
+        }
+        line.write(None);
     }
     resp
 }
@@ -125,6 +124,11 @@ async fn pipeline<B: InBody>(
     };
     ctx.app = Some(caller.app);
     ctx.client = Some(caller.name.clone());
+    // Only now does the request count against `server.max_in_flight` (see `server::overload`).
+    let slot = parts.extensions.get::<overload::InFlightSlot>();
+    if slot.is_some_and(|s| !s.join()) {
+        return Err(overload::shed("too many requests in flight"));
+    }
 
     // classify: which of Meta's budgets this call spends.
     let class = gw

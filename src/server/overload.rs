@@ -3,13 +3,18 @@
 //! a reserve kept for the admin listener), and the Graph-shaped 503 with `Retry-After` that callers
 //! beyond them get at once.
 //!
+//! A request joins the in-flight count once its caller is known ([`InFlightSlot::join`], called by
+//! the pipeline right after authentication): work done before that (waiting for a pre-auth turn, a
+//! form body read to find a key, a webhook body read before its signature is checked) has its own,
+//! smaller budgets (`server.preauth_reads`, the connection cap) and must never shed keyed callers.
+//!
 //! It must never queue work it refuses: a refused request costs no upstream call, no body read and
 //! no memory beyond its head.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,6 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Server;
 use crate::error::GatewayError;
+use crate::sync::MutexExt;
 
 /// Open files kept out of the proxy's share: the admin listener's connections
 /// ([`ADMIN_MAX_CONNECTIONS`]), connections being refused ([`REJECT_SLOTS`]), Redis, the state
@@ -81,11 +87,15 @@ fn open_file_limit() -> Option<u64> {
 
 /// The answer to a caller shed for `what`.
 pub fn overloaded(what: &'static str) -> Response {
+    shed(what).into_response()
+}
+
+/// The error of a caller shed for `what` (a 503 with `Retry-After`).
+pub fn shed(what: &'static str) -> GatewayError {
     GatewayError::Overloaded {
         what,
         retry_after: RETRY_AFTER,
     }
-    .into_response()
 }
 
 /// The service of a connection over the cap: every request gets the 503, and the connection closes.
@@ -105,7 +115,8 @@ pub fn reject_service() -> impl hyper::service::Service<
     })
 }
 
-/// A tower layer that caps the requests in flight; beyond it, a 503 at once.
+/// A tower layer that caps the requests in flight: it hands each request an [`InFlightSlot`] (in
+/// its extensions) that the pipeline joins once the caller is known; beyond the cap, a 503 at once.
 #[derive(Clone)]
 pub struct InFlightLayer(Arc<Semaphore>);
 
@@ -126,7 +137,8 @@ impl<S> tower::Layer<S> for InFlightLayer {
     }
 }
 
-/// See [`InFlightLayer`]. A request is in flight until its answer's body is done or dropped.
+/// See [`InFlightLayer`]. A request is in flight from [`InFlightSlot::join`] until its answer's
+/// body is done or dropped.
 #[derive(Clone)]
 pub struct InFlight<S> {
     inner: S,
@@ -136,9 +148,9 @@ pub struct InFlight<S> {
 type InFlightFuture =
     Pin<Box<dyn Future<Output = Result<Response<PermitBody>, Infallible>> + Send>>;
 
-impl<S, Req> tower::Service<Req> for InFlight<S>
+impl<S, B> tower::Service<http::Request<B>> for InFlight<S>
 where
-    S: tower::Service<Req, Response = Response, Error = Infallible>,
+    S: tower::Service<http::Request<B>, Response = Response, Error = Infallible>,
     S::Future: Send + 'static,
 {
     type Response = Response<PermitBody>;
@@ -149,22 +161,59 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Req) -> InFlightFuture {
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+    fn call(&mut self, mut req: http::Request<B>) -> InFlightFuture {
+        // Shed at once while full, before any work: a keyed caller would be refused at `join`.
+        if self.permits.available_permits() == 0 {
             let resp = overloaded("too many requests in flight");
-            return Box::pin(std::future::ready(Ok(resp.map(|inner| PermitBody {
-                inner,
-                permit: None,
-            }))));
-        };
+            return Box::pin(std::future::ready(Ok(
+                resp.map(|inner| PermitBody { inner, slot: None })
+            )));
+        }
+        let slot = InFlightSlot(Arc::new(Slot {
+            permits: self.permits.clone(),
+            held: Mutex::new(None),
+        }));
+        req.extensions_mut().insert(slot.clone());
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = fut.await?;
             Ok(resp.map(|inner| PermitBody {
                 inner,
-                permit: Some(permit),
+                slot: Some(slot),
             }))
         })
+    }
+}
+
+/// A request's place among those in flight, taken once its caller is known and held until its
+/// answer's body ends (the slot is kept by [`PermitBody`]).
+#[derive(Clone)]
+pub struct InFlightSlot(Arc<Slot>);
+
+struct Slot {
+    permits: Arc<Semaphore>,
+    /// Set once by `join`; the lock is only held to store or drop the permit.
+    held: Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+impl InFlightSlot {
+    /// Joins the in-flight count; `false` when it is full (the caller gets [`overloaded`]).
+    pub fn join(&self) -> bool {
+        let mut held = self.0.held.lock_unpoisoned();
+        if held.is_some() {
+            return true;
+        }
+        match self.0.permits.clone().try_acquire_owned() {
+            Ok(p) => {
+                *held = Some(p);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn leave(&self) {
+        self.0.held.lock_unpoisoned().take();
     }
 }
 
@@ -173,7 +222,7 @@ pin_project_lite::pin_project! {
     pub struct PermitBody {
         #[pin]
         inner: Body,
-        permit: Option<OwnedSemaphorePermit>,
+        slot: Option<InFlightSlot>,
     }
 }
 
@@ -188,7 +237,9 @@ impl http_body::Body for PermitBody {
         let this = self.project();
         let frame = std::task::ready!(this.inner.poll_frame(cx));
         if frame.is_none() {
-            this.permit.take();
+            if let Some(slot) = this.slot.take() {
+                slot.leave();
+            }
         }
         Poll::Ready(frame)
     }

@@ -11,8 +11,8 @@ use super::super::raw::{RawAppLimits, RawLimits};
 use super::super::scalar::Dur;
 use super::super::{
     AppLimits, Limits, OnBackendError, OnLimit, RedisAccess, RedisBackend, Secret,
-    DEFAULT_ACTIVE_REFRESH, DEFAULT_BACKEND_TIMEOUT, DEFAULT_MAX_WAIT, DEFAULT_STATE_INTERVAL,
-    DEFAULT_THROTTLE_BLOCK, DEFAULT_WINDOW,
+    DEFAULT_ACTIVE_REFRESH, DEFAULT_BACKEND_TIMEOUT, DEFAULT_MAX_UNKNOWN_BUCKETS, DEFAULT_MAX_WAIT,
+    DEFAULT_STATE_INTERVAL, DEFAULT_THROTTLE_BLOCK, DEFAULT_WINDOW,
 };
 
 /// The `limits.*` keys of the Redis backend, as written.
@@ -106,6 +106,14 @@ impl Validator<'_> {
                 sentinels: r.redis_sentinels,
                 master_name: r.redis_master_name,
             }),
+            max_unknown_buckets: self
+                .int_in(
+                    "limits.max_unknown_buckets",
+                    r.max_unknown_buckets,
+                    0,
+                    1_000_000,
+                )
+                .map_or(DEFAULT_MAX_UNKNOWN_BUCKETS, |n| n as usize),
         }
     }
 
