@@ -343,6 +343,10 @@ pub fn signals() -> (
         } else {
             tracing::warn!("cannot install the SIGTERM/SIGINT handlers");
         }
+        // SIGHUP's default is an abrupt exit (no drain, no saved state). Its handler goes in here,
+        // before anything is served, so an early one is harmless; the gateway's reload task reads
+        // SIGHUP once it runs (tokio keeps a handler installed for the life of the process).
+        let _ = signal(SignalKind::hangup());
     }
     #[cfg(not(unix))]
     tokio::spawn(async move {

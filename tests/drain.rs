@@ -3,7 +3,7 @@
 //! says 503 at once, keep-alive answers carry `Connection: close` and HTTP/2 connections get a
 //! GOAWAY; then new connections are refused, the call in flight finishes, the state is saved, the
 //! admin listener answers to the end, and the process exits 0 in time. A second SIGTERM skips the
-//! rest of the delay.
+//! rest of the delay. SIGHUP is logged and ignored (no reload, no abrupt exit).
 
 mod support;
 
@@ -252,6 +252,41 @@ async fn a_second_sigterm_skips_the_rest_of_the_drain_delay() {
         sent.elapsed()
     );
     assert!(log_has(&p, "skipping the rest of the drain delay"));
+}
+
+// SIGHUP reloads the config: it neither kills the process nor starts a drain; the proxy keeps
+// serving and stays ready, and a SIGTERM still drains. (Its handler is installed before anything
+// is served, with the stop signals: a SIGHUP that comes early must not end the process either.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_never_ends_the_process() {
+    let sim = start_sim(sim_config()).await;
+    let builder = TestProxy::builder(&sim.url).set("server.drain_delay", "0s");
+    let mut p = tokio::task::spawn_blocking(move || Spawned::start(builder, None))
+        .await
+        .unwrap();
+    p.signal("HUP");
+    let sent = Instant::now();
+    while !log_has(&p, "config reloaded") {
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "SIGHUP did not reload"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(p.wait_exit(Duration::ZERO).is_none(), "SIGHUP killed it");
+    assert_eq!(admin_get(&p.admin, "/readyz", None).await.status(), 200);
+    assert_eq!(
+        get(&format!("{}/v19.0/{WABA}", p.url())).await.status(),
+        200
+    );
+    p.signal("TERM");
+    let (_p, status) = tokio::task::spawn_blocking(move || {
+        let s = p.wait_exit(Duration::from_secs(10));
+        (p, s)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "exit status");
 }
 
 // In process, over HTTP/2 with prior knowledge: when the drain begins, an open HTTP/2 connection
