@@ -13,7 +13,9 @@
 //! It must never import the request path (`proxy`): the pipeline, the admin listener and the
 //! background tasks all depend on this state, never the other way round.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -24,6 +26,7 @@ use crate::auth::Directory;
 use crate::cache::ResponseCache;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, Env};
+use crate::error::GatewayError;
 use crate::invalidate::Invalidator;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
@@ -99,6 +102,9 @@ struct State {
     /// The webhook receiver, when `[webhooks]` is configured.
     webhooks: Option<Arc<Hub>>,
     rewriter: Rewriter,
+    /// Set when the shutdown grace is nearly over: calls still running are answered with a 503.
+    stopping: AtomicBool,
+    stopped: tokio::sync::Notify,
 }
 
 impl Gateway {
@@ -149,6 +155,8 @@ impl Gateway {
                 prober,
                 webhooks,
                 rewriter,
+                stopping: AtomicBool::new(false),
+                stopped: tokio::sync::Notify::new(),
             }),
             gen,
         }
@@ -166,6 +174,37 @@ impl Gateway {
             env: Box::new(env),
         });
         self
+    }
+
+    /// Ends every call still running through [`Gateway::unless_stopped`] with a Graph-shaped 503,
+    /// so a caller cut by the end of the shutdown grace gets an answer it can retry elsewhere
+    /// instead of an empty reply. Called once, shortly before the grace ends.
+    pub fn stop_calls(&self) {
+        self.state.stopping.store(true, Ordering::SeqCst);
+        self.state.stopped.notify_waiters();
+    }
+
+    /// Runs `call` unless [`Gateway::stop_calls`] comes first. `call` is polled first, so a call
+    /// that is ready at once (a cache hit) never registers a waiter.
+    pub async fn unless_stopped<T>(
+        &self,
+        call: impl Future<Output = Result<T, GatewayError>>,
+    ) -> Result<T, GatewayError> {
+        let stopped = async {
+            // Created before the flag is read: a `notify_waiters` after that reaches it.
+            let notified = self.state.stopped.notified();
+            if !self.state.stopping.load(Ordering::SeqCst) {
+                notified.await;
+            }
+        };
+        tokio::select! {
+            biased;
+            r = call => r,
+            _ = stopped => Err(GatewayError::Overloaded {
+                what: "shutting down",
+                retry_after: Duration::from_secs(1),
+            }),
+        }
     }
 
     /// A handle on the newest generation: one atomic load. A request takes it once and keeps it.

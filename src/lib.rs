@@ -115,12 +115,17 @@ pub async fn run_with_admin(
     run_draining(listener, admin, gw, shutdown, std::future::pending()).await
 }
 
+/// How long before the end of `shutdown_grace` the calls still running are answered with a 503
+/// (at most half the grace): time to write those answers before the connections close.
+const STOP_CALLS_BEFORE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Serves until `shutdown`, then drains, in this order, each phase logged with its duration:
 /// 1. `/readyz` answers 503 at once, and both listeners keep serving for `server.drain_delay` so
 ///    load balancers stop routing here; meanwhile each HTTP/1.1 answer of the proxy carries
 ///    `Connection: close` and its HTTP/2 connections get a GOAWAY. `hurry` (the binary: a second
 ///    SIGTERM) skips the rest of the delay.
-/// 2. The proxy stops accepting; calls in flight get `server.shutdown_grace` to finish.
+/// 2. The proxy stops accepting; calls in flight get `server.shutdown_grace` to finish (those still
+///    running a second before its end are answered with a Graph-shaped 503).
 /// 3. The background work stops: the limiter state is saved, webhook deliveries are flushed.
 /// 4. The admin listener closes last, so `/metrics` and `/readyz` answer through the drain.
 pub async fn run_draining(
@@ -192,6 +197,7 @@ pub async fn run_draining(
         .service(ProxyService::new(gw.clone()));
     let service = hyper_util::service::TowerToHyperService::new(service);
     let proxy = server::serve(listener, service, opts, proxy_rx);
+    let stopper = gw.clone();
     let admin = async {
         match admin {
             Some(l) => {
@@ -219,6 +225,20 @@ pub async fn run_draining(
         }
         let _ = proxy_phase.send(server::Phase::Draining);
         tracing::info!(shutdown_grace = ?config.server.shutdown_grace, "stopped accepting; finishing calls in flight");
+        // Shortly before the grace ends, calls still running get a Graph-shaped 503 (written while
+        // their connections still stand) instead of an empty reply when the connections close.
+        let grace = config.server.shutdown_grace;
+        tokio::spawn(async move {
+            tokio::time::sleep(grace.saturating_sub(STOP_CALLS_BEFORE.min(grace / 2))).await;
+            let running = stopper.metrics().in_flight();
+            if running > 0 {
+                tracing::warn!(
+                    calls = running,
+                    "shutdown grace nearly over: answering calls still running with 503"
+                );
+            }
+            stopper.stop_calls();
+        });
         (began, std::time::Instant::now())
     };
     // The proxy stops (its drain done) only after `drain` moved it; then the background work,

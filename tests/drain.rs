@@ -3,7 +3,8 @@
 //! says 503 at once, keep-alive answers carry `Connection: close` and HTTP/2 connections get a
 //! GOAWAY; then new connections are refused, the call in flight finishes, the state is saved, the
 //! admin listener answers to the end, and the process exits 0 in time. A second SIGTERM skips the
-//! rest of the delay. SIGHUP is logged and ignored (no reload, no abrupt exit).
+//! rest of the delay. SIGHUP reloads and never ends the process. A call outlasting the grace gets a
+//! Graph-shaped 503.
 
 mod support;
 
@@ -343,4 +344,61 @@ fn drain_delay_defaults_to_five_seconds_allows_zero_and_refuses_over_ten_minutes
     assert!(e.to_string().contains("server.drain_delay"), "{e}");
     let e = b().set("server.drain_delay", 5).load().unwrap_err();
     assert!(e.to_string().contains("drain_delay"), "{e}");
+}
+
+// A call still running when the shutdown grace is nearly over gets a Graph-shaped 503 it can retry
+// elsewhere, not an empty reply when its connection closes; the process still exits 0 in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_outlasting_the_grace_gets_a_graph_shaped_503_not_an_empty_reply() {
+    let sim = start_sim(sim_config()).await;
+    let builder = TestProxy::builder(&sim.url)
+        .set("server.drain_delay", "0s")
+        .set("server.shutdown_grace", "2s")
+        .set("upstream.request_timeout", "20s");
+    let mut p = tokio::task::spawn_blocking(move || Spawned::start(builder, None))
+        .await
+        .unwrap();
+    sim.sim.set_faults(Faults {
+        latency_ms: 10_000,
+        ..Faults::default()
+    });
+    let url = format!("{}/v19.0/{WABA}/message_templates", p.url());
+    let slow = tokio::spawn(async move {
+        client()
+            .get(&url)
+            .bearer_auth(CLIENT_KEY)
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = Instant::now();
+    p.signal("TERM");
+    let r = slow.await.unwrap().expect("an answer, not an empty reply");
+    let took = sent.elapsed();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: serde_json::Value = r.json().await.unwrap();
+    let e = &body["error"];
+    assert!(
+        e["message"].as_str().unwrap().contains("shutting down"),
+        "{body}"
+    );
+    assert!(e["code"].is_number() && e["type"].is_string() && e["fbtrace_id"].is_string());
+    assert!(
+        took < Duration::from_millis(1900),
+        "answered {took:?} after SIGTERM"
+    );
+    let (_p, status) = tokio::task::spawn_blocking(move || {
+        let s = p.wait_exit(Duration::from_secs(10));
+        (p, s)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "exit status");
+    assert!(
+        sent.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        sent.elapsed()
+    );
 }

@@ -48,7 +48,9 @@ pub async fn handle<B: InBody>(gw: Gateway, req: http::Request<B>) -> Response {
     let method = req.method().clone();
     // Logs a 499 if the caller goes away before the answer's head (hyper drops this future).
     let mut watch = outcome::Watch::new(&gw, &tag, started);
-    let served = crate::telemetry::in_request(tag.clone(), pipeline(&gw, req, &mut watch.ctx));
+    // The end of the shutdown grace answers a call still running with a 503, not an empty reply.
+    let served = gw.unless_stopped(pipeline(&gw, req, &mut watch.ctx));
+    let served = crate::telemetry::in_request(tag.clone(), served);
     let mut resp = match served.await {
         Ok(r) => r,
         Err(e) => {
