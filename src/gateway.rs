@@ -400,6 +400,9 @@ impl Gateway {
             }
         }
         self.state.limiter.know_wabas(&gen.config);
+        // A rotated Redis password: connect with it in the background (never under the reload lock).
+        let (limiter, config) = (self.state.limiter.clone(), gen.config.clone());
+        tokio::spawn(async move { limiter.redis_access(&config).await });
         self.state.live.store(gen.clone());
         self.state.probe_config.store(gen.config.clone());
         self.state.probe_directory.store(gen.directory.clone());

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use graphgate::config::Config;
 use graphgate::sim::{Access, Faults, SimToken};
 use graphgate::Gateway;
+use support::redis::RedisServer;
 use support::spawned::Spawned;
 use support::*;
 use tokio::net::TcpListener;
@@ -559,4 +560,50 @@ async fn cached_answers_are_dropped_when_a_wabas_token_owner_changes() {
     .await;
     assert_eq!(x_cache().await, "HIT");
     assert_clean("the logs", &logs().text());
+}
+
+// A rotated Redis password: Redis's `requirepass` changes and `limits.redis_password_file` is
+// rewritten. The replica connects with the new password within seconds (its file is watched like
+// a token's), so calls keep being admitted through Redis (`reject`: without Redis they would get
+// 503) even after Redis drops every connection; the passwords never show in the logs.
+#[tokio::test]
+async fn a_rotated_redis_password_file_is_used_without_a_restart() {
+    const OLD_PW: &str = "redis-pw-OLD-7b1e";
+    const NEW_PW: &str = "redis-pw-NEW-93fa";
+    let redis = RedisServer::with_args(&["--requirepass", OLD_PW]);
+    let sim = sim().await;
+    let gg = start_from_file(
+        TestProxy::builder(&sim.url)
+            .cache(false)
+            .redis(&redis.url(), "rotation")
+            .set("limits.on_backend_error", "reject")
+            .set("limits.redis_password_file", "redis-password"),
+        |dir| std::fs::write(dir.join("redis-password"), OLD_PW).unwrap(),
+    )
+    .await;
+    let templates = format!("{}{}", gg.url, templates_path(1));
+    eventually("admitted through Redis", async || {
+        get(&templates).await.status() == 200
+    })
+    .await;
+
+    assert_eq!(
+        redis.cli(&["-a", OLD_PW, "CONFIG", "SET", "requirepass", NEW_PW]),
+        "OK"
+    );
+    write_atomically(&gg.dir.path().join("redis-password"), NEW_PW);
+    let started = Instant::now();
+    eventually("calls admitted with the new password", async || {
+        // Redis keeps connections made with the old password: drop them, so only the new one works.
+        redis.cli(&["-a", NEW_PW, "CLIENT", "KILL", "TYPE", "normal"]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        get(&templates).await.status() == 200 && get(&templates).await.status() == 200
+    })
+    .await;
+    eprintln!("new Redis password in use after {:?}", started.elapsed());
+    let logs = logs().text();
+    assert!(logs.contains("Redis credentials changed"), "logged");
+    for pw in [OLD_PW, NEW_PW] {
+        assert!(!logs.contains(pw), "a Redis password in the logs");
+    }
 }

@@ -62,7 +62,8 @@ struct Envelope {
 
 /// One process's link to Redis, held by the limiter and by permits admitted through it.
 pub struct RedisLink {
-    connector: Connector,
+    /// Replaced when a reload changes the credentials ([`RedisLink::set_access`]).
+    connector: RwLock<Arc<Connector>>,
     /// The client of the server the link is connected to (the master, with Sentinel), and where
     /// that is: set together with `conn`. The locks are held only to copy or replace them.
     client: RwLock<Option<(redis::Client, String)>>,
@@ -103,7 +104,7 @@ impl RedisLink {
     /// A link made by `connector` (see [`Connector::new`]).
     pub fn with(connector: Connector, prefix: &str, timeout: Duration) -> RedisLink {
         RedisLink {
-            connector,
+            connector: RwLock::new(Arc::new(connector)),
             client: RwLock::new(None),
             conn: RwLock::new(None),
             faults: Default::default(),
@@ -148,7 +149,7 @@ impl RedisLink {
     /// connection so that the next goes to the master the Sentinels name now.
     fn note(&self, fault: Fault) {
         self.count(fault);
-        if fault == Fault::ReadOnly && self.connector.sentinel() {
+        if fault == Fault::ReadOnly && self.connector().sentinel() {
             self.forget();
         }
     }
@@ -230,6 +231,34 @@ impl RedisLink {
         self.slow.store(0, Ordering::Relaxed);
         self.down_until_ms.store(0, Ordering::Relaxed);
         self.fault.store(0, Ordering::Relaxed);
+    }
+
+    fn connector(&self) -> Arc<Connector> {
+        self.connector.read_unpoisoned().clone()
+    }
+
+    /// A reload changed the username or password: a connection made with the new ones replaces
+    /// the current one once it answers (calls keep the current one until then, so nothing falls
+    /// back). If it fails (Redis still wants the old password), the current connection, already
+    /// authenticated, is kept and the failure is reported like any other; later reconnects use
+    /// the new credentials.
+    pub async fn set_access(&self, connector: Connector) {
+        if self.connector().credentials == connector.credentials {
+            return;
+        }
+        *self.connector.write_unpoisoned() = Arc::new(connector);
+        match self.connect().await {
+            Ok(c) => {
+                *self.conn.write_unpoisoned() = Some(c);
+                // The event subscription reconnects with the new credentials too.
+                self.reset.notify_one();
+                tracing::info!("Redis credentials changed: now connected with the new ones");
+            }
+            Err(fault) => tracing::warn!(
+                kind = fault.as_str(),
+                "Redis credentials changed, but they do not work yet; keeping the current connection"
+            ),
+        }
     }
 
     pub(super) fn conn(&self) -> redis::RedisResult<ConnectionManager> {
@@ -398,7 +427,7 @@ impl RedisLink {
             };
             self.mark_down();
             self.note(fault);
-            if self.connector.sentinel() {
+            if self.connector().sentinel() {
                 self.forget();
             }
         }
@@ -407,7 +436,7 @@ impl RedisLink {
     /// The health check: `PING`; with Sentinel, `ROLE`, which must say "master" (a demoted
     /// master answers PING as well as ever).
     async fn check(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
-        if !self.connector.sentinel() {
+        if !self.connector().sentinel() {
             return redis::cmd("PING").query_async::<()>(conn).await;
         }
         let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(conn).await?;
@@ -426,7 +455,7 @@ impl RedisLink {
     async fn connect(&self) -> Result<ConnectionManager, Fault> {
         let limit = self.timeout.max(Duration::from_millis(200));
         let attempt = async {
-            let (client, at) = self.connector.master(limit).await?;
+            let (client, at) = self.connector().master(limit).await?;
             let cfg = redis::aio::ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(limit))
                 // Our own timeout (in `call`) fires first and is counted as slowness; this one

@@ -136,6 +136,9 @@ pub struct Connector {
     /// The master is reached over TLS (Sentinel with `redis_ca_file`).
     sentinel_tls: bool,
     certs: Option<redis::TlsCertificates>,
+    /// A digest of the username and password: a reload swaps the link's credentials only when it
+    /// changes (the secrets themselves are compared nowhere else).
+    pub(crate) credentials: [u8; 32],
 }
 
 impl Connector {
@@ -178,7 +181,22 @@ impl Connector {
         } else {
             None
         };
+        let credentials = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update(access.username.as_deref().unwrap_or("").as_bytes());
+            h.update([0]);
+            h.update(
+                access
+                    .password
+                    .as_ref()
+                    .map_or("", |p| p.expose())
+                    .as_bytes(),
+            );
+            h.finalize().into()
+        };
         Ok(Connector {
+            credentials,
             direct,
             sentinels: access.sentinels.clone(),
             master_name: access.master_name.clone(),
