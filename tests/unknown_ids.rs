@@ -126,7 +126,9 @@ async fn made_up_ids_share_one_overflow_bucket_and_stay_bounded() {
 }
 
 // The same with backend = "redis" and a cap of 50: 5,000 made-up ids let exactly 50 + 200 calls
-// through, and Redis holds bucket keys for the 50 ids and the overflow only (plus a few fixed ones).
+// through. Redis holds bucket keys for the 50 ids, the overflow, and the ids of the overflow's 200
+// calls (each also spends its id's own bucket, so replicas that route an id differently still
+// count it once; those keys expire with the window): none for the 4,750 refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn made_up_ids_keep_redis_keys_bounded() {
     let redis = RedisServer::start();
@@ -173,6 +175,54 @@ async fn made_up_ids_keep_redis_keys_bounded() {
         ids.contains("*"),
         "the overflow bucket is in Redis: {ids:?}"
     );
-    assert_eq!(ids.len(), 51, "ids with bucket keys in Redis: {ids:?}");
+    assert_eq!(ids.len(), 251, "ids with bucket keys in Redis: {ids:?}");
     proxy.shutdown().await;
+}
+
+// Two replicas on one Redis, each with a cap of 2 and waba_default = 3. Replica A gives a made-up
+// id X its own bucket and spends it (3 calls). Replica B reaches its cap with two other ids, so it
+// routes X to the overflow: the overflow has room, but X's own bucket (in Redis) does not, and B
+// refuses. Before, B admitted X through the overflow and Meta saw 6 calls on X in one window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_routed_differently_by_two_replicas_is_counted_once() {
+    let redis = RedisServer::start();
+    let sim = start_sim(support::sim_config()).await;
+    let start = || {
+        TestProxy::builder(&sim.url)
+            .cache(false)
+            .redis(&redis.url(), "split")
+            .set("limits.max_unknown_buckets", 2)
+            .set("limits.waba_default", 3)
+            .set("limits.replicas", 2)
+            .start()
+    };
+    let (a, b) = (start().await, start().await);
+    for p in [&a, &b] {
+        let started = std::time::Instant::now();
+        while p.gw.limiter().backend_state() != "up" {
+            assert!(started.elapsed() < Duration::from_secs(10), "Redis is up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // X = 9...1: its own bucket on A, spent.
+    assert_eq!(drive(&a.url, 1..2, 1).await, 0);
+    assert_eq!(drive(&a.url, 1..2, 1).await, 0);
+    assert_eq!(drive(&a.url, 1..2, 1).await, 0);
+    assert_eq!(drive(&a.url, 1..2, 1).await, 1, "X's bucket is spent on A");
+    // B: two other ids take its two own buckets; X then goes to B's overflow.
+    assert_eq!(drive(&b.url, 2..4, 1).await, 0);
+    assert_eq!(
+        drive(&b.url, 1..2, 1).await,
+        1,
+        "X through B's overflow is refused: its own bucket is spent"
+    );
+    // The overflow itself still admits a new id.
+    assert_eq!(drive(&b.url, 4..5, 1).await, 0);
+    assert_eq!(
+        sim.sim.stats().total_calls,
+        3 + 2 + 1,
+        "calls that reached Meta"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -325,6 +325,43 @@ impl Logs {
         Cow::Owned(owned.collect())
     }
 
+    /// What a call routed to `routed` spends in Redis: those buckets, and for each id `route` sent
+    /// to the overflow, the id's own bucket too. Replicas route on their own maps, so one may send
+    /// an id to its bucket while another sends it to the overflow; spending the id's bucket either
+    /// way keeps every call on the id in one count across them (its Redis key expires with the
+    /// window; no log is made for it here, see `Limiter::mirror`).
+    pub(super) fn shared<'a>(
+        wants: &[(BucketKey, u32)],
+        routed: &'a [(BucketKey, u32)],
+    ) -> Cow<'a, [(BucketKey, u32)]> {
+        let moved = wants.iter().zip(routed).filter(|((w, _), (r, _))| w != r);
+        let own: Vec<_> = moved.map(|(w, _)| w.clone()).collect();
+        if own.is_empty() {
+            return Cow::Borrowed(routed);
+        }
+        Cow::Owned(routed.iter().cloned().chain(own).collect())
+    }
+
+    /// `f` on the log `key` is mirrored in (a call admitted through Redis), made if missing; but
+    /// an id no config names gets a log only from [`Logs::route`] (so their number stays within
+    /// `max_unknown_buckets`): an overflow call also spends its id's bucket in Redis
+    /// ([`Logs::shared`]) and has no log of it here.
+    pub(super) fn mirror(&self, apps: &Apps, key: &BucketKey, f: impl FnOnce(&mut CallLog)) {
+        let Some(limit) = apps.limit_of(key) else {
+            return;
+        };
+        if Logs::is_unknown(apps, key) {
+            self.with(key, f);
+        } else {
+            f(&mut self.get_or_insert(key, limit).lock_unpoisoned());
+        }
+    }
+
+    /// Whether `key` is an id no config names (its log is made only by [`Logs::route`]).
+    pub(super) fn is_unknown(apps: &Apps, key: &BucketKey) -> bool {
+        matches!(&key.scope, Scope::Waba(id) if id != OVERFLOW_WABA && !apps.configures(key.app, id))
+    }
+
     /// This process's completed calls still in the window, per bucket (for a Redis that lost them).
     pub(super) fn own_calls(&self, now: Micros, window: Micros) -> Vec<(BucketKey, Vec<Micros>)> {
         self.all()

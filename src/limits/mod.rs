@@ -232,7 +232,8 @@ impl Limiter {
         reserve: bool,
         max_wait: Duration,
     ) -> Result<Permit, Refusal> {
-        let wants = &*self.route(wants);
+        let (asked, routed) = (wants, self.route(wants));
+        let wants = &*routed;
         let (Some(link), Some(journal)) = (&self.redis, &self.journal) else {
             if self.unusable_backend {
                 return Err(self.unavailable(wants));
@@ -268,8 +269,9 @@ impl Limiter {
                 reserve_percent: self.reserve_percent,
             };
             let wait = self.on_limit == OnLimit::Wait;
+            let shared = Logs::shared(asked, wants);
             if let Ok(answer) =
-                replicas::admit_until(&at, wants, reserve, wait, deadline, self.clone()).await
+                replicas::admit_until(&at, &shared, reserve, wait, deadline, self.clone()).await
             {
                 return match (answer, local) {
                     (Ok(shared), Some(mine)) => Ok(shared.also_local(mine)),
@@ -562,9 +564,7 @@ impl Limiter {
 /// at the limit its bucket has then; and what Redis showed of the others is kept for a fallback.
 impl Mirror for Limiter {
     fn seen(&self, key: &BucketKey, seen: redis_buckets::Seen, taken: u32, now: Micros) {
-        if let Some(limit) = self.limit_of(key) {
-            let log = self.logs.get_or_insert(key, limit);
-            let mut b = log.lock_unpoisoned();
+        self.logs.mirror(&self.apps, key, |b| {
             b.seen_remote(
                 seen.done,
                 seen.inflight,
@@ -572,16 +572,14 @@ impl Mirror for Limiter {
                 now,
                 self.window,
                 self.call_max,
-            );
-        }
+            )
+        });
     }
 
     fn settled(&self, key: &BucketKey, n: u32, sent: bool, now: Micros) {
-        if let Some(limit) = self.limit_of(key) {
-            let log = self.logs.get_or_insert(key, limit);
-            log.lock_unpoisoned()
-                .settled_remote(n, sent, now, self.window);
-        }
+        self.logs.mirror(&self.apps, key, |b| {
+            b.settled_remote(n, sent, now, self.window)
+        });
     }
 }
 
