@@ -15,6 +15,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -185,10 +186,11 @@ impl Gateway {
     }
 
     /// Runs `call` unless [`Gateway::stop_calls`] comes first. `call` is polled first, so a call
-    /// that is ready at once (a cache hit) never registers a waiter.
-    pub async fn unless_stopped<T>(
+    /// that is ready at once (a cache hit) never registers a waiter; it is borrowed pinned, so the
+    /// (large) pipeline future is not moved again.
+    pub async fn unless_stopped<T, F: Future<Output = Result<T, GatewayError>>>(
         &self,
-        call: impl Future<Output = Result<T, GatewayError>>,
+        call: Pin<&mut F>,
     ) -> Result<T, GatewayError> {
         let stopped = async {
             // Created before the flag is read: a `notify_waiters` after that reaches it.

@@ -49,9 +49,12 @@ pub async fn handle<B: InBody>(gw: Gateway, req: http::Request<B>) -> Response {
     // Logs a 499 if the caller goes away before the answer's head (hyper drops this future).
     let mut watch = outcome::Watch::new(&gw, &tag, started);
     // The end of the shutdown grace answers a call still running with a 503, not an empty reply.
-    let served = gw.unless_stopped(pipeline(&gw, req, &mut watch.ctx));
-    let served = crate::telemetry::in_request(tag.clone(), served);
-    let mut resp = match served.await {
+    let served = {
+        let served = crate::telemetry::in_request(tag.clone(), pipeline(&gw, req, &mut watch.ctx));
+        tokio::pin!(served);
+        gw.unless_stopped(served).await
+    };
+    let mut resp = match served {
         Ok(r) => r,
         Err(e) => {
             let _in = tag.enter();
