@@ -21,6 +21,16 @@ const DELAY: Duration = Duration::from_secs(1);
 /// How long the slow call takes at the simulator.
 const SLOW: Duration = Duration::from_millis(1600);
 
+/// Waits (off the runtime) up to `within` for the process to exit: it, and its exit status.
+async fn exit_of(mut p: Spawned, within: Duration) -> (Spawned, Option<std::process::ExitStatus>) {
+    tokio::task::spawn_blocking(move || {
+        let s = p.wait_exit(within);
+        (p, s)
+    })
+    .await
+    .unwrap()
+}
+
 /// What the callers saw: answers, failures (with why), and `Connection: close` answers.
 #[derive(Default)]
 struct Seen {
@@ -110,7 +120,7 @@ async fn sigterm_drains_without_refusing_callers_and_exits_after_the_delay() {
         .set("server.shutdown_grace", "5s")
         .set("upstream.request_timeout", "5s")
         .set("limits.state_file", state.display().to_string());
-    let mut p = tokio::task::spawn_blocking(move || Spawned::start(builder, None))
+    let p = tokio::task::spawn_blocking(move || Spawned::start(builder, None))
         .await
         .unwrap();
     let cached = format!("{}/v19.0/{WABA}", p.url());
@@ -184,12 +194,7 @@ async fn sigterm_drains_without_refusing_callers_and_exits_after_the_delay() {
     assert_eq!(admin_get(&p.admin, "/metrics", None).await.status(), 200);
 
     assert_eq!(slow.await.unwrap(), 200, "the call in flight finished");
-    let (p, status) = tokio::task::spawn_blocking(move || {
-        let s = p.wait_exit(Duration::from_secs(6));
-        (p, s)
-    })
-    .await
-    .unwrap();
+    let (p, status) = exit_of(p, Duration::from_secs(6)).await;
     let exited = sent.elapsed();
     assert_eq!(status.map(|s| s.code()), Some(Some(0)), "exit status");
     assert!(
@@ -239,13 +244,7 @@ async fn a_second_sigterm_skips_the_rest_of_the_drain_delay() {
         200
     );
     p.signal("TERM");
-    let (p, status) = tokio::task::spawn_blocking(move || {
-        let mut p = p;
-        let s = p.wait_exit(Duration::from_secs(10));
-        (p, s)
-    })
-    .await
-    .unwrap();
+    let (p, status) = exit_of(p, Duration::from_secs(10)).await;
     assert_eq!(status.map(|s| s.code()), Some(Some(0)), "exit status");
     assert!(
         sent.elapsed() < Duration::from_secs(10),
@@ -281,12 +280,7 @@ async fn sighup_reloads_and_never_ends_the_process() {
         200
     );
     p.signal("TERM");
-    let (_p, status) = tokio::task::spawn_blocking(move || {
-        let s = p.wait_exit(Duration::from_secs(10));
-        (p, s)
-    })
-    .await
-    .unwrap();
+    let (_p, status) = exit_of(p, Duration::from_secs(10)).await;
     assert_eq!(status.map(|s| s.code()), Some(Some(0)), "exit status");
 }
 
@@ -355,7 +349,7 @@ async fn a_call_outlasting_the_grace_gets_a_graph_shaped_503_not_an_empty_reply(
         .set("server.drain_delay", "0s")
         .set("server.shutdown_grace", "2s")
         .set("upstream.request_timeout", "20s");
-    let mut p = tokio::task::spawn_blocking(move || Spawned::start(builder, None))
+    let p = tokio::task::spawn_blocking(move || Spawned::start(builder, None))
         .await
         .unwrap();
     sim.sim.set_faults(Faults {
@@ -389,12 +383,7 @@ async fn a_call_outlasting_the_grace_gets_a_graph_shaped_503_not_an_empty_reply(
         took < Duration::from_millis(1900),
         "answered {took:?} after SIGTERM"
     );
-    let (_p, status) = tokio::task::spawn_blocking(move || {
-        let s = p.wait_exit(Duration::from_secs(10));
-        (p, s)
-    })
-    .await
-    .unwrap();
+    let (_p, status) = exit_of(p, Duration::from_secs(10)).await;
     assert_eq!(status.map(|s| s.code()), Some(Some(0)), "exit status");
     assert!(
         sent.elapsed() < Duration::from_secs(4),
