@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Instructions per request (callgrind), for a hit and for a miss with the cache off: a count that
+# Instructions per request (callgrind), for a hit, for a miss with the cache off (what a write or an
+# uncached read pays) and for a fill (a miss with the cache on, every URL new: the peer benchmark's
+# miss mode, which also stores each answer): a count that
 # does not move with machine noise, so a change on the request path shows as a number. graphgate
 # runs under valgrind with one worker thread in front of the peer benchmark's nginx fake Graph; a
 # client sends N1 and then N2 requests on one keep-alive connection in two separate runs, and the
 # difference divided by N2 - N1 is the cost of one request (start-up and warm-up cancel out).
 # Needs (root): apt-get install -y valgrind nginx-light
 # Usage: bench/callgrind.sh [binary, default target/release/graphgate]   (N1=200 N2=1200)
+#        KEEP=dir keeps the four profiles there, for a per-function difference:
+#        callgrind_annotate dir/cg.hit.1200 vs dir/cg.hit.200 (bench/cg-diff.py does the subtraction)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -16,7 +20,11 @@ N2=${N2:-1200}
 [[ $# -ge 1 ]] || cargo build --release --manifest-path "$root/Cargo.toml" >/dev/null 2>&1
 run=$(mktemp -d /dev/shm/gg-callgrind.XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$run"; }
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    if [[ -n ${KEEP:-} ]]; then mkdir -p "$KEEP" && cp "$run"/cg.* "$KEEP"/ 2>/dev/null || true; fi
+    rm -rf "$run"
+}
 trap cleanup EXIT
 
 mkdir -p "$run/html" "$run/tmp"
@@ -61,7 +69,7 @@ PY
     sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$out"
 }
 
-for mode in hit miss; do
+for mode in ${MODES:-hit miss fill}; do
     a=$(measure "$mode" "$N1")
     b=$(measure "$mode" "$N2")
     echo "$mode: $(( (b - a) / (N2 - N1) )) instructions per request ($N1 and $N2 requests: $a, $b)"

@@ -307,22 +307,23 @@ impl IntoResponse for GatewayError {
 
 /// IETF `RateLimit-Policy` / `RateLimit` (draft-ietf-httpapi-ratelimit-headers) for one bucket.
 pub fn insert_ratelimit_headers(h: &mut http::HeaderMap, b: &Budget) {
-    use std::fmt::Write as _;
-    // Both values rendered into one buffer and shared by the two headers: this runs on every
-    // call that reaches the limiter.
+    // Both values rendered into one buffer and shared by the two headers, numbers with `itoa`
+    // rather than `write!`: this runs on every call that reaches the limiter.
+    let mut num = itoa::Buffer::new();
     let mut text = String::with_capacity(96);
     text.push('"');
     b.scope.write_label(&mut text);
-    let _ = write!(text, "\";q={};w={}", b.limit, b.window.as_secs());
+    text.push_str("\";q=");
+    text.push_str(num.format(b.limit));
+    text.push_str(";w=");
+    text.push_str(num.format(b.window.as_secs()));
     let policy_end = text.len();
     text.push('"');
     b.scope.write_label(&mut text);
-    let _ = write!(
-        text,
-        "\";r={};t={}",
-        b.remaining,
-        b.reset.as_micros().div_ceil(1_000_000)
-    );
+    text.push_str("\";r=");
+    text.push_str(num.format(b.remaining));
+    text.push_str(";t=");
+    text.push_str(num.format(b.reset.as_micros().div_ceil(1_000_000)));
     let text = bytes::Bytes::from(text);
     if let (Ok(p), Ok(s)) = (
         HeaderValue::from_maybe_shared(text.slice(..policy_end)),

@@ -119,10 +119,11 @@ where
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        // hyper's own timer runs from the moment it waits for a head (idle time included); the
-        // connection's watchdog is the real deadline, this is a backstop behind it.
-        .header_read_timeout(d.first_byte.max(d.idle) + d.header)
+        // No header timer of hyper's: the connection's watchdog (`conn::Activity`) holds the
+        // head's deadline. hyper's armed a boxed timer on every keep-alive request and dropped it
+        // at the head's end: about 1.5k instructions a request, and timer-wheel traffic at a
+        // thousand connections (docs/benchmarks.md, issue #17).
+        .header_read_timeout(None)
         .max_headers(opts.max_headers)
         .max_buf_size(opts.max_head_bytes.max(8192));
     builder

@@ -38,14 +38,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     retain_headers(headers, |n| !is_hop_by_hop(n, &listed));
 }
 
-/// Header names the `Connection` header lists: hop-by-hop for this message only.
+/// Header names the `Connection` header lists: hop-by-hop for this message only. The usual
+/// `keep-alive` and `close` name no header left to remove (`Keep-Alive` is on the list anyway), so
+/// they cost no allocation; almost every answer and request carries one of them.
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|n| !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close"))
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect()
 }
 
@@ -57,8 +61,16 @@ fn is_hop_by_hop(name: &HeaderName, listed: &[HeaderName]) -> bool {
 /// Removes the headers `keep` rejects: one scan of the (short) header list, then a removal only
 /// for names actually present, instead of a hashed removal for every name on the deny lists.
 fn retain_headers(headers: &mut HeaderMap, keep: impl Fn(&HeaderName) -> bool) {
-    let unwanted: Vec<HeaderName> = headers.keys().filter(|n| !keep(n)).cloned().collect();
-    for name in unwanted {
+    // Removing shifts the map, so names are taken first; usually one or two, on the stack.
+    let mut unwanted: [Option<HeaderName>; 4] = Default::default();
+    let mut more: Vec<HeaderName> = Vec::new();
+    for (n, name) in headers.keys().filter(|n| !keep(n)).enumerate() {
+        match unwanted.get_mut(n) {
+            Some(slot) => *slot = Some(name.clone()),
+            None => more.push(name.clone()),
+        }
+    }
+    for name in unwanted.into_iter().flatten().chain(more) {
         headers.remove(name);
     }
 }
