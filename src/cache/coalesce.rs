@@ -170,7 +170,7 @@ impl Inflight {
     {
         // Leaves the in-flight map however this ends, cancellation included; waiters then see the
         // channel close and try again.
-        let _leave = Leave {
+        let leave = Leave {
             inflight: self,
             key: &r.key,
         };
@@ -202,7 +202,12 @@ impl Inflight {
                 Ok(Buffered::Streamed(resp)) => (FetchOutcome::Retry, Some(resp)),
             },
         };
-        let _ = tx.send(Some(outcome.clone()));
+        // Out of the map (after the store), then told to the callers that joined meanwhile: none
+        // can join after the removal, and on most misses nobody joined, so nothing is woken.
+        drop(leave);
+        if tx.receiver_count() > 0 {
+            let _ = tx.send(Some(outcome.clone()));
+        }
         (outcome, Role::Led(own))
     }
 
