@@ -24,6 +24,25 @@ async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
     }
 }
 
+/// Writes one byte every 100 ms (for up to 20 s) until the proxy closes the connection; how long
+/// that took, or `None` if it never did.
+async fn trickle_until_cut(s: &mut TcpStream) -> Option<Duration> {
+    let started = Instant::now();
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if s.write_all(b"x").await.is_err() {
+            return Some(started.elapsed());
+        }
+        let mut buf = [0u8; 256];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await
+        {
+            return Some(started.elapsed());
+        }
+    }
+    None
+}
+
 fn deadlines(first_byte: &str, header: &str, idle: &str) -> String {
     format!(
         "first_byte_timeout = \"{first_byte}\"\nheader_timeout = \"{header}\"\nkeepalive_timeout = \"{idle}\""
@@ -68,24 +87,32 @@ async fn a_slow_request_head_is_cut_at_the_header_timeout() {
     s.write_all(b"GET /v19.0/1 HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
-    let started = Instant::now();
-    let mut cut = None;
-    // Up to 20 s of trickle; the deadline is half a second.
-    for _ in 0..200 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if s.write_all(b"x").await.is_err() {
-            cut = Some(started.elapsed());
-            break;
-        }
-        let mut buf = [0u8; 256];
-        if let Ok(Ok(0) | Err(_)) =
-            tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await
-        {
-            cut = Some(started.elapsed());
-            break;
-        }
-    }
-    let cut = cut.expect("the trickling head was cut");
+    let cut = trickle_until_cut(&mut s)
+        .await
+        .expect("the trickling head was cut");
+    assert!(cut < Duration::from_secs(5), "cut after {cut:?}");
+}
+
+// The same on a reused keep-alive connection: the second head, trickled, is cut at header_timeout
+// by the connection's watchdog alone (hyper's own header timer is off, issue #17).
+#[tokio::test]
+async fn a_slow_second_head_on_a_kept_alive_connection_is_cut_at_the_header_timeout() {
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url)
+        .server(&deadlines("10s", "500ms", "60s"))
+        .start()
+        .await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /v19.0/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_answer(&mut s, Duration::from_secs(5)).await, 401);
+    s.write_all(b"GET /v19.0/1 HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let cut = trickle_until_cut(&mut s)
+        .await
+        .expect("the trickling second head was cut");
     assert!(cut < Duration::from_secs(5), "cut after {cut:?}");
 }
 
