@@ -264,19 +264,38 @@ async fn serve_connection<T, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let Watch {
-        mut phase,
-        mut closed,
-    } = watch;
+    let Watch { phase, mut closed } = watch;
     let act = conn::Activity::new(h2);
     let io = TokioIo::new(conn::Watched::new(io, act.clone()));
     let svc = conn::Tracked::new(svc, act.clone(), phase.clone());
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
-    let expired = tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = act.expired(d) => true,
-        _ = told_to_close(&mut phase, &act) => false,
+    let expired = loop {
+        // The watchdog is a task of its own (aborted with the connection): its timer and the
+        // phase channel are polled when they fire, not on every wake-up of this task. At a
+        // thousand connections those were a thousand timers touched once per request (#17).
+        let watchdog = {
+            let (act, mut phase) = (act.clone(), phase.clone());
+            AbortOnDrop(tokio::spawn(async move {
+                let why = tokio::select! {
+                    _ = act.expired(d) => conn::Stop::Expired,
+                    _ = told_to_close(&mut phase, &act) => conn::Stop::Told,
+                };
+                act.stop(why);
+            }))
+        };
+        let why = tokio::select! {
+            biased;
+            _ = conn.as_mut() => return,
+            why = act.stopped() => why,
+        };
+        drop(watchdog);
+        // A request that this task took up while the watchdog decided is not cut: watch again.
+        if why == conn::Stop::Expired && act.in_flight() {
+            act.rearm();
+            continue;
+        }
+        break why == conn::Stop::Expired;
     };
     // Stop taking requests: HTTP/1.1 closes once idle, HTTP/2 sends GOAWAY and finishes its streams.
     conn.as_mut().graceful_shutdown();
@@ -287,6 +306,15 @@ async fn serve_connection<T, S, B>(
             _ = conn.as_mut() => {}
             _ = closed.wait_for(|c| *c) => {}
         }
+    }
+}
+
+/// A task that ends with its owner (a connection's watchdog).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

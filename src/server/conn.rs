@@ -11,11 +11,12 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use http::header::{HeaderValue, CONNECTION};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -62,6 +63,24 @@ pub(super) struct Activity {
     h2: AtomicBool,
     /// An HTTP/2 request came while the listener was leaving: send the GOAWAY.
     h2_leaving: Notify,
+    /// What the watchdog decided ([`RUNNING`], [`EXPIRED`] or [`TOLD`]), and the connection's
+    /// task to wake when it does.
+    stop: AtomicU8,
+    stop_waker: AtomicWaker,
+}
+
+/// The connection goes on.
+const RUNNING: u8 = 0;
+/// A deadline passed with no request in flight.
+const EXPIRED: u8 = 1;
+/// The listener is leaving or draining (see [`crate::server`]'s `told_to_close`).
+const TOLD: u8 = 2;
+
+/// Why a connection's watchdog stopped it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stop {
+    Expired,
+    Told,
 }
 
 /// The watchdog looks again at least this often, and at most a quarter of the shortest deadline
@@ -79,6 +98,42 @@ impl Activity {
             read_any: AtomicBool::new(false),
             h2: AtomicBool::new(h2),
             h2_leaving: Notify::new(),
+            stop: AtomicU8::new(RUNNING),
+            stop_waker: AtomicWaker::new(),
+        })
+    }
+
+    /// The watchdog's verdict, handed to the connection's task (and waking it).
+    pub(super) fn stop(&self, why: Stop) {
+        let v = match why {
+            Stop::Expired => EXPIRED,
+            Stop::Told => TOLD,
+        };
+        self.stop.store(v, Ordering::Release);
+        self.stop_waker.wake();
+    }
+
+    /// A request is being served.
+    pub(super) fn in_flight(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) > 0
+    }
+
+    /// Back to running, for a new watchdog.
+    pub(super) fn rearm(&self) {
+        self.stop.store(RUNNING, Ordering::Release);
+    }
+
+    /// Resolves once the watchdog stopped the connection. Polling it is a flag read and a waker
+    /// check: the connection's task polls it on every wake-up (each request), where it used to
+    /// poll the watchdog's timer and the phase channel themselves.
+    pub(super) fn stopped(&self) -> impl Future<Output = Stop> + '_ {
+        std::future::poll_fn(move |cx| {
+            self.stop_waker.register(cx.waker());
+            match self.stop.load(Ordering::Acquire) {
+                EXPIRED => Poll::Ready(Stop::Expired),
+                TOLD => Poll::Ready(Stop::Told),
+                _ => Poll::Pending,
+            }
         })
     }
 
