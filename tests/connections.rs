@@ -49,15 +49,32 @@ fn deadlines(first_byte: &str, header: &str, idle: &str) -> String {
     )
 }
 
+/// The simulator, and a proxy in front of it with these connection deadlines.
+async fn proxy_with(first_byte: &str, header: &str, idle: &str) -> (SimServer, TestProxy) {
+    let sim = start_sim(sim_config()).await;
+    let proxy = TestProxy::builder(&sim.url)
+        .server(&deadlines(first_byte, header, idle))
+        .start()
+        .await;
+    (sim, proxy)
+}
+
+/// Sends a head's first line and trickles the rest: the proxy must cut it within 5 s.
+async fn assert_trickled_head_is_cut(s: &mut TcpStream, what: &str) {
+    s.write_all(b"GET /v19.0/1 HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let cut = trickle_until_cut(s)
+        .await
+        .unwrap_or_else(|| panic!("{what} was not cut"));
+    assert!(cut < Duration::from_secs(5), "{what} cut after {cut:?}");
+}
+
 // Fifty connections that never send a byte are all closed at first_byte_timeout, while a keyed
 // caller is answered meanwhile.
 #[tokio::test]
 async fn silent_connections_are_closed_at_the_first_byte_timeout() {
-    let sim = start_sim(sim_config()).await;
-    let proxy = TestProxy::builder(&sim.url)
-        .server(&deadlines("300ms", "10s", "60s"))
-        .start()
-        .await;
+    let (_sim, proxy) = proxy_with("300ms", "10s", "60s").await;
     let mut silent = Vec::new();
     for _ in 0..50 {
         silent.push(TcpStream::connect(proxy.addr).await.unwrap());
@@ -78,53 +95,29 @@ async fn silent_connections_are_closed_at_the_first_byte_timeout() {
 // A request head trickled one byte every 100 ms is cut at header_timeout, however long it goes on.
 #[tokio::test]
 async fn a_slow_request_head_is_cut_at_the_header_timeout() {
-    let sim = start_sim(sim_config()).await;
-    let proxy = TestProxy::builder(&sim.url)
-        .server(&deadlines("10s", "500ms", "60s"))
-        .start()
-        .await;
+    let (_sim, proxy) = proxy_with("10s", "500ms", "60s").await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"GET /v19.0/1 HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
-    let cut = trickle_until_cut(&mut s)
-        .await
-        .expect("the trickling head was cut");
-    assert!(cut < Duration::from_secs(5), "cut after {cut:?}");
+    assert_trickled_head_is_cut(&mut s, "the trickling head").await;
 }
 
 // The same on a reused keep-alive connection: the second head, trickled, is cut at header_timeout
 // by the connection's watchdog alone (hyper's own header timer is off, issue #17).
 #[tokio::test]
 async fn a_slow_second_head_on_a_kept_alive_connection_is_cut_at_the_header_timeout() {
-    let sim = start_sim(sim_config()).await;
-    let proxy = TestProxy::builder(&sim.url)
-        .server(&deadlines("10s", "500ms", "60s"))
-        .start()
-        .await;
+    let (_sim, proxy) = proxy_with("10s", "500ms", "60s").await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(b"GET /v19.0/1 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
     assert_eq!(read_answer(&mut s, Duration::from_secs(5)).await, 401);
-    s.write_all(b"GET /v19.0/1 HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
-    let cut = trickle_until_cut(&mut s)
-        .await
-        .expect("the trickling second head was cut");
-    assert!(cut < Duration::from_secs(5), "cut after {cut:?}");
+    assert_trickled_head_is_cut(&mut s, "the trickling second head").await;
 }
 
 // An HTTP/1.1 keep-alive connection is reused while requests keep coming, and closed once it has
 // sat idle for keepalive_timeout.
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_at_the_keepalive_timeout() {
-    let sim = start_sim(sim_config()).await;
-    let proxy = TestProxy::builder(&sim.url)
-        .server(&deadlines("10s", "10s", "600ms"))
-        .start()
-        .await;
+    let (_sim, proxy) = proxy_with("10s", "10s", "600ms").await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let req = b"GET /v19.0/1 HTTP/1.1\r\nHost: x\r\n\r\n";
     for _ in 0..4 {
@@ -143,11 +136,7 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_keepalive_timeout() {
 // An HTTP/2 connection with no stream open is closed (GOAWAY) at keepalive_timeout.
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_at_the_keepalive_timeout() {
-    let sim = start_sim(sim_config()).await;
-    let proxy = TestProxy::builder(&sim.url)
-        .server(&deadlines("10s", "10s", "500ms"))
-        .start()
-        .await;
+    let (_sim, proxy) = proxy_with("10s", "10s", "500ms").await;
     let tcp = TcpStream::connect(proxy.addr).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),

@@ -21,14 +21,17 @@ const DELAY: Duration = Duration::from_secs(1);
 /// How long the slow call takes at the simulator.
 const SLOW: Duration = Duration::from_millis(1600);
 
-/// Waits (off the runtime) up to `within` for the process to exit: it, and its exit status.
-async fn exit_of(mut p: Spawned, within: Duration) -> (Spawned, Option<std::process::ExitStatus>) {
-    tokio::task::spawn_blocking(move || {
+/// Waits (off the runtime) up to `within` for the process to exit, and asserts it exited with
+/// status 0; gives the process back (for its log).
+async fn exits_cleanly(mut p: Spawned, within: Duration) -> Spawned {
+    let (p, status) = tokio::task::spawn_blocking(move || {
         let s = p.wait_exit(within);
         (p, s)
     })
     .await
-    .unwrap()
+    .unwrap();
+    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "exit status");
+    p
 }
 
 /// What the callers saw: answers, failures (with why), and `Connection: close` answers.
@@ -194,9 +197,8 @@ async fn sigterm_drains_without_refusing_callers_and_exits_after_the_delay() {
     assert_eq!(admin_get(&p.admin, "/metrics", None).await.status(), 200);
 
     assert_eq!(slow.await.unwrap(), 200, "the call in flight finished");
-    let (p, status) = exit_of(p, Duration::from_secs(6)).await;
+    let p = exits_cleanly(p, Duration::from_secs(6)).await;
     let exited = sent.elapsed();
-    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "exit status");
     assert!(
         exited < DELAY + Duration::from_secs(5),
         "exited after {exited:?}"
@@ -244,8 +246,7 @@ async fn a_second_sigterm_skips_the_rest_of_the_drain_delay() {
         200
     );
     p.signal("TERM");
-    let (p, status) = exit_of(p, Duration::from_secs(10)).await;
-    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "exit status");
+    let p = exits_cleanly(p, Duration::from_secs(10)).await;
     assert!(
         sent.elapsed() < Duration::from_secs(10),
         "{:?}",
@@ -280,8 +281,7 @@ async fn sighup_reloads_and_never_ends_the_process() {
         200
     );
     p.signal("TERM");
-    let (_p, status) = exit_of(p, Duration::from_secs(10)).await;
-    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "exit status");
+    let _p = exits_cleanly(p, Duration::from_secs(10)).await;
 }
 
 // In process, over HTTP/2 with prior knowledge: when the drain begins, an open HTTP/2 connection
@@ -383,8 +383,7 @@ async fn a_call_outlasting_the_grace_gets_a_graph_shaped_503_not_an_empty_reply(
         took < Duration::from_millis(1900),
         "answered {took:?} after SIGTERM"
     );
-    let (_p, status) = exit_of(p, Duration::from_secs(10)).await;
-    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "exit status");
+    let _p = exits_cleanly(p, Duration::from_secs(10)).await;
     assert!(
         sent.elapsed() < Duration::from_secs(4),
         "{:?}",
