@@ -16,6 +16,12 @@ use crate::limits::{self, BucketKey, Budget, Limiter};
 use crate::metrics::Metrics;
 use crate::upstream::{Upstream, UpstreamBody};
 
+/// Meta's usage headers, read on every answer. Named once: a lookup by `&str` parses the name each
+/// time.
+static BUSINESS_USE_CASE_USAGE: http::HeaderName =
+    http::HeaderName::from_static("x-business-use-case-usage");
+static APP_USAGE: http::HeaderName = http::HeaderName::from_static("x-app-usage");
+
 /// What one call spends and how long it may wait for room.
 pub struct Spend<'a> {
     /// Slots per bucket; the first is the call's own bucket.
@@ -87,12 +93,8 @@ pub async fn call(
     // The answer head is back: Meta has counted the call by now, so this is its place in the window.
     let budgets = std::mem::take(&mut permit.budgets);
     permit.finish();
-    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
-    limiter.observe_usage(
-        app,
-        header("x-business-use-case-usage"),
-        header("x-app-usage"),
-    );
+    let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
+    limiter.observe_usage(app, header(&BUSINESS_USE_CASE_USAGE), header(&APP_USAGE));
     Ok(Answer {
         response,
         budgets,

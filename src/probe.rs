@@ -121,7 +121,7 @@ impl Prober {
             let mut req = http::Request::get(uri).body(Body::empty()).map_err(|_| {
                 crate::error::GatewayError::BadRequest("the probe cannot be built".into())
             })?;
-            upstream::outbound_headers(req.headers_mut(), token.bearer());
+            *req.headers_mut() = upstream::outbound_headers(req.headers(), token.bearer());
             Ok(req)
         };
         let answer = match metered::call(&self.limiter, &self.upstream, app, spend, build).await {

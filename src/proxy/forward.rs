@@ -156,10 +156,13 @@ fn call_classes(
         .collect()
 }
 
+/// Named once: a lookup by `&str` parses the name on every call.
+static MAX_WAIT: http::HeaderName = http::HeaderName::from_static("x-graphgate-max-wait");
+
 /// `X-Graphgate-Max-Wait: 5s` lets a caller wait less than `limits.max_wait`, never more.
 fn requested_max_wait(headers: &HeaderMap, configured: Duration) -> Duration {
     headers
-        .get("x-graphgate-max-wait")
+        .get(&MAX_WAIT)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| crate::config::parse_duration(v).ok())
         .map(|d| d.min(configured))
@@ -185,8 +188,7 @@ fn build_request(
         query.push_str(&upstream::proof_params(secret, token.secret(), app.proof));
     }
     let uri = gw.upstream().uri_for(&target.path, &query)?;
-    let mut headers = parts.headers.clone();
-    upstream::outbound_headers(&mut headers, token.bearer());
+    let mut headers = upstream::outbound_headers(&parts.headers, token.bearer());
     let body = match body {
         ReqBody::Stream(b) => b,
         ReqBody::Form(params) => {

@@ -7,8 +7,9 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the obsolete `Keep-Alive` and
-/// `Proxy-Connection`): they describe one connection and must not be relayed.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// `Proxy-Connection`): they describe one connection and must not be relayed. Statics, not
+/// consts: a const array is built and dropped again at every use.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -20,7 +21,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Request headers that would tell Meta about our callers or network, or carry the caller's key.
-const PRIVATE_REQUEST_HEADERS: [HeaderName; 9] = [
+static PRIVATE_REQUEST_HEADERS: [HeaderName; 9] = [
     header::HOST,
     header::AUTHORIZATION,
     header::FORWARDED,
@@ -75,21 +76,33 @@ fn retain_headers(headers: &mut HeaderMap, keep: impl Fn(&HeaderName) -> bool) {
     }
 }
 
-/// Prepares a caller's headers for Meta: hop-by-hop and private headers out, our token (its
-/// `Authorization` value, see [`crate::auth::Token::bearer`]) in.
-pub fn outbound_headers(headers: &mut HeaderMap, bearer: HeaderValue) {
-    let listed = connection_listed(headers);
-    retain_headers(headers, |n| {
-        !is_hop_by_hop(n, &listed)
-            && !PRIVATE_REQUEST_HEADERS.contains(n)
-            && !n.as_str().starts_with("x-graphgate-")
-            && !n.as_str().starts_with("x-http-method-override")
-    });
-    headers.insert(header::AUTHORIZATION, bearer);
+/// Room for the head of Meta's answer. hyper parses the answer's head into the map the request's
+/// head went out in (its cached map on that connection); Graph answers carry about 15-20 headers,
+/// so a map sized for the request alone would be grown, with reallocations, on every call.
+const ANSWER_HEADERS: usize = 24;
+
+/// A caller's headers made fit for Meta, in a new map: hop-by-hop and private headers left out,
+/// our token (its `Authorization` value, see [`crate::auth::Token::bearer`]) in. Built by copying
+/// what is kept rather than by cloning and removing: removals shift the map, and a clone has no
+/// room for the answer (see [`ANSWER_HEADERS`]).
+pub fn outbound_headers(from: &HeaderMap, bearer: HeaderValue) -> HeaderMap {
+    let listed = connection_listed(from);
+    let mut out = HeaderMap::with_capacity(ANSWER_HEADERS.max(from.len() + 2));
+    for (name, value) in from {
+        if !is_hop_by_hop(name, &listed)
+            && !PRIVATE_REQUEST_HEADERS.contains(name)
+            && !name.as_str().starts_with("x-graphgate-")
+            && !name.as_str().starts_with("x-http-method-override")
+        {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out.insert(header::AUTHORIZATION, bearer);
     // graphgate reads Meta's JSON (paging links, errors, usage) and caches it for every caller, so
     // it asks for plain bytes whatever the caller accepts.
-    headers.insert(
+    out.insert(
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
+    out
 }

@@ -30,8 +30,10 @@ fn outbound_headers_replace_credentials_and_hide_addresses() {
     h.insert("host", "internal.example".parse().unwrap());
     h.insert("x-graphgate-max-wait", "5s".parse().unwrap());
     h.insert("content-type", "application/json".parse().unwrap());
-    outbound_headers(
-        &mut h,
+    h.append("accept", "application/json".parse().unwrap());
+    h.append("accept", "text/plain".parse().unwrap());
+    let h = outbound_headers(
+        &h,
         crate::auth::Token::new(Secret::new("sys-token")).bearer(),
     );
     assert_eq!(h.get("authorization").unwrap(), "Bearer sys-token");
@@ -42,6 +44,9 @@ fn outbound_headers_replace_credentials_and_hide_addresses() {
             && !h.contains_key("x-graphgate-max-wait")
     );
     assert!(h.contains_key("content-type"));
+    // Every value of a repeated end-to-end header goes on, in order.
+    let accept: Vec<_> = h.get_all("accept").iter().collect();
+    assert_eq!(accept, ["application/json", "text/plain"]);
 }
 
 // Known answers, computed independently with Python's hmac module.
