@@ -8,6 +8,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use support::spawned::Spawned;
 use support::*;
 
 /// The status page's colours (src/admin/status.html): budget used, a full or blocked bucket, the
@@ -81,6 +82,16 @@ struct Image {
     width: usize,
     height: usize,
     rgb: Vec<[u8; 3]>,
+}
+
+/// Fails, showing the whole DOM, unless the rendered page holds every one of `wants`.
+fn assert_rendered(dom: &str, wants: &[&str]) {
+    for want in wants {
+        assert!(
+            dom.contains(want),
+            "the rendered page lacks {want:?}:\n{dom}"
+        );
+    }
 }
 
 fn decode(path: &Path) -> Image {
@@ -192,10 +203,7 @@ async fn status_page_renders_budget_bars_in_headless_chromium() {
         format!("<td>alpha</td><td>main</td><td>waba:{OTHER_WABA}</td><td>full</td><td class=\"num\">1</td>"),
         " UTC — alpha (main) waba:".to_string(),
     ] {
-        assert!(
-            dom.contains(&want),
-            "the rendered page lacks {want:?}:\n{dom}"
-        );
+        assert_rendered(&dom, &[&want]);
     }
 
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status_page.png");
@@ -219,4 +227,49 @@ async fn status_page_renders_budget_bars_in_headless_chromium() {
         "the 6-of-10 bar is filled {ratio:.2}"
     );
     proxy.shutdown().await;
+}
+
+// Degraded and draining read as such on the page, never as a plain "ready": with Meta unreachable
+// (a closed port) and the cache on, the replica stays ready but degraded; after a SIGTERM it is
+// draining for `server.drain_delay`, and a second SIGTERM ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_shows_degraded_and_draining_in_headless_chromium() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let builder = TestProxy::builder(&format!("http://{closed}")).set("server.drain_delay", "60s");
+    let mut p = tokio::task::spawn_blocking(move || Spawned::start(builder, None))
+        .await
+        .unwrap();
+    let page = format!("{}/admin", p.admin);
+    let dom = headless(&page, "--dump-dom").await;
+    assert_rendered(
+        &dom,
+        &[
+            "id=\"h-ready\" class=\"warn\">ready, degraded: Meta unreachable<",
+            "serving cached and stale answers only",
+        ],
+    );
+
+    p.signal("TERM");
+    let sent = std::time::Instant::now();
+    while admin_get(&p.admin, "/readyz", None).await.status() != 503 {
+        assert!(sent.elapsed() < Duration::from_secs(5), "never draining");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let dom = headless(&page, "--dump-dom").await;
+    assert_rendered(
+        &dom,
+        &[
+            "id=\"h-ready\" class=\"bad\">draining (shutting down)<",
+            "draining: shutting down (stop requested",
+        ],
+    );
+
+    p.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || p.wait_exit(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
