@@ -11,29 +11,15 @@
 #        KEEP=dir keeps the four profiles there, for a per-function difference:
 #        callgrind_annotate dir/cg.hit.1200 vs dir/cg.hit.200 (bench/cg-diff.py does the subtraction)
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(dirname "$here")
-shared=${SHARED_BENCH:-$root/../shared/bench}
-bin=${1:-$root/target/release/graphgate}
 N1=${N1:-200}
 N2=${N2:-1200}
-[[ $# -ge 1 ]] || cargo build --release --manifest-path "$root/Cargo.toml" >/dev/null 2>&1
-run=$(mktemp -d /dev/shm/gg-callgrind.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+[[ $# -lt 1 ]] || GRAPHGATE_BIN=$1
+. "$(dirname "$0")/lib.sh" callgrind
+before_cleanup() {
     if [[ -n ${KEEP:-} ]]; then mkdir -p "$KEEP" && cp "$run"/cg.* "$KEEP"/ 2>/dev/null || true; fi
-    rm -rf "$run"
 }
-trap cleanup EXIT
 
-mkdir -p "$run/html" "$run/tmp"
-cp "$shared/message_templates.json" "$run/html/"
-chmod -R a+rX "$run"
-sed 's/^worker_processes auto;/worker_processes 1;/' "$shared/nginx-upstream.conf" > "$run/nginx.conf"
-nginx -p "$run" -c "$run/nginx.conf" >/dev/null 2>&1 & pids+=($!)
-sleep 1
-export BENCH_TOKEN=bench-system-token-not-secret BENCH_CLIENT_KEY=bench-client-key-0123456789
+start_upstream
 
 # $1 mode (hit|miss), $2 requests -> total instructions of graphgate's process
 measure() {

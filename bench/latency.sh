@@ -7,22 +7,14 @@
 # Usage: bench/latency.sh [rounds, default 7]   (DURATION=5s per measurement)
 #        GRAPHGATE_BIN=/path/to/graphgate bench/latency.sh   (another build, e.g. a baseline, unbuilt)
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(dirname "$here")
-shared=${SHARED_BENCH:-$root/../shared/bench}
 ROUNDS=${1:-7}
 DURATION=${DURATION:-5s}
-bin=${GRAPHGATE_BIN:-$root/target/release/graphgate}
-[[ -n ${GRAPHGATE_BIN:-} ]] || cargo build --release --manifest-path "$root/Cargo.toml" >/dev/null 2>&1
-run=$(mktemp -d /dev/shm/gg-latency.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$run"; }
-trap cleanup EXIT
+. "$(dirname "$0")/lib.sh" latency
 
-mkdir -p "$run/html" "$run/tmp" "$run/proxy/tmp"
-cp "$shared/message_templates.json" "$run/html/"
-chmod -R a+rX "$run"  # nginx workers run unprivileged
-sed 's/^worker_processes auto;/worker_processes 1;/' "$shared/nginx-upstream.conf" > "$run/nginx.conf"
+# Everything but wrk on CPU 0, as in the peer benchmark.
+start_upstream 0
+mkdir -p "$run/proxy/tmp"
+chmod -R a+rwX "$run/proxy"
 cat > "$run/proxy/nginx.conf" <<'CONF'
 worker_processes 1;
 daemon off;
@@ -47,10 +39,7 @@ http {
     }
 }
 CONF
-# Everything but wrk on CPU 0, as in the peer benchmark.
-taskset -c 0 nginx -p "$run" -c "$run/nginx.conf" >/dev/null 2>&1 & pids+=($!)
 taskset -c 0 nginx -p "$run/proxy" -c "$run/proxy/nginx.conf" >/dev/null 2>&1 & pids+=($!)
-export BENCH_TOKEN=bench-system-token-not-secret BENCH_CLIENT_KEY=bench-client-key-0123456789
 env GRAPHGATE_SERVER__LISTEN=127.0.0.1:18098 GRAPHGATE_CACHE__ENABLED=false \
     taskset -c 0 "$bin" --log-format json --config "$here/peers.toml" >/dev/null 2>&1 &
 pids+=($!)

@@ -5,28 +5,15 @@
 # Needs (root): apt-get install -y wrk nginx-light redis-server
 # Prints a markdown table; copy it into docs/benchmarks.md.
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(dirname "$here")
-shared=${SHARED_BENCH:-$root/../shared/bench}
 DURATION=${DURATION:-10s}
 # GRAPHGATE_BIN=<path> measures another build (for before/after in one session).
-bin=${GRAPHGATE_BIN:-$root/target/release/graphgate}
-[[ -n ${GRAPHGATE_BIN:-} ]] || cargo build --release --manifest-path "$root/Cargo.toml" >/dev/null 2>&1
-run=$(mktemp -d /dev/shm/gg-redis-bench.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$run"; }
-trap cleanup EXIT
+. "$(dirname "$0")/lib.sh" redis-bench
 
-# Upstream: nginx serving the fixed Graph JSON on :18081, pinned to CPU 0 like the servers below.
-mkdir -p "$run/html" "$run/tmp"
-cp "$shared/message_templates.json" "$run/html/"
-chmod -R a+rX "$run"  # nginx workers run unprivileged
-sed 's/^worker_processes auto;/worker_processes 1;/' "$shared/nginx-upstream.conf" > "$run/nginx.conf"
-taskset -c 0 nginx -p "$run" -c "$run/nginx.conf" >/dev/null 2>&1 & pids+=($!)
+# Upstream: the fake Graph on :18081, pinned to CPU 0 like the servers below.
+start_upstream 0
 taskset -c 0 redis-server --port 16379 --bind 127.0.0.1 --save "" --appendonly no >/dev/null & pids+=($!)
 sleep 1
 
-export BENCH_TOKEN=bench-system-token-not-secret BENCH_CLIENT_KEY=bench-client-key-0123456789
 start_proxy() { # $1 port, $2 extra env
     env GRAPHGATE_SERVER__LISTEN=127.0.0.1:$1 GRAPHGATE_CACHE__ENABLED=false $2 \
         taskset -c 0 "$bin" --log-format json --config "$here/peers.toml" >/dev/null 2>&1 &

@@ -9,24 +9,11 @@
 # Needs (root): apt-get install -y wrk nginx-light
 # Usage: bench/tail.sh [connections, default 64]   (DURATION=20s; GRAPHGATE_BIN=... for another build)
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(dirname "$here")
-shared=${SHARED_BENCH:-$root/../shared/bench}
 conns=${1:-64}
 DURATION=${DURATION:-20s}
-bin=${GRAPHGATE_BIN:-$root/target/release/graphgate}
-[[ -n ${GRAPHGATE_BIN:-} ]] || cargo build --release --manifest-path "$root/Cargo.toml" >/dev/null 2>&1
-run=$(mktemp -d /dev/shm/gg-tail.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$run"; }
-trap cleanup EXIT
+. "$(dirname "$0")/lib.sh" tail
 
-mkdir -p "$run/html" "$run/tmp"
-cp "$shared/message_templates.json" "$run/html/"
-chmod -R a+rX "$run"
-sed 's/^worker_processes auto;/worker_processes 1;/' "$shared/nginx-upstream.conf" > "$run/nginx.conf"
-taskset -c 0 nginx -p "$run" -c "$run/nginx.conf" >/dev/null 2>&1 & pids+=($!)
-export BENCH_TOKEN=bench-system-token-not-secret BENCH_CLIENT_KEY=bench-client-key-0123456789
+start_upstream 0
 env GRAPHGATE_SERVER__LISTEN=127.0.0.1:18095 GRAPHGATE_SERVER__ADMIN_LISTEN=127.0.0.1:18094 \
     taskset -c 0 "$bin" --log-format json --config "$here/peers.toml" >/dev/null 2>&1 &
 gg=$!
