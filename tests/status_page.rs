@@ -234,10 +234,10 @@ async fn status_page_renders_budget_bars_in_headless_chromium() {
 // draining for `server.drain_delay`, and a second SIGTERM ends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_shows_degraded_and_draining_in_headless_chromium() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port held but not listening: connections are refused, and no other process can take it.
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let closed = held.local_addr().unwrap();
     let builder = TestProxy::builder(&format!("http://{closed}")).set("server.drain_delay", "60s");
     let mut p = tokio::task::spawn_blocking(move || Spawned::start(builder, None))
         .await

@@ -20,16 +20,23 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// Request headers that would tell Meta about our callers or network, or carry the caller's key.
-static PRIVATE_REQUEST_HEADERS: [HeaderName; 9] = [
+/// Request headers that would tell Meta about our callers or network, or carry the caller's key
+/// or session (a caller's cookies are for our side, never for Meta).
+static PRIVATE_REQUEST_HEADERS: [HeaderName; 15] = [
     header::HOST,
     header::AUTHORIZATION,
+    header::COOKIE,
     header::FORWARDED,
     header::VIA,
     HeaderName::from_static("x-forwarded-for"),
     HeaderName::from_static("x-forwarded-host"),
     HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-server"),
     HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
     HeaderName::from_static("x-request-id"),
 ];
 
@@ -41,16 +48,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Header names the `Connection` header lists: hop-by-hop for this message only. The usual
 /// `keep-alive` and `close` name no header left to remove (`Keep-Alive` is on the list anyway), so
-/// they cost no allocation; almost every answer and request carries one of them.
+/// they cost no allocation; almost every answer and request carries one of them. Split as bytes:
+/// a value with one non-ASCII byte is not a `str`, and its other names must still count.
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|n| !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close"))
-        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|n| !n.eq_ignore_ascii_case(b"keep-alive") && !n.eq_ignore_ascii_case(b"close"))
+        .filter_map(|n| HeaderName::from_bytes(n).ok())
         .collect()
 }
 
@@ -78,7 +85,9 @@ fn retain_headers(headers: &mut HeaderMap, keep: impl Fn(&HeaderName) -> bool) {
 
 /// Room for the head of Meta's answer. hyper parses the answer's head into the map the request's
 /// head went out in (its cached map on that connection); Graph answers carry about 15-20 headers,
-/// so a map sized for the request alone would be grown, with reallocations, on every call.
+/// so a map sized for the request alone would be grown, with reallocations, on every call. (Over
+/// HTTP/2 hyper builds the answer's map itself: the room, about 2 KiB, goes unused until the
+/// request has been encoded.)
 const ANSWER_HEADERS: usize = 24;
 
 /// A caller's headers made fit for Meta, in a new map: hop-by-hop and private headers left out,

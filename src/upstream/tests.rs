@@ -21,6 +21,24 @@ fn removes_all_hop_headers_case_insensitively() {
     assert!(h.contains_key("x-fb-trace-id"));
 }
 
+// A `Connection` value that is not text (one obs-text byte) still names its headers as hop-by-hop.
+#[test]
+fn connection_names_count_in_a_value_with_a_non_ascii_byte() {
+    let mut h = HeaderMap::new();
+    h.insert(
+        "Connection",
+        http::HeaderValue::from_bytes(b"X-Foo ,\xff, keep-alive").unwrap(),
+    );
+    h.insert("x-foo", "1".parse().unwrap());
+    h.insert("x-bar", "2".parse().unwrap());
+    let out = outbound_headers(
+        &h,
+        crate::auth::Token::new(Secret::new("sys-token")).bearer(),
+    );
+    assert!(!out.contains_key("x-foo") && !out.contains_key("connection"));
+    assert!(out.contains_key("x-bar"));
+}
+
 // The caller's credentials and addresses never reach Meta; our token does.
 #[test]
 fn outbound_headers_replace_credentials_and_hide_addresses() {
@@ -29,6 +47,8 @@ fn outbound_headers_replace_credentials_and_hide_addresses() {
     h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
     h.insert("host", "internal.example".parse().unwrap());
     h.insert("x-graphgate-max-wait", "5s".parse().unwrap());
+    h.insert("cookie", "session=internal".parse().unwrap());
+    h.insert("true-client-ip", "10.0.0.2".parse().unwrap());
     h.insert("content-type", "application/json".parse().unwrap());
     h.append("accept", "application/json".parse().unwrap());
     h.append("accept", "text/plain".parse().unwrap());
@@ -42,6 +62,8 @@ fn outbound_headers_replace_credentials_and_hide_addresses() {
         !h.contains_key("x-forwarded-for")
             && !h.contains_key("host")
             && !h.contains_key("x-graphgate-max-wait")
+            && !h.contains_key("cookie")
+            && !h.contains_key("true-client-ip")
     );
     assert!(h.contains_key("content-type"));
     // Every value of a repeated end-to-end header goes on, in order.
