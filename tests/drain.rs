@@ -21,19 +21,6 @@ const DELAY: Duration = Duration::from_secs(1);
 /// How long the slow call takes at the simulator.
 const SLOW: Duration = Duration::from_millis(1600);
 
-/// Waits (off the runtime) up to `within` for the process to exit, and asserts it exited with
-/// status 0; gives the process back (for its log).
-async fn exits_cleanly(mut p: Spawned, within: Duration) -> Spawned {
-    let (p, status) = tokio::task::spawn_blocking(move || {
-        let s = p.wait_exit(within);
-        (p, s)
-    })
-    .await
-    .unwrap();
-    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "exit status");
-    p
-}
-
 /// What the callers saw: answers, failures (with why), and `Connection: close` answers.
 #[derive(Default)]
 struct Seen {
@@ -197,7 +184,7 @@ async fn sigterm_drains_without_refusing_callers_and_exits_after_the_delay() {
     assert_eq!(admin_get(&p.admin, "/metrics", None).await.status(), 200);
 
     assert_eq!(slow.await.unwrap(), 200, "the call in flight finished");
-    let p = exits_cleanly(p, Duration::from_secs(6)).await;
+    let p = p.exits_cleanly(Duration::from_secs(6)).await;
     let exited = sent.elapsed();
     assert!(
         exited < DELAY + Duration::from_secs(5),
@@ -234,19 +221,14 @@ async fn a_second_sigterm_skips_the_rest_of_the_drain_delay() {
     let p = tokio::task::spawn_blocking(move || Spawned::start(builder, None))
         .await
         .unwrap();
-    let sent = Instant::now();
-    p.signal("TERM");
-    while admin_get(&p.admin, "/readyz", None).await.status() != 503 {
-        assert!(sent.elapsed() < Duration::from_secs(5), "never draining");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let sent = p.term_until_draining().await;
     // The proxy still serves during the delay.
     assert_eq!(
         get(&format!("{}/v19.0/{WABA}", p.url())).await.status(),
         200
     );
     p.signal("TERM");
-    let p = exits_cleanly(p, Duration::from_secs(10)).await;
+    let p = p.exits_cleanly(Duration::from_secs(10)).await;
     assert!(
         sent.elapsed() < Duration::from_secs(10),
         "{:?}",
@@ -281,7 +263,7 @@ async fn sighup_reloads_and_never_ends_the_process() {
         200
     );
     p.signal("TERM");
-    let _p = exits_cleanly(p, Duration::from_secs(10)).await;
+    let _p = p.exits_cleanly(Duration::from_secs(10)).await;
 }
 
 // In process, over HTTP/2 with prior knowledge: when the drain begins, an open HTTP/2 connection
@@ -383,7 +365,7 @@ async fn a_call_outlasting_the_grace_gets_a_graph_shaped_503_not_an_empty_reply(
         took < Duration::from_millis(1900),
         "answered {took:?} after SIGTERM"
     );
-    let _p = exits_cleanly(p, Duration::from_secs(10)).await;
+    let _p = p.exits_cleanly(Duration::from_secs(10)).await;
     assert!(
         sent.elapsed() < Duration::from_secs(4),
         "{:?}",

@@ -239,7 +239,7 @@ async fn status_page_shows_degraded_and_draining_in_headless_chromium() {
     held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let closed = held.local_addr().unwrap();
     let builder = TestProxy::builder(&format!("http://{closed}")).set("server.drain_delay", "60s");
-    let mut p = tokio::task::spawn_blocking(move || Spawned::start(builder, None))
+    let p = tokio::task::spawn_blocking(move || Spawned::start(builder, None))
         .await
         .unwrap();
     let page = format!("{}/admin", p.admin);
@@ -252,12 +252,7 @@ async fn status_page_shows_degraded_and_draining_in_headless_chromium() {
         ],
     );
 
-    p.signal("TERM");
-    let sent = std::time::Instant::now();
-    while admin_get(&p.admin, "/readyz", None).await.status() != 503 {
-        assert!(sent.elapsed() < Duration::from_secs(5), "never draining");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    p.term_until_draining().await;
     let dom = headless(&page, "--dump-dom").await;
     assert_rendered(
         &dom,
@@ -268,8 +263,5 @@ async fn status_page_shows_degraded_and_draining_in_headless_chromium() {
     );
 
     p.signal("TERM");
-    let status = tokio::task::spawn_blocking(move || p.wait_exit(Duration::from_secs(20)))
-        .await
-        .unwrap();
-    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    p.exits_cleanly(Duration::from_secs(20)).await;
 }

@@ -111,6 +111,35 @@ impl Spawned {
         }
     }
 
+    /// Sends SIGTERM and waits, at most 5 s, until `/readyz` answers 503 (the drain has begun).
+    /// Returns when the signal was sent.
+    pub async fn term_until_draining(&self) -> Instant {
+        let sent = Instant::now();
+        self.signal("TERM");
+        while super::admin_get(&self.admin, "/readyz", None)
+            .await
+            .status()
+            != 503
+        {
+            assert!(sent.elapsed() < Duration::from_secs(5), "never draining");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        sent
+    }
+
+    /// Waits (off the runtime) up to `within` for the process to exit, and asserts it exited with
+    /// status 0; gives the process back (for its log).
+    pub async fn exits_cleanly(mut self, within: Duration) -> Spawned {
+        let (p, status) = tokio::task::spawn_blocking(move || {
+            let s = self.wait_exit(within);
+            (self, s)
+        })
+        .await
+        .unwrap();
+        assert_eq!(status.map(|s| s.code()), Some(Some(0)), "exit status");
+        p
+    }
+
     /// The process id (to signal it).
     pub fn pid(&self) -> u32 {
         self.child.id()
