@@ -296,7 +296,7 @@ pub fn key_from_header(headers: &HeaderMap) -> Option<&str> {
         .to_str()
         .ok()?
         .trim();
-    let (scheme, rest) = v.split_once(' ')?;
+    let (scheme, rest) = crate::text::split_once_byte(v, b' ')?;
     if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("oauth") {
         Some(rest.trim())
     } else {

@@ -1,6 +1,7 @@
 //! Graph's identifiers as graphgate accepts them: object ids and API versions in a path.
 //!
-//! A leaf: config, the request target, the limiter and the webhooks all ask it, and it asks nobody.
+//! A leaf: config, the request target, the limiter and the webhooks all ask it, and it asks only
+//! [`crate::text`], another leaf.
 //! It must stay strict: what it accepts may become a cache prefix, a bucket or a path segment.
 
 /// A Graph object id: 1 to 32 ASCII digits.
@@ -14,7 +15,7 @@ pub fn is_version(s: &str) -> bool {
     let Some(rest) = s.strip_prefix('v').or_else(|| s.strip_prefix('V')) else {
         return false;
     };
-    let Some((major, minor)) = rest.split_once('.') else {
+    let Some((major, minor)) = crate::text::split_once_byte(rest, b'.') else {
         return false;
     };
     !major.is_empty()

@@ -13,6 +13,7 @@
 //!   [`config::Config`] (`load`, `env`, `raw`, `check`, `validate/`, and one file per big section).
 //! - [`ids`]: Graph object ids and API versions. [`sync`]: locks that outlive a panic.
 //!   [`clock`]: injected time. [`body`]: the one bounded read of a body (size and deadline).
+//!   [`text`]: splitting short text at an ASCII byte.
 //! - [`target`]: checks and decodes the request path and query; strips caller credentials.
 //!
 //! What calls are, and what graphgate keeps:
@@ -74,6 +75,7 @@ pub mod sim;
 pub mod sync;
 pub mod target;
 pub mod telemetry;
+pub mod text;
 pub mod upstream;
 pub mod webhooks;
 

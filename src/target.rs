@@ -46,7 +46,8 @@ impl Target {
             _ => &path[1..],
         };
         let mut segments = Vec::with_capacity(4);
-        for raw in trimmed.split('/') {
+        let mut version = None;
+        for raw in crate::text::split_byte(trimmed, b'/') {
             if raw.is_empty() && path != "/" {
                 return Err(bad("empty path segments (//) are not allowed"));
             }
@@ -55,14 +56,15 @@ impl Target {
                 return Err(bad("`.` and `..` path segments are not allowed"));
             }
             check_segment(&seg)?;
-            if !seg.is_empty() {
+            if seg.is_empty() {
+                continue;
+            }
+            if segments.is_empty() && version.is_none() && crate::ids::is_version(&seg) {
+                version = Some(seg);
+            } else {
                 segments.push(seg);
             }
         }
-        let version = match segments.first() {
-            Some(s) if crate::ids::is_version(s) => Some(segments.remove(0)),
-            _ => None,
-        };
         let query = match query {
             Some(q) => parse_params(q).map_err(|m| bad(&format!("query: {m}")))?,
             None => Vec::new(),
@@ -133,11 +135,11 @@ pub fn join_raw<'a>(params: impl Iterator<Item = &'a Param>) -> String {
 /// Splits `a=1&b=2` (query or form body) into checked pairs; `+` means space, as in forms.
 pub fn parse_params(q: &str) -> Result<Vec<Param>, String> {
     let mut out = Vec::new();
-    for raw in q.split('&') {
+    for raw in crate::text::split_byte(q, b'&') {
         if raw.is_empty() {
             continue;
         }
-        let (k, v) = raw.split_once('=').unwrap_or((raw, ""));
+        let (k, v) = crate::text::split_once_byte(raw, b'=').unwrap_or((raw, ""));
         let key = decode(k, true)?;
         let value = decode(v, true)?;
         out.push(Param {
