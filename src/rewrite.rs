@@ -5,6 +5,7 @@
 //! It must never touch any other part of a response, and never re-serialize a body that has no
 //! paging links (the bytes go out as Meta sent them).
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -125,53 +126,89 @@ impl Rewriter {
 /// response body (Meta repeats query tokens in paging links, including those inside a batch's
 /// sub-response strings, which the paging rewrite does not parse).
 pub struct Redactor {
-    secrets: Vec<memchr::memmem::Finder<'static>>,
+    secrets: Secrets,
+}
+
+enum Secrets {
+    /// Nothing configured is long enough to look for.
+    None,
+    /// Every secret at once: one pass over a body however many tokens are configured (one
+    /// `memmem` pass per secret made a deployment with a token per WABA scan each answer hundreds
+    /// of times). Leftmost-longest, so a secret that contains another is replaced whole.
+    Search(AhoCorasick),
+    /// The searcher could not be built. Its limits (about 4 GiB of patterns) are far beyond what a
+    /// config can hold, so this is never expected; if it happens, no body goes out unsearched.
+    Unsearchable,
 }
 
 impl Redactor {
     pub fn new(config: &crate::config::Config) -> Redactor {
-        let mut secrets: Vec<Vec<u8>> = Vec::new();
+        let mut secrets: Vec<&[u8]> = Vec::new();
         for app in &config.apps {
-            secrets.push(app.token.expose().as_bytes().to_vec());
+            secrets.push(app.token.expose().as_bytes());
             if let Some(s) = &app.app_secret {
-                secrets.push(s.expose().as_bytes().to_vec());
+                secrets.push(s.expose().as_bytes());
             }
             for w in &app.wabas {
                 if let Some(t) = &w.token {
-                    secrets.push(t.expose().as_bytes().to_vec());
+                    secrets.push(t.expose().as_bytes());
                 }
             }
             for t in app.waba_tokens.values() {
-                secrets.push(t.expose().as_bytes().to_vec());
+                secrets.push(t.expose().as_bytes());
             }
         }
+        Redactor::of(secrets)
+    }
+
+    /// A redactor for these secrets (config-independent; also what the benchmark builds).
+    pub fn of(mut secrets: Vec<&[u8]>) -> Redactor {
         // Very short values would match ordinary text; real tokens and secrets are long.
         secrets.retain(|s| s.len() >= 8);
-        secrets.sort();
+        secrets.sort_unstable();
         secrets.dedup();
-        Redactor {
-            secrets: secrets
-                .into_iter()
-                .map(|s| memchr::memmem::Finder::new(&s).into_owned())
-                .collect(),
+        if secrets.is_empty() {
+            return Redactor {
+                secrets: Secrets::None,
+            };
         }
+        let built = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&secrets);
+        let secrets = match built {
+            Ok(searcher) => Secrets::Search(searcher),
+            Err(e) => {
+                tracing::error!(error = %e, "the token redactor cannot be built: every rewritten body is withheld");
+                Secrets::Unsearchable
+            }
+        };
+        Redactor { secrets }
     }
 
     /// The body with every secret replaced by `[redacted]`; the same bytes when there is none.
     pub fn redact(&self, body: Bytes) -> Bytes {
-        if !self.secrets.iter().any(|f| f.find(&body).is_some()) {
-            return body;
-        }
-        let mut out = body.to_vec();
-        for f in &self.secrets {
-            while let Some(i) = f.find(&out) {
-                out.splice(i..i + f.needle().len(), b"[redacted]".iter().copied());
+        let out = match &self.secrets {
+            Secrets::None => return body,
+            Secrets::Search(searcher) => {
+                if !searcher.is_match(&body[..]) {
+                    return body;
+                }
+                let mut out = Vec::with_capacity(body.len());
+                searcher.replace_all_with_bytes(&body, &mut out, |_, _, dst| {
+                    dst.extend_from_slice(REDACTED);
+                    true
+                });
+                Bytes::from(out)
             }
-        }
+            Secrets::Unsearchable => Bytes::from_static(REDACTED),
+        };
         tracing::warn!("a response from Meta contained a token or secret; it was redacted");
-        Bytes::from(out)
+        out
     }
 }
+
+/// What a secret found in a body becomes.
+const REDACTED: &[u8] = b"[redacted]";
 
 /// `url` without auth parameters, or `None` when it has none.
 fn strip_credentials(url: &str) -> Option<String> {
@@ -257,5 +294,29 @@ mod tests {
             .paging(br#"{"paging":{"next":"https://elsewhere.example/x"}}"#)
             .is_none());
         assert!(rw().paging(b"not json \"paging\"").is_none());
+    }
+
+    // Every secret goes, however many there are and wherever they overlap; other bytes stay.
+    #[test]
+    fn redactor_blanks_every_secret_in_one_pass() {
+        let many: Vec<String> = (0..300).map(|i| format!("EAAtoken{i:04}xyz")).collect();
+        let mut secrets: Vec<&[u8]> = many.iter().map(|s| s.as_bytes()).collect();
+        // One secret inside another: the longer one is replaced whole.
+        secrets.push(b"EAAtoken0007xyz-and-more");
+        secrets.push(b"short"); // under 8 bytes: never looked for
+        let r = Redactor::of(secrets);
+        let body = Bytes::from_static(
+            b"{\"a\":\"EAAtoken0007xyz-and-more\",\"b\":\"EAAtoken0299xyzEAAtoken0000xyz\",\"c\":\"short\"}",
+        );
+        assert_eq!(
+            &r.redact(body)[..],
+            &b"{\"a\":\"[redacted]\",\"b\":\"[redacted][redacted]\",\"c\":\"short\"}"[..]
+        );
+        // No secret: the very same bytes, not a copy.
+        let clean = Bytes::from_static(b"{\"data\":[]}");
+        assert_eq!(r.redact(clean.clone()).as_ptr(), clean.as_ptr());
+        // Nothing to look for at all.
+        let none = Redactor::of(vec![b"tiny"]);
+        assert_eq!(none.redact(clean.clone()).as_ptr(), clean.as_ptr());
     }
 }
