@@ -2,12 +2,17 @@
 //! graphgate's public URL, with credentials removed, so a client that follows them verbatim (pywa's
 //! `Result.next()`) stays behind the proxy and never sees a token.
 //!
-//! It must never touch any other part of a response, and never re-serialize a body that has no
-//! paging links (the bytes go out as Meta sent them).
+//! It must never touch any other part of a response: only the links' strings change (found by
+//! [`walk`]), every other byte goes out as Meta sent it. [`Redactor`] (`redact`), the last line of
+//! defence against tokens in answers, lives beside it.
 
-use aho_corasick::{AhoCorasick, MatchKind};
+mod redact;
+mod walk;
+
 use bytes::Bytes;
 use serde_json::Value;
+
+pub use redact::Redactor;
 
 use crate::target::{is_auth_param, join_raw, parse_params};
 
@@ -57,15 +62,47 @@ impl Rewriter {
         {
             return None;
         }
+        // Only the links change: every other byte of the answer goes out as Meta sent it.
+        let found = walk::paging_links(body)?;
+        if found.nested {
+            return self.tree(body, &public_base());
+        }
+        let links = found.links;
+        if links.is_empty() {
+            return None;
+        }
+        let public_base = public_base();
+        let mut out = Vec::with_capacity(body.len() + 64);
+        let (mut copied, mut changed) = (0, false);
+        for walk::Link { at, url } in links {
+            if let Some(new) = self.link(&url, &public_base) {
+                // In document order, one JSON string each: never overlapping.
+                out.extend_from_slice(body.get(copied..at.start)?);
+                out.extend_from_slice(&serde_json::to_vec(&new).ok()?);
+                copied = at.end;
+                changed = true;
+            }
+        }
+        if !changed {
+            return None;
+        }
+        out.extend_from_slice(&body[copied..]);
+        Some(Bytes::from(out))
+    }
+
+    /// The whole answer as a tree, every paging object rewritten and the tree printed again: only
+    /// for a `next` or `previous` that is not a string (Graph never sends one) and might hold more
+    /// paging objects. The walk does not descend there.
+    fn tree(&self, body: &[u8], public_base: &str) -> Option<Bytes> {
         let mut v: Value = serde_json::from_slice(body).ok()?;
-        if !self.walk(&mut v, &public_base()) {
+        if !self.walk_tree(&mut v, public_base) {
             return None;
         }
         serde_json::to_vec(&v).ok().map(Bytes::from)
     }
 
-    /// Rewrites every `paging` object in the tree (field expansion nests them); true if any changed.
-    fn walk(&self, v: &mut Value, public_base: &str) -> bool {
+    /// Rewrites every `paging` object in the tree; true if any changed.
+    fn walk_tree(&self, v: &mut Value, public_base: &str) -> bool {
         let mut changed = false;
         match v {
             Value::Object(map) => {
@@ -80,12 +117,12 @@ impl Rewriter {
                     }
                 }
                 for (_, child) in map.iter_mut() {
-                    changed |= self.walk(child, public_base);
+                    changed |= self.walk_tree(child, public_base);
                 }
             }
             Value::Array(items) => {
                 for child in items {
-                    changed |= self.walk(child, public_base);
+                    changed |= self.walk_tree(child, public_base);
                 }
             }
             _ => {}
@@ -121,94 +158,6 @@ impl Rewriter {
         Some(out)
     }
 }
-
-/// Last line of defence: blanks out every configured token and app secret found in a buffered
-/// response body (Meta repeats query tokens in paging links, including those inside a batch's
-/// sub-response strings, which the paging rewrite does not parse).
-pub struct Redactor {
-    secrets: Secrets,
-}
-
-enum Secrets {
-    /// Nothing configured is long enough to look for.
-    None,
-    /// Every secret at once: one pass over a body however many tokens are configured (one
-    /// `memmem` pass per secret made a deployment with a token per WABA scan each answer hundreds
-    /// of times). Leftmost-longest, so a secret that contains another is replaced whole.
-    Search(AhoCorasick),
-    /// The searcher could not be built. Its limits (about 4 GiB of patterns) are far beyond what a
-    /// config can hold, so this is never expected; if it happens, no body goes out unsearched.
-    Unsearchable,
-}
-
-impl Redactor {
-    pub fn new(config: &crate::config::Config) -> Redactor {
-        let mut secrets: Vec<&[u8]> = Vec::new();
-        for app in &config.apps {
-            secrets.push(app.token.expose().as_bytes());
-            if let Some(s) = &app.app_secret {
-                secrets.push(s.expose().as_bytes());
-            }
-            for w in &app.wabas {
-                if let Some(t) = &w.token {
-                    secrets.push(t.expose().as_bytes());
-                }
-            }
-            for t in app.waba_tokens.values() {
-                secrets.push(t.expose().as_bytes());
-            }
-        }
-        Redactor::of(secrets)
-    }
-
-    /// A redactor for these secrets (config-independent; also what the benchmark builds).
-    pub fn of(mut secrets: Vec<&[u8]>) -> Redactor {
-        // Very short values would match ordinary text; real tokens and secrets are long.
-        secrets.retain(|s| s.len() >= 8);
-        secrets.sort_unstable();
-        secrets.dedup();
-        if secrets.is_empty() {
-            return Redactor {
-                secrets: Secrets::None,
-            };
-        }
-        let built = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .build(&secrets);
-        let secrets = match built {
-            Ok(searcher) => Secrets::Search(searcher),
-            Err(e) => {
-                tracing::error!(error = %e, "the token redactor cannot be built: every rewritten body is withheld");
-                Secrets::Unsearchable
-            }
-        };
-        Redactor { secrets }
-    }
-
-    /// The body with every secret replaced by `[redacted]`; the same bytes when there is none.
-    pub fn redact(&self, body: Bytes) -> Bytes {
-        let out = match &self.secrets {
-            Secrets::None => return body,
-            Secrets::Search(searcher) => {
-                if !searcher.is_match(&body[..]) {
-                    return body;
-                }
-                let mut out = Vec::with_capacity(body.len());
-                searcher.replace_all_with_bytes(&body, &mut out, |_, _, dst| {
-                    dst.extend_from_slice(REDACTED);
-                    true
-                });
-                Bytes::from(out)
-            }
-            Secrets::Unsearchable => Bytes::from_static(REDACTED),
-        };
-        tracing::warn!("a response from Meta contained a token or secret; it was redacted");
-        out
-    }
-}
-
-/// What a secret found in a body becomes.
-const REDACTED: &[u8] = b"[redacted]";
 
 /// `url` without auth parameters, or `None` when it has none.
 fn strip_credentials(url: &str) -> Option<String> {
@@ -294,29 +243,5 @@ mod tests {
             .paging(br#"{"paging":{"next":"https://elsewhere.example/x"}}"#)
             .is_none());
         assert!(rw().paging(b"not json \"paging\"").is_none());
-    }
-
-    // Every secret goes, however many there are and wherever they overlap; other bytes stay.
-    #[test]
-    fn redactor_blanks_every_secret_in_one_pass() {
-        let many: Vec<String> = (0..300).map(|i| format!("EAAtoken{i:04}xyz")).collect();
-        let mut secrets: Vec<&[u8]> = many.iter().map(|s| s.as_bytes()).collect();
-        // One secret inside another: the longer one is replaced whole.
-        secrets.push(b"EAAtoken0007xyz-and-more");
-        secrets.push(b"short"); // under 8 bytes: never looked for
-        let r = Redactor::of(secrets);
-        let body = Bytes::from_static(
-            b"{\"a\":\"EAAtoken0007xyz-and-more\",\"b\":\"EAAtoken0299xyzEAAtoken0000xyz\",\"c\":\"short\"}",
-        );
-        assert_eq!(
-            &r.redact(body)[..],
-            &b"{\"a\":\"[redacted]\",\"b\":\"[redacted][redacted]\",\"c\":\"short\"}"[..]
-        );
-        // No secret: the very same bytes, not a copy.
-        let clean = Bytes::from_static(b"{\"data\":[]}");
-        assert_eq!(r.redact(clean.clone()).as_ptr(), clean.as_ptr());
-        // Nothing to look for at all.
-        let none = Redactor::of(vec![b"tiny"]);
-        assert_eq!(none.redact(clean.clone()).as_ptr(), clean.as_ptr());
     }
 }
