@@ -141,23 +141,17 @@ impl Redactor {
             Secrets::Unsearchable => return REDACTED.to_vec(),
         };
         spans.sort_unstable_by_key(|r| r.start);
-        let mut out = Vec::with_capacity(body.len());
-        let mut copied = 0;
-        let mut covered: Option<Range<usize>> = None;
+        // Overlapping spans merge into one run, blanked by one marker.
+        let mut runs: Vec<Range<usize>> = Vec::with_capacity(spans.len());
         for span in spans {
-            match &mut covered {
-                // Overlapping the run so far: the run grows.
+            match runs.last_mut() {
                 Some(run) if span.start < run.end => run.end = run.end.max(span.end),
-                _ => {
-                    if let Some(run) = covered.replace(span) {
-                        out.extend_from_slice(&body[copied..run.start]);
-                        out.extend_from_slice(REDACTED);
-                        copied = run.end;
-                    }
-                }
+                _ => runs.push(span),
             }
         }
-        if let Some(run) = covered {
+        let mut out = Vec::with_capacity(body.len());
+        let mut copied = 0;
+        for run in runs {
             out.extend_from_slice(&body[copied..run.start]);
             out.extend_from_slice(REDACTED);
             copied = run.end;
